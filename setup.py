@@ -1,5 +1,7 @@
 """mini_o3_jax: Mini-o3 (multi-turn visual search with a zoom tool) in JAX/Flax."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 RUNTIME = [
@@ -37,7 +39,7 @@ setup(
     name="mini_o3_jax",
     version="0.1.0",
     description="Mini-o3 visual-search agent (Qwen2.5-VL + zoom tool, SFT + GRPO) in JAX/Flax",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mini_o3_jax", "mini_o3_jax.*"]),

@@ -68,3 +68,82 @@ def hf_processor(tokenizer=None, image_processor=None):
         tokenizer=tokenizer or hf_tokenizer(),
         chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
     )
+
+
+def tiny_hf_config(tied: bool = False, *, vision_depth: int = 3, text_layers: int = 2):
+    """A tiny Qwen2.5-VL config with the real token ids and vocab sizes (3B-style when tied)."""
+    from transformers import Qwen2_5_VLConfig
+
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=151936 if tied else 152064,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=text_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=tied,
+        ),
+        vision_config=dict(
+            depth=vision_depth,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=14,
+            temporal_patch_size=2,
+            spatial_merge_size=2,
+            window_size=112,
+            fullatt_block_indexes=[1],
+        ),
+        image_token_id=151655,
+        video_token_id=151656,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+        tie_word_embeddings=tied,
+    )
+
+
+def tiny_hf_model(tied: bool = False, seed: int = 0, **kwargs):
+    """A tiny random HF Qwen2.5-VL in fp32/eager, with *every* tensor randomised.
+
+    HF initialises biases to zero and norms to one, which would hide a transposed bias or a
+    swapped norm in the weight mapping; here all of them get distinct random values.
+    """
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = tiny_hf_config(tied, **kwargs)
+    config._attn_implementation = "eager"
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "norm" in name.split(".")[-2] or "ln_q" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif name.endswith("bias"):
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.08 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def hf_logits(model, input_ids, pixel_values=None, image_grid_thw=None, mm_token_type_ids=None):
+    """HF full-sequence logits as float64 numpy, with 3-D M-RoPE positions (mm_token_type_ids)."""
+    import numpy as np
+    import torch
+
+    ids = torch.as_tensor(np.asarray(input_ids)).long().reshape(1, -1)
+    kwargs = {}
+    if pixel_values is not None:
+        kwargs["pixel_values"] = torch.as_tensor(np.asarray(pixel_values))
+        kwargs["image_grid_thw"] = torch.as_tensor(np.asarray(image_grid_thw)).long()
+    tt = mm_token_type_ids if mm_token_type_ids is not None else (ids == model.config.image_token_id).long()
+    model.model.rope_deltas = None  # never reuse a stale delta across calls
+    with torch.no_grad():
+        out = model(input_ids=ids, mm_token_type_ids=torch.as_tensor(np.asarray(tt)).long().reshape(1, -1), **kwargs)
+    return out.logits[0].double().numpy()

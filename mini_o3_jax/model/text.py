@@ -1,0 +1,100 @@
+"""The Qwen2 decoder of Qwen2.5-VL: GQA with q/k/v bias, M-RoPE, SwiGLU, RMSNorm; layers scanned.
+
+Head-structured kernels (q: embed x heads x head_dim) keep the head axis explicit so the
+`heads`/`kv_heads` logical axes can be sharded over the tensor mesh axis without reshapes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mini_o3_jax.model.attention import attention
+from mini_o3_jax.model.config import TextConfig
+from mini_o3_jax.model.layers import apply_rotary, dense, param, rms_norm
+from mini_o3_jax.model.vision import _remat_policy
+
+
+class DecoderLayers(nnx.Module):
+    """All decoder layers, parameters stacked on a leading `layers` axis."""
+
+    def __init__(self, cfg: TextConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs | None):
+        n, d, f = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
+        h, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.input_norm = param(rngs, (n, d), ("layers", "embed"), dtype, "ones")
+        self.q = param(rngs, (n, d, h, hd), ("layers", "embed", "heads", "head_dim"), dtype)
+        self.q_bias = param(rngs, (n, h, hd), ("layers", "heads", "head_dim"), dtype, "zeros")
+        self.k = param(rngs, (n, d, kv, hd), ("layers", "embed", "kv_heads", "head_dim"), dtype)
+        self.k_bias = param(rngs, (n, kv, hd), ("layers", "kv_heads", "head_dim"), dtype, "zeros")
+        self.v = param(rngs, (n, d, kv, hd), ("layers", "embed", "kv_heads", "head_dim"), dtype)
+        self.v_bias = param(rngs, (n, kv, hd), ("layers", "kv_heads", "head_dim"), dtype, "zeros")
+        self.o = param(rngs, (n, h, hd, d), ("layers", "heads", "head_dim", "embed"), dtype)
+        self.post_norm = param(rngs, (n, d), ("layers", "embed"), dtype, "ones")
+        self.gate = param(rngs, (n, d, f), ("layers", "embed", "mlp"), dtype)
+        self.up = param(rngs, (n, d, f), ("layers", "embed", "mlp"), dtype)
+        self.down = param(rngs, (n, f, d), ("layers", "mlp", "embed"), dtype)
+
+
+def decoder_layer(
+    x: jax.Array,
+    w: dict[str, jax.Array],
+    cos: jax.Array,
+    sin: jax.Array,
+    eps: float,
+    attend,
+) -> jax.Array:
+    """One pre-norm decoder layer. `attend(q, k, v)` supplies the attention (plain or KV-cached)."""
+    h = rms_norm(x, w["input_norm"], eps)
+    q = apply_rotary(dense(h, w["q"], "bld,dhk->blhk", w["q_bias"]), cos, sin)
+    k = apply_rotary(dense(h, w["k"], "bld,dhk->blhk", w["k_bias"]), cos, sin)
+    v = dense(h, w["v"], "bld,dhk->blhk", w["v_bias"])
+    x = x + dense(attend(q, k, v), w["o"], "blhk,hkd->bld")
+    h = rms_norm(x, w["post_norm"], eps)
+    g = dense(h, w["gate"], "bld,df->blf")
+    u = dense(h, w["up"], "bld,df->blf")
+    act = jax.nn.silu(g.astype(jnp.float32)).astype(g.dtype) * u
+    return x + dense(act, w["down"], "blf,fd->bld")
+
+
+class TextDecoder(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs | None, remat: str = "none"):
+        self.cfg = cfg
+        self.remat = remat
+        self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), dtype)
+        self.layers = DecoderLayers(cfg, dtype=dtype, rngs=rngs)
+        self.norm = param(rngs, (cfg.hidden_size,), ("embed",), dtype, "ones")
+        if not cfg.tie_word_embeddings:
+            self.lm_head = param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), dtype)
+
+    def layer_weights(self) -> dict[str, jax.Array]:
+        return {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        segment_ids: jax.Array,
+        token_pos: jax.Array,
+    ) -> jax.Array:
+        """(B, L, D) embeddings -> (B, L, D) final-norm hidden states, causal within segments."""
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+        eps = self.cfg.rms_norm_eps
+
+        def attend(q, k, v):
+            return attention(q, k, v, segment_ids, segment_ids, token_pos, token_pos)
+
+        def body(x, w):
+            return decoder_layer(x, w, cos, sin, eps, attend), None
+
+        if self.remat != "none":
+            body = jax.checkpoint(body, policy=_remat_policy(self.remat))
+        x, _ = jax.lax.scan(body, x, self.layer_weights())
+        return rms_norm(x, self.norm[...], eps)
+
+    def logits(self, hidden: jax.Array, out_dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        """LM head with fp32 accumulation; `out_dtype=hidden.dtype` reproduces HF's rounded logits."""
+        kernel = self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
+        y = jnp.einsum("...d,dv->...v", hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
+        return y.astype(out_dtype)

@@ -1,0 +1,1 @@
+"""Device mesh construction and the logical-axis -> mesh-axis rule table."""
