@@ -184,12 +184,15 @@ def _materialise(rule: Rule, ckpt: SafetensorsDir, keymap: dict[str, str], dtype
 def load_hf(
     path: str | os.PathLike,
     *,
-    dtype: str | jnp.dtype = "bfloat16",
+    dtype: str | jnp.dtype | None = None,
     mesh: Mesh | None = None,
     rules: Rules = DEFAULT_RULES,
     remat: str = "none",
 ) -> Qwen25VL:
-    """Load a HF Qwen2.5-VL checkpoint directory into a `Qwen25VL` (sharded over `mesh` if given)."""
+    """Load a HF Qwen2.5-VL checkpoint directory into a `Qwen25VL` (sharded over `mesh` if given).
+
+    `dtype` defaults to the checkpoint's own (`torch_dtype`/`dtype` in config.json, else bf16).
+    """
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: not a directory (expected a HF checkpoint with config.json + *.safetensors)")
@@ -200,6 +203,11 @@ def load_hf(
         keymap.setdefault(canonical_key(key), key)
     wrules = weight_rules(cfg)
     _check(wrules, ckpt, keymap, cfg)
+    if dtype is None:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            raw = json.load(f)
+        dtype = raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"
+        dtype = dtype if dtype in DTYPES else "bfloat16"
     jdtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, dtype=jdtype, rngs=nnx.Rngs(0), remat=remat))
     graphdef, state = nnx.split(abstract)
@@ -232,7 +240,7 @@ def _set(tree: dict, path: tuple[str, ...], value) -> None:
 
 
 # ----------------------------------------------------------------------------- ours -> HF
-def _hf_tensors(model: Qwen25VL) -> Iterator[tuple[str, Rule, int | None]]:
+def hf_tensors(model: Qwen25VL) -> Iterator[tuple[str, Rule, int | None]]:
     for rule in weight_rules(model.config):
         if rule.layers is None:
             yield rule.hf, rule, None
@@ -256,7 +264,7 @@ def save_hf(
     np_dtype = np.dtype(DTYPES[dtype])
     _, state = nnx.split(model)
     pure = nnx.to_pure_dict(state)
-    entries = {name: (rule, i) for name, rule, i in _hf_tensors(model)}
+    entries = {name: (rule, i) for name, rule, i in hf_tensors(model)}
 
     def produce(name: str) -> np.ndarray:
         rule, i = entries[name]
@@ -379,6 +387,4 @@ def load_model(path: str | os.PathLike, **kwargs) -> Qwen25VL:
     path = os.fspath(path)
     if os.path.exists(os.path.join(path, ORBAX_META)):
         return load_orbax(path, **kwargs)
-    if kwargs.get("dtype") is None:
-        kwargs.pop("dtype", None)
     return load_hf(path, **kwargs)

@@ -300,6 +300,32 @@ class ImageProcessor:
         if any(v == 0.0 for v in self.image_std):
             raise ConfigError(f"image processor image_std = {self.image_std}; expected non-zero values")
 
+    def save_pretrained(self, path: str | os.PathLike) -> str:
+        """Write a `preprocessor_config.json` that both this class and transformers read back."""
+        os.makedirs(path, exist_ok=True)
+        out = os.path.join(path, "preprocessor_config.json")
+        config = {
+            "image_processor_type": "Qwen2VLImageProcessor",
+            "processor_class": "Qwen2_5_VLProcessor",
+            "do_convert_rgb": True,
+            "do_resize": True,
+            "do_rescale": True,
+            "do_normalize": True,
+            "resample": 3,
+            "rescale_factor": 1 / 255,
+            "min_pixels": self.min_pixels,
+            "max_pixels": self.max_pixels,
+            "size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
+            "patch_size": self.patch_size,
+            "temporal_patch_size": self.temporal_patch_size,
+            "merge_size": self.merge_size,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+        }
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+        return out
+
     @property
     def factor(self) -> int:
         """Side granularity in pixels: one merged LLM token covers factor x factor pixels."""

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install the package with its test extra into .venv and run the test suite.
+# CPU torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[test]"
+ruff check .
+exec python -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"

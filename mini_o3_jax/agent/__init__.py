@@ -1,0 +1,1 @@
+"""The Mini-o3 agent protocol: prompts, tool-call parsing, the zoom tool and episode state."""

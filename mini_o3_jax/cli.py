@@ -1,0 +1,145 @@
+"""`mini-o3 <command>`: the project's command line.
+
+  init     write a random-weight Qwen2.5-VL checkpoint of a config (HF layout)
+  convert  HF checkpoint directory -> Orbax checkpoint (+ tokenizer/processor files)
+  export   any checkpoint -> HF directory loadable by transformers / vLLM
+  run      one image + question through the model; print the most likely next tokens
+  demo     the main job until the full recipe lands: build, convert, reload, run (no downloads)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from mini_o3_jax.errors import MiniO3Error
+
+
+def _mesh(spec: str | None):
+    """`fsdp=-1,tensor=2` -> Mesh; None -> no sharding."""
+    if not spec:
+        return None
+    from mini_o3_jax.parallel.mesh import make_mesh
+
+    shape = {}
+    for part in spec.split(","):
+        k, v = part.split("=")
+        shape[k.strip()] = int(v)
+    return make_mesh(shape)
+
+
+def cmd_init(args) -> None:
+    from flax import nnx
+
+    from mini_o3_jax.config_files import load_config
+    from mini_o3_jax.model.config import ModelConfig
+    from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
+    from mini_o3_jax.model.weights import save_hf
+
+    cfg = load_config(args.config, args.override)
+    model = Qwen25VL(ModelConfig.from_config_dict(cfg.model), dtype=args.dtype or cfg.dtype, rngs=nnx.Rngs(args.seed))
+    save_hf(model, args.out, dtype=args.dtype or cfg.dtype, side_files_from=args.tokenizer)
+    print(f"wrote random-weight checkpoint to {args.out}")
+
+
+def cmd_convert(args) -> None:
+    from mini_o3_jax.model.weights import load_hf, save_orbax
+
+    t0 = time.time()
+    model = load_hf(args.hf, dtype=args.dtype, mesh=_mesh(args.mesh))
+    t1 = time.time()
+    save_orbax(model, args.out, side_files_from=args.hf)
+    print(f"loaded {args.hf} in {t1 - t0:.1f}s, wrote Orbax checkpoint {args.out} in {time.time() - t1:.1f}s")
+
+
+def cmd_export(args) -> None:
+    from tqdm import tqdm
+
+    from mini_o3_jax.model.weights import hf_tensors, load_model, save_hf
+
+    model = load_model(args.model)
+    n = sum(1 for _ in hf_tensors(model))
+    with tqdm(total=n, desc="export", unit="tensor") as bar:
+        save_hf(model, args.out, dtype=args.dtype, max_shard_bytes=int(args.shard_gb * 1024**3),
+                side_files_from=args.model, progress=lambda _: bar.update())
+    print(f"wrote HF checkpoint {args.out}")
+
+
+def cmd_run(args) -> None:
+    from mini_o3_jax.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.model, dtype=args.dtype, mesh=_mesh(args.mesh), mini_o3_resize=not args.no_resize)
+    t0 = time.time()
+    top = pipe.top_next_tokens(args.image, args.question, k=args.top_k)
+    print(f"next-token distribution ({time.time() - t0:.2f}s incl. compile):")
+    for tok, p in top:
+        print(f"  {p:8.4f}  {tok!r}")
+
+
+def cmd_demo(args) -> None:
+    from mini_o3_jax.demo import run_demo
+
+    report = run_demo(args.out, seed=args.seed)
+    print(json.dumps(report, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mini-o3", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("init", help="random-weight checkpoint of a config, in HF layout")
+    s.add_argument("--config", required=True, help="configs/*.py file with get_config()")
+    s.add_argument("--override", action="append", default=[], help="key=value, e.g. model.text.num_hidden_layers=4")
+    s.add_argument("--out", required=True)
+    s.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+    s.add_argument("--tokenizer", default=None, help="directory whose tokenizer files to copy")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_init)
+
+    s = sub.add_parser("convert", help="HF checkpoint -> Orbax")
+    s.add_argument("--hf", required=True, help="HF Qwen2.5-VL directory (config.json + safetensors)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: the checkpoint's")
+    s.add_argument("--mesh", default=None, help="e.g. fsdp=-1,tensor=2 (load sharded over local devices)")
+    s.set_defaults(fn=cmd_convert)
+
+    s = sub.add_parser("export", help="any checkpoint -> HF directory (transformers / vLLM)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    s.add_argument("--shard-gb", type=float, default=4.0)
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("run", help="image + question -> next-token distribution")
+    s.add_argument("--model", required=True)
+    s.add_argument("--image", required=True)
+    s.add_argument("--question", required=True)
+    s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+    s.add_argument("--mesh", default=None)
+    s.add_argument("--no-resize", action="store_true", help="skip Mini-o3's 40k..2M pixel pre-resize")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("demo", help="build -> convert -> reload -> run on a generated image, offline")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except MiniO3Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""One object that turns an image and a question into model outputs: checkpoint + tokenizer + processor.
+
+    from mini_o3_jax.pipeline import Pipeline
+    pipe = Pipeline.from_pretrained("checkpoints/qwen2_5_vl_7b")   # HF dir or `mini-o3 convert` output
+    for token, prob in pipe.top_next_tokens("photo.jpg", "What is written on the sign?"):
+        print(token, prob)
+
+Multi-turn generation with the zoom tool builds on this in `mini_o3_jax.rollout`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from mini_o3_jax.agent.prompts import SYSTEM_PROMPT_TOOL_CROP
+from mini_o3_jax.model.qwen2_5_vl import Qwen25VL, TextInputs
+from mini_o3_jax.model.vision import VisionInputs
+from mini_o3_jax.model.weights import load_model
+from mini_o3_jax.processing.chat import Tokenizer, encode_chat, replace_image_placeholders
+from mini_o3_jax.processing.image import ImageProcessor, ImageSource, load_image, resize_original
+from mini_o3_jax.processing.inputs import Batch, build_inputs
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_last(graphdef, state, text: TextInputs, vision: VisionInputs | None, last: jax.Array) -> jax.Array:
+    """Log-softmax over the vocabulary at position `last[b]` of each sequence (LM head on B rows only)."""
+    model = nnx.merge(graphdef, state)
+    hidden = model(text, vision)
+    h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+    return jax.nn.log_softmax(model.text.logits(h), axis=-1)
+
+
+@dataclasses.dataclass
+class Pipeline:
+    model: Qwen25VL
+    tokenizer: Tokenizer
+    image_processor: ImageProcessor
+    mini_o3_resize: bool = True  # apply Mini-o3's 40k..2M-pixel pre-resize to the question image
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, dtype: str | None = None, mesh=None, **kwargs) -> Pipeline:
+        path = os.fspath(path)
+        model = load_model(path, dtype=dtype, mesh=mesh)
+        return cls(model, Tokenizer.from_pretrained(path), ImageProcessor.from_pretrained(path), **kwargs)
+
+    def prepare(
+        self,
+        images: Sequence[ImageSource],
+        question: str,
+        system: str | None = SYSTEM_PROMPT_TOOL_CROP,
+    ) -> Batch:
+        """Mini-o3's first-turn prompt: system prompt, then one user turn `<image>\\n{question}`."""
+        pil = [load_image(i) if not isinstance(i, Image.Image) else i for i in images]
+        if self.mini_o3_resize:
+            pil = [resize_original(i) for i in pil]
+        processed = self.image_processor(pil)
+        user = replace_image_placeholders("<image>\n" * len(pil) + question)
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        ids = encode_chat(self.tokenizer, messages, processed.grid_thw)
+        return build_inputs([ids], [processed.pixel_values], [processed.grid_thw], self.model.config,
+                            pad_id=self.tokenizer.endoftext_id)
+
+    def next_token_logprobs(self, batch: Batch) -> np.ndarray:
+        """Log-probabilities (B, V) of the token following each sequence of `batch`."""
+        graphdef, state = nnx.split(self.model)
+        out = _forward_last(graphdef, state, batch.text, batch.vision, jnp.asarray(batch.lengths - 1))
+        return np.asarray(out)
+
+    def top_next_tokens(
+        self, image: ImageSource, question: str, k: int = 5, system: str | None = SYSTEM_PROMPT_TOOL_CROP
+    ) -> list[tuple[str, float]]:
+        logprobs = self.next_token_logprobs(self.prepare([image], question, system))[0]
+        top = np.argsort(-logprobs)[:k]
+        return [(self.tokenizer.decode([int(i)]), float(np.exp(logprobs[i]))) for i in top]
+
