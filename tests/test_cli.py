@@ -1,0 +1,67 @@
+"""The command line end to end: init -> convert -> run -> export, and the demo (the README's main job)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mini_o3_jax.cli import main
+from mini_o3_jax.demo import run_demo, scene
+from mini_o3_jax.model.weights import load_hf, load_model
+from tests.hf_reference import qwen_tokenizer_dir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_demo_runs_and_formats_agree(tmp_path):
+    report = run_demo(str(tmp_path / "demo"))
+    assert report["hf_vs_orbax_max_abs_logprob_diff"] == 0.0
+    assert report["image"]["llm_image_tokens"] > 2000  # 2400x1600 -> ~2M px after Mini-o3's resize
+    assert len(report["top_next_tokens"]) == 5
+    probs = [p for _, p in report["top_next_tokens"]]
+    assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
+    assert os.path.exists(os.path.join(report["checkpoints"]["orbax"], "mini_o3.json"))
+
+
+def test_init_convert_run_export(tmp_path, capsys):
+    hf = tmp_path / "hf"
+    cfg = os.path.join(REPO, "configs", "qwen2_5_vl_tiny.py")
+    assert main(["init", "--config", cfg, "--out", str(hf), "--tokenizer", qwen_tokenizer_dir(),
+                 "--override", "model.text.num_hidden_layers=3"]) == 0
+    assert json.loads((hf / "config.json").read_text())["num_hidden_layers"] == 3
+    orbax = tmp_path / "orbax"
+    assert main(["convert", "--hf", str(hf), "--out", str(orbax)]) == 0
+    image = tmp_path / "scene.png"
+    scene(1, (640, 480)).save(image)
+    capsys.readouterr()
+    assert main(["run", "--model", str(orbax), "--image", str(image), "--question", "What is red?"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("next-token distribution") and len(lines) == 6
+    out = tmp_path / "exported"
+    assert main(["export", "--model", str(orbax), "--out", str(out), "--dtype", "float32"]) == 0
+    a, b = load_hf(hf), load_model(out)
+    for x, y in zip(np.asarray(a.text.layers.q[...]).ravel()[:1000], np.asarray(b.text.layers.q[...]).ravel()[:1000]):
+        assert x == y
+    assert (out / "tokenizer.json").exists()
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    assert main(["convert", "--hf", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "nope" in err
+
+
+def test_config_override_errors(tmp_path):
+    from mini_o3_jax.config_files import load_config
+    from mini_o3_jax.errors import ConfigError
+
+    cfg = os.path.join(REPO, "configs", "qwen2_5_vl_7b.py")
+    c = load_config(cfg, ["model.text.num_hidden_layers=4"])
+    assert c.model.text.num_hidden_layers == 4 and c.model.vision.out_hidden_size == 3584
+    with pytest.raises(ConfigError, match="no field 'hidden'"):
+        load_config(cfg, ["model.text.hidden=4"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.py")
