@@ -117,6 +117,20 @@ class ModelConfig:
                 return text_src[key]
             return d.get(key, default)
 
+        def number(kind: type, field: str, value: Any) -> Any:
+            try:
+                if value is None or isinstance(value, bool):
+                    raise TypeError
+                return kind(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{source}: {field} must be {kind.__name__}, got {value!r}") from None
+
+        def ti(key: str, default: Any = None) -> int:
+            return number(int, f"text field {key}", tget(key, default))
+
+        def tf(key: str, default: Any = None) -> float:
+            return number(float, f"text field {key}", tget(key, default))
+
         rope = tget("rope_parameters") or tget("rope_scaling") or {}
         if not isinstance(rope, Mapping):
             raise ConfigError(f"{source}: rope_scaling/rope_parameters must be an object, got {rope!r}")
@@ -132,39 +146,46 @@ class ModelConfig:
             raise ConfigError(f"{source}: missing text fields {missing}")
         tie = d.get("tie_word_embeddings", text_src.get("tie_word_embeddings", False))
         text = TextConfig(
-            vocab_size=int(tget("vocab_size")),
-            hidden_size=int(tget("hidden_size")),
-            intermediate_size=int(tget("intermediate_size")),
-            num_hidden_layers=int(tget("num_hidden_layers")),
-            num_attention_heads=int(tget("num_attention_heads")),
-            num_key_value_heads=int(tget("num_key_value_heads", tget("num_attention_heads"))),
-            rope_theta=float(rope_theta),
-            mrope_section=tuple(int(x) for x in rope["mrope_section"]),
-            rms_norm_eps=float(tget("rms_norm_eps", 1e-6)),
+            vocab_size=ti("vocab_size"),
+            hidden_size=ti("hidden_size"),
+            intermediate_size=ti("intermediate_size"),
+            num_hidden_layers=ti("num_hidden_layers"),
+            num_attention_heads=ti("num_attention_heads"),
+            num_key_value_heads=ti("num_key_value_heads", tget("num_attention_heads")),
+            rope_theta=number(float, "rope_theta", rope_theta),
+            mrope_section=tuple(number(int, "mrope_section", x) for x in rope["mrope_section"]),
+            rms_norm_eps=tf("rms_norm_eps", 1e-6),
             tie_word_embeddings=bool(tie),
-            max_position_embeddings=int(tget("max_position_embeddings", 128000)),
+            max_position_embeddings=ti("max_position_embeddings", 128000),
             hidden_act=str(tget("hidden_act", "silu")),
         )
         v = d.get("vision_config")
         if not isinstance(v, Mapping):
             raise ConfigError(f"{source}: missing vision_config object")
         vrope = v.get("rope_parameters") or {}
+
+        def vi(key: str, default: Any = None) -> int:
+            return number(int, f"vision_config.{key}", v.get(key, default))
+
+        def vf(key: str, default: Any = None) -> float:
+            return number(float, f"vision_config.{key}", v.get(key, default))
+
         vision = VisionConfig(
-            depth=int(v.get("depth", 32)),
-            hidden_size=int(v.get("hidden_size", 1280)),
-            num_heads=int(v.get("num_heads", 16)),
-            intermediate_size=int(v.get("intermediate_size", 3420)),
-            out_hidden_size=int(v.get("out_hidden_size", text.hidden_size)),
-            patch_size=int(v.get("patch_size", v.get("spatial_patch_size", 14))),
-            temporal_patch_size=int(v.get("temporal_patch_size", 2)),
-            spatial_merge_size=int(v.get("spatial_merge_size", 2)),
-            in_channels=int(v.get("in_channels", v.get("in_chans", 3))),
-            window_size=int(v.get("window_size", 112)),
+            depth=vi("depth", 32),
+            hidden_size=vi("hidden_size", 1280),
+            num_heads=vi("num_heads", 16),
+            intermediate_size=vi("intermediate_size", 3420),
+            out_hidden_size=vi("out_hidden_size", text.hidden_size),
+            patch_size=vi("patch_size", v.get("spatial_patch_size", 14)),
+            temporal_patch_size=vi("temporal_patch_size", 2),
+            spatial_merge_size=vi("spatial_merge_size", 2),
+            in_channels=vi("in_channels", v.get("in_chans", 3)),
+            window_size=vi("window_size", 112),
             fullatt_block_indexes=tuple(int(i) for i in v.get("fullatt_block_indexes", (7, 15, 23, 31))),
-            rope_theta=float(vrope.get("rope_theta", v.get("rope_theta", 10000.0))),
-            rms_norm_eps=float(v.get("rms_norm_eps", 1e-6)),
+            rope_theta=number(float, "vision_config.rope_theta", vrope.get("rope_theta", v.get("rope_theta", 10000.0))),
+            rms_norm_eps=vf("rms_norm_eps", 1e-6),
             hidden_act=str(v.get("hidden_act", "silu")),
-            tokens_per_second=int(v.get("tokens_per_second", 2)),
+            tokens_per_second=vi("tokens_per_second", 2),
         )
         ids = {
             k: int(d.get(k, text_src.get(k, default)))

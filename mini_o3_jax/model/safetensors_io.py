@@ -55,6 +55,19 @@ class SafetensorsFile:
             raise CheckpointError(f"{path}: not a safetensors file (bad header: {e})") from None
         self.metadata = header.pop("__metadata__", None) or {}
         self.header: dict[str, dict[str, Any]] = header
+        for key, h in header.items():
+            try:
+                dtype, shape, (start, end) = h["dtype"], tuple(int(d) for d in h["shape"]), h["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{path}: tensor {key}: malformed header entry {h!r}") from None
+            if dtype not in DTYPES:
+                raise CheckpointError(f"{path}: tensor {key}: unsupported dtype {dtype!r} (expected one of {sorted(DTYPES)})")
+            want = int(np.prod(shape)) * DTYPES[dtype].itemsize
+            if not 0 <= start <= end or end - start != want:
+                raise CheckpointError(
+                    f"{path}: tensor {key}: data_offsets {[start, end]} hold {end - start} bytes, but {dtype} "
+                    f"{list(shape)} needs {want}"
+                )
         self._data_start = 8 + n
         data_len = max((int(h["data_offsets"][1]) for h in header.values()), default=0)
         if self._data_start + data_len > size:
@@ -139,15 +152,19 @@ def write_safetensors(
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # keep the data 8-byte aligned, as the reference writer does
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for name, shape, dtype in specs:
-            arr = np.ascontiguousarray(produce(name), dtype=dtype)
-            if arr.shape != tuple(shape):
-                raise ValueError(f"{name}: produced shape {arr.shape}, header says {tuple(shape)}")
-            f.write(arr.tobytes())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            for name, shape, dtype in specs:
+                arr = np.ascontiguousarray(produce(name), dtype=dtype)
+                if arr.shape != tuple(shape):
+                    raise ValueError(f"{name}: produced shape {arr.shape}, header says {tuple(shape)}")
+                f.write(arr.tobytes())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def iter_shards(sizes: Iterator[tuple[str, int]], max_bytes: int) -> list[list[str]]:

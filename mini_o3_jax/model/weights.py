@@ -278,20 +278,36 @@ def save_hf(
     sizes = {name: int(np.prod(shape)) * np_dtype.itemsize for name, shape, _ in specs}
     shards = iter_shards(((n, sizes[n]) for n, _, _ in specs), max_shard_bytes)
     spec_by_name = {s[0]: s for s in specs}
-    for f in os.listdir(path):  # stale shards from an earlier export would confuse loaders
-        if f.endswith(".safetensors") or f == "model.safetensors.index.json":
+    # Write every new file under a temporary name first, then swap them in and drop stale shards:
+    # an export that fails half-way leaves the previous export in `path` intact.
+    staged: dict[str, str] = {}
+    try:
+        if len(shards) == 1:
+            staged["model.safetensors"] = os.path.join(path, ".new.model.safetensors")
+            write_safetensors(staged["model.safetensors"], specs, produce)
+        else:
+            weight_map = {}
+            for k, names in enumerate(shards):
+                fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+                staged[fname] = os.path.join(path, f".new.{fname}")
+                write_safetensors(staged[fname], [spec_by_name[n] for n in names], produce)
+                weight_map.update({n: fname for n in names})
+            index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+            staged["model.safetensors.index.json"] = os.path.join(path, ".new.model.safetensors.index.json")
+            with open(staged["model.safetensors.index.json"], "w", encoding="utf-8") as f:
+                json.dump(index, f, indent=2)
+    except BaseException:
+        for tmp in staged.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise
+    # Shards first, the index last, then stale files of an older export with a different layout.
+    for final, tmp in staged.items():
+        os.replace(tmp, os.path.join(path, final))
+    for f in os.listdir(path):
+        stale = f.endswith(".safetensors") or f == "model.safetensors.index.json"
+        if stale and f not in staged and not f.startswith(".new."):
             os.remove(os.path.join(path, f))
-    if len(shards) == 1:
-        write_safetensors(os.path.join(path, "model.safetensors"), specs, produce)
-    else:
-        weight_map = {}
-        for k, names in enumerate(shards):
-            fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-            write_safetensors(os.path.join(path, fname), [spec_by_name[n] for n in names], produce)
-            weight_map.update({n: fname for n in names})
-        index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
-        with open(os.path.join(path, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2)
     cfg = model.config
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
         json.dump(cfg.to_hf_dict(torch_dtype=dtype), f, indent=2)
@@ -356,10 +372,15 @@ def load_orbax(
     meta_path = os.path.join(path, ORBAX_META)
     if not os.path.exists(meta_path):
         raise CheckpointError(f"{path}: no {ORBAX_META} (not a mini_o3_jax Orbax checkpoint)")
-    with open(meta_path, encoding="utf-8") as f:
-        meta = json.load(f)
-    cfg = ModelConfig.from_config_dict(meta["config"])
-    stored = DTYPES[meta["dtype"]]
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        cfg = ModelConfig.from_config_dict(meta["config"])
+        stored = DTYPES[meta["dtype"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{meta_path}: expected JSON with 'config' (model config) and 'dtype' ({type(e).__name__}: {e})"
+        ) from None
     jdtype = stored if dtype is None else (DTYPES[dtype] if isinstance(dtype, str) else dtype)
     abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, dtype=stored, rngs=nnx.Rngs(0), remat=remat))
     graphdef, state = nnx.split(abstract)

@@ -25,6 +25,9 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices=None) -> Mesh:
     if unknown:
         raise ConfigError(f"mesh: unknown axes {sorted(unknown)}; expected a subset of {AXES}")
     sizes = [int(shape.get(a, 1)) for a in AXES]
+    bad = {a: s for a, s in zip(AXES, sizes) if s != -1 and s < 1}
+    if bad:
+        raise ConfigError(f"mesh {shape}: axis sizes must be >= 1 or -1 (the rest), got {bad}")
     if sizes.count(-1) > 1:
         raise ConfigError(f"mesh {shape}: at most one axis may be -1")
     known = int(np.prod([s for s in sizes if s != -1]))
