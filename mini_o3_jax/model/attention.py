@@ -25,15 +25,22 @@ def _attend(
     scale: float,
 ) -> jax.Array:
     b, lq, h, d = q.shape
-    kvh = k.shape[2]
-    qg = q.reshape(b, lq, kvh, h // kvh, d)  # query head j uses kv head j // group (HF repeat_kv)
-    s = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32) * scale
+    lk, kvh = k.shape[1], k.shape[2]
+    g = h // kvh
+    # Head-major batched matmuls with the query group folded into the rows: query head j uses kv
+    # head j // g (HF repeat_kv), and each kv head is read once for all its g query heads. On XLA:CPU
+    # this layout plus the explicit softmax below is ~5x faster than the equivalent 5-D einsums.
+    qt = q.reshape(b, lq, kvh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * lq, d)
+    s = jnp.matmul(qt, k.transpose(0, 2, 3, 1), preferred_element_type=jnp.float32) * scale
+    s = s.reshape(b, kvh, g, lq, lk)
     mask = q_seg[:, :, None] == kv_seg[:, None, :]
     if q_pos is not None:
         mask = mask & (kv_pos[:, None, :] <= q_pos[:, :, None])
     s = jnp.where(mask[:, None, None], s, _NEG)
-    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    o = jnp.einsum("bkgqs,bskd->bqkgd", p, v, preferred_element_type=jnp.float32)
+    e = jnp.exp(s - jax.lax.stop_gradient(s.max(axis=-1, keepdims=True)))
+    p = (e / e.sum(axis=-1, keepdims=True)).astype(v.dtype)  # fp32 softmax, one rounding (HF order)
+    o = jnp.matmul(p.reshape(b, kvh, g * lq, lk), v.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
+    o = o.reshape(b, kvh, g, lq, d).transpose(0, 3, 1, 2, 4)
     return o.astype(q.dtype).reshape(b, lq, h, d)
 
 

@@ -7,6 +7,8 @@ matmuls accumulate in fp32 and round once to the activation dtype, as torch's CP
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -44,9 +46,25 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight * xf.astype(dtype)
 
 
+def matmul_fp32(spec: str, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`einsum(spec, x, kernel)` accumulated in fp32; x's first axis must lead the output.
+
+    XLA:CPU lowers a single-row bf16 product (a GEMV: last-position logits, batch-1 decoding) by
+    converting the whole weight to fp32 on every call, ~8x slower than its two-row kernel; so on
+    CPU one row is padded to two. Other backends see the plain einsum.
+    """
+    lhs, out = spec.split(",")[0], spec.split("->")[1]
+    rows = math.prod(n for c, n in zip(lhs, x.shape) if c in out)
+    kernel = kernel.astype(x.dtype)
+    if rows == 1 and x.dtype != jnp.float32 and lhs[0] == out[0] and jax.default_backend() == "cpu":
+        x2 = jnp.concatenate([x, jnp.zeros_like(x)], axis=0)
+        return jnp.einsum(spec, x2, kernel, preferred_element_type=jnp.float32)[:1]
+    return jnp.einsum(spec, x, kernel, preferred_element_type=jnp.float32)
+
+
 def dense(x: jax.Array, kernel: jax.Array, spec: str, bias: jax.Array | None = None) -> jax.Array:
     """einsum with fp32 accumulation, bias added before the single rounding to x.dtype."""
-    y = jnp.einsum(spec, x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
+    y = matmul_fp32(spec, x, kernel)
     if bias is not None:
         y = y + bias.astype(jnp.float32)
     return y.astype(x.dtype)

@@ -12,7 +12,7 @@ from flax import nnx
 
 from mini_o3_jax.model.attention import attention
 from mini_o3_jax.model.config import TextConfig
-from mini_o3_jax.model.layers import apply_rotary, dense, param, rms_norm
+from mini_o3_jax.model.layers import apply_rotary, dense, matmul_fp32, param, rms_norm
 from mini_o3_jax.model.vision import _remat_policy
 
 
@@ -96,5 +96,6 @@ class TextDecoder(nnx.Module):
     def logits(self, hidden: jax.Array, out_dtype: jnp.dtype = jnp.float32) -> jax.Array:
         """LM head with fp32 accumulation; `out_dtype=hidden.dtype` reproduces HF's rounded logits."""
         kernel = self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
-        y = jnp.einsum("...d,dv->...v", hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
+        lead = "abcefgh"[: hidden.ndim - 1]
+        y = matmul_fp32(f"{lead}d,dv->{lead}v", hidden, kernel)
         return y.astype(out_dtype)
