@@ -88,6 +88,7 @@ def test_text_only(untied, processor):
     ids, _, _ = make_inputs(processor, msgs, [])
     ref = hf_logits(hf, ids)
     diff = np.abs(our_logits(model, ids) - ref).max()
+    print(f"[parity] fp32 max|logit diff| {diff:.2e}")
     assert diff <= FP32_TOL, diff
 
 
@@ -98,6 +99,7 @@ def test_one_image_ragged_windows(untied, processor):
     assert gh % 4 and gw % 4  # 11 x 14 merged tokens: windows are ragged on both edges
     ref = hf_logits(hf, ids, pv, grid)
     diff = np.abs(our_logits(model, ids, pv, grid) - ref).max()
+    print(f"[parity] fp32 max|logit diff| {diff:.2e}")
     assert diff <= FP32_TOL, diff
 
 
@@ -108,6 +110,7 @@ def test_three_images_multiturn(untied, processor):
     assert len({tuple(g) for g in grid.tolist()}) == 3
     ref = hf_logits(hf, ids, pv, grid)
     diff = np.abs(our_logits(model, ids, pv, grid) - ref).max()
+    print(f"[parity] fp32 max|logit diff| {diff:.2e}")
     assert diff <= FP32_TOL, diff
 
 
@@ -117,6 +120,7 @@ def test_tied_3b_style(tied, processor):
     ids, pv, grid = make_inputs(processor, ONE_IMAGE, [rand_image(196, 252, 4)])
     ref = hf_logits(hf, ids, pv, grid)
     diff = np.abs(our_logits(model, ids, pv, grid) - ref).max()
+    print(f"[parity] fp32 max|logit diff| {diff:.2e}")
     assert diff <= FP32_TOL, diff
 
 
@@ -138,6 +142,8 @@ def test_bf16_within_documented_tolerance(untied, processor):
     ref16 = hf_logits(hf16, ids, pv, grid)
     ours16 = our_logits(model16, ids, pv, grid)
     diff = np.abs(ours16 - ref16).max()
+    print(f"[parity] bf16 ours-vs-HF {diff:.2e}, HF bf16-vs-fp32 {np.abs(ref16 - ref32).max():.2e}, "
+          f"ours bf16-vs-HF fp32 {np.abs(ours16 - ref32).max():.2e}, max|logit| {np.abs(ref32).max():.2f}")
     assert diff <= BF16_TOL, diff
     # ours in bf16 is as close to the fp32 truth as HF's bf16 is (same precision class)
     assert np.abs(ours16 - ref32).max() <= 2 * max(np.abs(ref16 - ref32).max(), 1e-2)
