@@ -201,20 +201,13 @@ def random_hf_model(seed: int = 0):
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from tests.hf_reference import randomize_all
+
     torch.manual_seed(seed)
     config = hf_config()
     config._attn_implementation = "sdpa"
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or "ln_q" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            elif name.endswith("bias"):
-                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
-    return model
+    return randomize_all(model, seed, bias_scale=0.02, weight_scale=0.02)
 
 
 # ------------------------------------------------------------------------------------ CPU benchmark

@@ -120,15 +120,22 @@ def tiny_hf_model(tied: bool = False, seed: int = 0, **kwargs):
     config = tiny_hf_config(tied, **kwargs)
     config._attn_implementation = "eager"
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    return randomize_all(model, seed, bias_scale=0.05, weight_scale=0.08)
+
+
+def randomize_all(model, seed: int, bias_scale: float, weight_scale: float):
+    """Give every tensor of a HF model distinct random values: norms near 1, biases and weights small."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or "norm" in name.split(".")[-2] or "ln_q" in name:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
             elif name.endswith("bias"):
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+                p.copy_(bias_scale * torch.randn(p.shape, generator=gen))
             else:
-                p.copy_(0.08 * torch.randn(p.shape, generator=gen))
+                p.copy_(weight_scale * torch.randn(p.shape, generator=gen))
     return model
 
 
