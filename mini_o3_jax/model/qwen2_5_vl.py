@@ -69,6 +69,24 @@ class Qwen25VL(nnx.Module):
         return self.text(x, cos, sin, text.segment_ids, token_pos)
 
 
+    def cached(
+        self,
+        text: TextInputs,
+        vision: VisionInputs | None,
+        k_cache: jax.Array,
+        v_cache: jax.Array,
+        starts: jax.Array,
+        slots: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Like `__call__` for a chunk appended to a KV cache at `starts` (see `TextDecoder.cached`);
+        `text.positions` continue each slot's M-RoPE positions, `text.segment_ids > 0` marks real tokens."""
+        features = self.visual(vision) if vision is not None else None
+        x = self.embed(text, features)
+        cfg = self.config.text
+        cos, sin = mrope(text.positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, x.dtype)
+        return self.text.cached(x, cos, sin, k_cache, v_cache, starts, text.segment_ids > 0, slots)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "logits_dtype"))
 def _forward_logits(graphdef, state, text: TextInputs, vision: VisionInputs | None, logits_dtype=jnp.float32):
     model = nnx.merge(graphdef, state)

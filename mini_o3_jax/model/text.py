@@ -93,6 +93,53 @@ class TextDecoder(nnx.Module):
         x, _ = jax.lax.scan(body, x, self.layer_weights())
         return rms_norm(x, self.norm[...], eps)
 
+    def cached(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        k_cache: jax.Array,
+        v_cache: jax.Array,
+        starts: jax.Array,
+        valid: jax.Array,
+        slots: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Run a (B, C) chunk against a KV cache: write its keys/values at `starts` and attend causally
+        over everything the slot holds. Same layer code as the full forward.
+
+        k_cache/v_cache: (layers, S, max_len, kv_heads, head_dim); `slots` (B,) picks the rows (None:
+        all S rows in order, B == S); `valid` (B, C) marks real tokens (padding is written past the
+        slot's end, where it is masked and later overwritten). Returns (hidden, k_cache, v_cache).
+        """
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+        eps = self.cfg.rms_norm_eps
+        b, c = x.shape[:2]
+        max_len = k_cache.shape[2]
+        rows = jnp.arange(b) if slots is None else slots
+        q_pos = starts[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
+        kv_pos = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (b, max_len))
+        end = starts + valid.sum(axis=-1).astype(jnp.int32)
+        kv_seg = (kv_pos < end[:, None]).astype(jnp.int32)
+        q_seg = valid.astype(jnp.int32)
+
+        def body(carry, layer):
+            x, kc, vc = carry
+            w, i = layer
+
+            def attend(q, k, v):
+                nonlocal kc, vc
+                kc = kc.at[i, rows[:, None], q_pos].set(k.astype(kc.dtype), mode="drop")
+                vc = vc.at[i, rows[:, None], q_pos].set(v.astype(vc.dtype), mode="drop")
+                keys, values = (kc[i] if slots is None else kc[i, rows]), (vc[i] if slots is None else vc[i, rows])
+                return attention(q, keys, values, q_seg, kv_seg, q_pos, kv_pos)
+
+            x = decoder_layer(x, w, cos, sin, eps, attend)
+            return (x, kc, vc), None
+
+        layers = jnp.arange(self.cfg.num_hidden_layers, dtype=jnp.int32)
+        (x, k_cache, v_cache), _ = jax.lax.scan(body, (x, k_cache, v_cache), (self.layer_weights(), layers))
+        return rms_norm(x, self.norm[...], eps), k_cache, v_cache
+
     def logits(self, hidden: jax.Array, out_dtype: jnp.dtype = jnp.float32) -> jax.Array:
         """LM head with fp32 accumulation; `out_dtype=hidden.dtype` reproduces HF's rounded logits."""
         kernel = self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]

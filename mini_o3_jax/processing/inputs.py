@@ -46,12 +46,15 @@ def build_inputs(
     num_windows: int | None = None,
     min_length: int = 16,
     pad_id: int = PAD_ID,
+    starts: Sequence[int] | None = None,
 ) -> Batch:
     """Pack B token sequences and their images.
 
     `pixel_values[b]` (N_b, patch_dim) and `grids_thw[b]` (n_b, 3) are the processor outputs for
     the images of sequence b, in order (use an empty array / None for text-only sequences).
-    `length`/`num_windows` force sizes; by default they are bucketed.
+    `length`/`num_windows` force sizes; by default they are bucketed. `starts[b]` continues
+    sequence b at M-RoPE position `starts[b]` (a chunk appended to a KV cache; default 0); the
+    returned `rope_deltas` are then `next_position - len(chunk)`.
     """
     config = config or ModelConfig()
     v = config.vision
@@ -96,7 +99,8 @@ def build_inputs(
     for i, (seq, g) in enumerate(zip(sequences, grids)):
         seq = np.asarray(seq, np.int64)
         n = len(seq)
-        pos, next_start = rope_index(seq, g, config.image_token_id, v.spatial_merge_size)
+        start = 0 if starts is None else int(starts[i])
+        pos, next_start = rope_index(seq, g, config.image_token_id, v.spatial_merge_size, start=start)
         n_img = int(np.sum(g[:, 0] * (g[:, 1] // v.spatial_merge_size) * (g[:, 2] // v.spatial_merge_size)))
         rows = merged_rows[row_offset:row_offset + n_img]
         row_offset += n_img

@@ -1,0 +1,1 @@
+"""Rollout on device: the KV cache, jitted prefill/extend/decode with sampling, and the host engine."""

@@ -1,0 +1,146 @@
+"""Jitted rollout steps over a donated KV cache: extend (prefill is extend at length 0) and decode.
+
+Every slot carries one *pending* token: sampled, returned to the host, not yet in the cache. The
+next call writes it first: `decode` feeds it back, and after a tool call the host's `extend` chunk
+starts with it, followed by the environment's observation tokens. So a turn's ids are exactly what
+was sampled, and nothing is ever re-prefilled.
+
+`decode` runs many steps in one `lax.scan` (no Python per token); a slot stops on a stop token, on
+its per-turn budget, or when its cache row is full.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mini_o3_jax.model.layers import mrope
+from mini_o3_jax.model.qwen2_5_vl import TextInputs
+from mini_o3_jax.model.vision import VisionInputs
+from mini_o3_jax.rollout.cache import KVCache
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Static sampling settings (a new combination compiles once). temperature 0 is greedy.
+
+    Mini-o3 trains and evaluates at temperature 1.0, top_p 1, top_k off (recipe spec §1.3, §5).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"{self}: expected temperature >= 0, top_k >= 0, 0 < top_p <= 1")
+
+
+def sample_tokens(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> jax.Array:
+    """One token per row of fp32 `logits` (B, V); `keys` (B,) are per-row PRNG keys."""
+    if sampling.temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / sampling.temperature
+    neg = jnp.finfo(jnp.float32).min
+    if sampling.top_k:
+        kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, neg, logits)
+    if sampling.top_p < 1.0:
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # keep the smallest prefix whose mass reaches top_p (the top token always stays)
+        drop_sorted = (jnp.cumsum(probs, axis=-1) - probs) >= sampling.top_p
+        drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
+        logits = jnp.where(drop, neg, logits)
+    return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+
+def _step_keys(slot_keys: jax.Array, counter: jax.Array) -> jax.Array:
+    # A slot's randomness depends only on its episode key and its own position: batching and slot
+    # placement do not change what an episode samples.
+    return jax.vmap(jax.random.fold_in)(slot_keys, counter)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("cache",))
+def extend(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    cache: KVCache,
+    text: TextInputs,
+    vision: VisionInputs | None,
+    slots: jax.Array,
+    deltas: jax.Array,
+    slot_keys: jax.Array,
+    sampling: Sampling,
+) -> tuple[KVCache, jax.Array, jax.Array]:
+    """Append a (B, C) chunk to slots `slots` at their current lengths; sample each slot's next token.
+
+    `text.positions` must continue each slot (built with `starts = length + delta`); `deltas` (B,)
+    are the slots' new rope deltas. Returns (cache, pending tokens (B,), their logits (B, V) fp32).
+    """
+    model = nnx.merge(graphdef, state)
+    starts = cache.length[slots]
+    hidden, k, v = model.cached(text, vision, cache.k, cache.v, starts, slots)
+    n = text.segment_ids.sum(axis=-1).astype(jnp.int32)
+    last = jnp.take_along_axis(hidden, (n - 1)[:, None, None], axis=1)[:, 0]
+    logits = model.text.logits(last)
+    length = cache.length.at[slots].add(n)
+    tokens = sample_tokens(logits, _step_keys(slot_keys, length[slots]), sampling)
+    return KVCache(k, v, length, cache.delta.at[slots].set(deltas)), tokens, logits
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "steps"), donate_argnames=("cache",))
+def decode(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    cache: KVCache,
+    pending: jax.Array,
+    live: jax.Array,
+    budget: jax.Array,
+    stop_ids: jax.Array,
+    slot_keys: jax.Array,
+    sampling: Sampling,
+    steps: int,
+) -> tuple[KVCache, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Up to `steps` tokens for every live slot, all slots together.
+
+    pending (S,): each slot's sampled-but-unwritten token; live (S,) bool: slots to advance;
+    budget (S,): tokens each slot may still sample this turn; stop_ids (K,): tokens that end a turn.
+    Returns (cache, tokens (S, steps) with -1 where a slot did not sample, pending (S,),
+    live (S,) still running, stopped (S,) ended on a stop token).
+    """
+    model = nnx.merge(graphdef, state)
+    cfg = model.config.text
+    max_len = cache.k.shape[2]
+
+    def step(carry, _):
+        cache, tok, live, stopped, budget = carry
+        pos = cache.length + cache.delta
+        text = TextInputs(
+            input_ids=tok[:, None],
+            positions=jnp.broadcast_to(pos[None, :, None], (3, pos.shape[0], 1)),
+            segment_ids=live[:, None].astype(jnp.int32),
+            image_rows=jnp.full((tok.shape[0], 1), -1, jnp.int32),
+        )
+        x = model.embed(text, None)
+        cos, sin = mrope(text.positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, x.dtype)
+        hidden, k, v = model.text.cached(x, cos, sin, cache.k, cache.v, cache.length, live[:, None])
+        logits = model.text.logits(hidden[:, 0])
+        length = cache.length + live.astype(jnp.int32)
+        nxt = sample_tokens(logits, _step_keys(slot_keys, length), sampling)
+        hit_stop = jnp.isin(nxt, stop_ids)
+        budget = budget - live.astype(jnp.int32)
+        out = jnp.where(live, nxt, -1)
+        tok = jnp.where(live, nxt, tok)
+        stopped = stopped | (live & hit_stop)
+        live = live & ~hit_stop & (budget > 0) & (length < max_len)
+        return (KVCache(k, v, length, cache.delta), tok, live, stopped, budget), out
+
+    init = (cache, pending, live, jnp.zeros_like(live), budget)
+    (cache, pending, live, stopped, _), tokens = jax.lax.scan(step, init, None, length=steps)
+    return cache, tokens.T, pending, live, stopped
