@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mini_o3_jax.model.qwen2_5_vl import TextInputs, forward_logits
 from mini_o3_jax.model.weights import load_hf
+from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.inputs import build_inputs
 from mini_o3_jax.rollout.cache import copy_slots, init_cache
 from mini_o3_jax.rollout.sampler import Sampling, decode, extend, sample_tokens
-from tests.hf_reference import hf_processor, tiny_hf_model
+from mini_o3_jax.rollout.stops import kmp_automaton, stop_table, truncate_at_stop
+from tests.hf_reference import hf_processor, qwen_tokenizer_dir, tiny_hf_model
 from tests.test_model_golden import make_inputs, rand_image
 
 GREEDY = Sampling(temperature=0.0)
@@ -80,7 +84,7 @@ def test_greedy_single_turn_equals_transformers_generate(setup):
     s = Slot(model, cache, slot=1)
     s.extend(ids, pv, grid)
     live = jnp.array([False, True])
-    cache, toks, pending, live, stopped = decode(
+    cache, toks, pending, live, stopped, _ = decode(
         s.graphdef, s.state, s.cache, jnp.array([0, s.pending]), live, jnp.array([0, 100]), jnp.array([-7]),
         s.keys, GREEDY, steps)
     ours = [s.pending] + [int(t) for t in np.asarray(toks[1])]
@@ -136,7 +140,7 @@ def test_decode_matches_full_forward_with_two_busy_slots(setup):
     b.extend(ids_b, pv_b, grid_b)
     b.extend([])  # slot b is one token ahead: the slots now sit at different lengths
     steps = 6
-    cache, toks, pending, live, stopped = decode(
+    cache, toks, pending, live, stopped, _ = decode(
         a.graphdef, a.state, b.cache, jnp.array([a.pending, b.pending]), jnp.array([True, True]),
         jnp.array([100, 3]), jnp.array([-7]), a.keys, GREEDY, steps)
     toks = np.asarray(toks)
@@ -160,7 +164,7 @@ def test_stop_tokens_end_a_slot(setup):
     cache = init_cache(model.config.text, slots=1, max_len=1024, dtype=jnp.float32)
     s = Slot(model, cache, slot=0)
     s.extend(ids, pv, grid)
-    _, toks, pending, live, stopped = decode(s.graphdef, s.state, s.cache, jnp.array([s.pending]),
+    _, toks, pending, live, stopped, _ = decode(s.graphdef, s.state, s.cache, jnp.array([s.pending]),
                                              jnp.array([True]), jnp.array([50]), jnp.array([third]), s.keys, GREEDY, 5)
     assert np.asarray(toks[0]).tolist()[:3] == np.asarray(free[0]).tolist()[:3]
     assert (np.asarray(toks[0, 3:]) == -1).all() and bool(stopped[0]) and not bool(live[0])
@@ -197,3 +201,59 @@ def test_sampling_distribution_and_filters():
     assert (np.asarray(sample_tokens(logits, keys, GREEDY)) == 0).all()
     with pytest.raises(ValueError):
         Sampling(top_p=0.0)
+
+
+def test_stop_string_ends_a_slot_across_tokens_and_calls(setup):
+    """A stop string the model emits over several tokens, with the decode split into two calls."""
+    _, model, processor = setup
+    tok = Tokenizer.from_pretrained(qwen_tokenizer_dir())
+    ids, pv, grid = make_inputs(processor, ONE_IMAGE, [rand_image(300, 400, 8)])
+
+    def run(table=None, chunks=(8,)):
+        cache = init_cache(model.config.text, slots=1, max_len=1024, dtype=jnp.float32)
+        s = Slot(model, cache, slot=0)
+        s.extend(ids, pv, grid)
+        cache, pending, state, out = s.cache, jnp.array([s.pending]), jnp.zeros(1, jnp.int32), [s.pending]
+        live, stopped = jnp.array([True]), jnp.array([False])
+        for n in chunks:
+            cache, toks, pending, live, stopped, state = decode(
+                s.graphdef, s.state, cache, pending, live, jnp.array([50]), jnp.array([-7]), s.keys, GREEDY, n,
+                None if table is None else jnp.asarray(table), state)
+            out += [int(t) for t in np.asarray(toks[0]) if t >= 0]
+        return out, bool(stopped[0])
+
+    free, _ = run()
+    known = [i for i in range(1, 8) if tok.decode([free[i]]).strip() and free[i] < tok.vocab_size]
+    a, b = known[0], known[1]  # two consecutive-or-not printable tokens: the stop text spans them
+    stop = tok.decode(free[a:b + 1])
+    assert len(stop) >= 2
+    got, stopped = run(stop_table(tok, stop, model.config.text.vocab_size), chunks=(a, 8))
+    assert stopped and got == free[: len(got)]
+    text = tok.decode(got, skip_special_tokens=True)
+    assert stop in text and stop not in tok.decode(got[:-1], skip_special_tokens=True)
+
+
+def test_truncate_at_stop_keeps_nothing_after_the_stop_text():
+    tok = Tokenizer.from_pretrained(qwen_tokenizer_dir())
+    stop = "</grounding>"
+    for text, kept in [
+        ('<grounding>{"bbox_2d": [0, 0, 1, 1]}</grounding>', '<grounding>{"bbox_2d": [0, 0, 1, 1]}</grounding>'),
+        ("a</grounding>\n\nmore", "a</grounding>"),  # '>\n\n' is one token: replaced by '>'
+        ("a</grounding></grounding>", "a</grounding>"),
+        ("no stop here", "no stop here"),
+    ]:
+        out = truncate_at_stop(np.asarray(tok.encode(text)), tok, stop)
+        assert tok.decode(out) == kept
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab<>/x", min_size=1, max_size=6), st.text(alphabet="ab<>/xy", max_size=40))
+def test_kmp_automaton_finds_exactly_the_occurrences(stop, text):
+    table, alphabet = kmp_automaton(stop)
+    state, first = 0, None
+    for i, c in enumerate(text):
+        state = table[state, alphabet.get(c, 0)]
+        if state == len(stop) and first is None:
+            first = i + 1
+    at = text.find(stop)
+    assert first == (None if at < 0 else at + len(stop))

@@ -106,20 +106,31 @@ def decode(
     slot_keys: jax.Array,
     sampling: Sampling,
     steps: int,
-) -> tuple[KVCache, jax.Array, jax.Array, jax.Array, jax.Array]:
+    stop_table: jax.Array | None = None,
+    stop_state: jax.Array | None = None,
+) -> tuple[KVCache, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """Up to `steps` tokens for every live slot, all slots together.
 
     pending (S,): each slot's sampled-but-unwritten token; live (S,) bool: slots to advance;
-    budget (S,): tokens each slot may still sample this turn; stop_ids (K,): tokens that end a turn.
+    budget (S,): tokens each slot may still sample this turn; stop_ids (K,): tokens that end a turn;
+    stop_table (m + 1, V) / stop_state (S,): a stop string's automaton (rollout/stops.py) and each
+    slot's state in it (0 at the start of a turn; carried across calls within a turn).
     Returns (cache, tokens (S, steps) with -1 where a slot did not sample, pending (S,),
-    live (S,) still running, stopped (S,) ended on a stop token).
+    live (S,) still running, stopped (S,) ended on a stop token or string, stop_state (S,)).
     """
     model = nnx.merge(graphdef, state)
     cfg = model.config.text
     max_len = cache.k.shape[2]
 
+    if stop_table is None:
+        stop_table = jnp.zeros((2, 1), jnp.int32)  # a string that is never matched
+    matched = stop_table.shape[0] - 1
+    vocab = stop_table.shape[1]
+    if stop_state is None:
+        stop_state = jnp.zeros_like(pending)
+
     def step(carry, _):
-        cache, tok, live, stopped, budget = carry
+        cache, tok, live, stopped, budget, state = carry
         pos = cache.length + cache.delta
         text = TextInputs(
             input_ids=tok[:, None],
@@ -133,14 +144,16 @@ def decode(
         logits = model.text.logits(hidden[:, 0])
         length = cache.length + live.astype(jnp.int32)
         nxt = sample_tokens(logits, _step_keys(slot_keys, length), sampling)
-        hit_stop = jnp.isin(nxt, stop_ids)
+        moved = jnp.where(nxt < vocab, stop_table[state, jnp.clip(nxt, 0, vocab - 1)], state)
+        state = jnp.where(live, moved, state)
+        hit_stop = jnp.isin(nxt, stop_ids) | (state == matched)
         budget = budget - live.astype(jnp.int32)
         out = jnp.where(live, nxt, -1)
         tok = jnp.where(live, nxt, tok)
         stopped = stopped | (live & hit_stop)
         live = live & ~hit_stop & (budget > 0) & (length < max_len)
-        return (KVCache(k, v, length, cache.delta), tok, live, stopped, budget), out
+        return (KVCache(k, v, length, cache.delta), tok, live, stopped, budget, state), out
 
-    init = (cache, pending, live, jnp.zeros_like(live), budget)
-    (cache, pending, live, stopped, _), tokens = jax.lax.scan(step, init, None, length=steps)
-    return cache, tokens.T, pending, live, stopped
+    init = (cache, pending, live, jnp.zeros_like(live), budget, stop_state)
+    (cache, pending, live, stopped, _, stop_state), tokens = jax.lax.scan(step, init, None, length=steps)
+    return cache, tokens.T, pending, live, stopped, stop_state
