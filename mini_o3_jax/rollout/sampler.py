@@ -34,6 +34,9 @@ class Sampling:
     temperature: float = 1.0
     top_k: int = 0  # 0: off
     top_p: float = 1.0
+    # Never sample ids above this (the model's padded vocabulary past the tokenizer's last id; the
+    # released engine dropped such ids from the turn instead, which would desync a KV cache).
+    max_token_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
@@ -42,10 +45,12 @@ class Sampling:
 
 def sample_tokens(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> jax.Array:
     """One token per row of fp32 `logits` (B, V); `keys` (B,) are per-row PRNG keys."""
+    neg = jnp.finfo(jnp.float32).min
+    if sampling.max_token_id is not None:
+        logits = jnp.where(jnp.arange(logits.shape[-1]) > sampling.max_token_id, neg, logits)
     if sampling.temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits.astype(jnp.float32) / sampling.temperature
-    neg = jnp.finfo(jnp.float32).min
     if sampling.top_k:
         kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, neg, logits)
