@@ -79,3 +79,69 @@ def test_turns_end_on_a_stop_token_or_the_budget(parts):
         assert by_stop or last.num_tokens == 24
         if last.outcome == "final" and not by_stop:
             assert t.void  # cut by the per-turn budget
+
+
+def test_multi_turn_episode_with_a_zoom_runs_through_the_engine(parts, tmp_path):
+    """Teach a tiny model one two-turn trajectory (zoom, then answer), then let the engine run it.
+
+    The engine must reproduce it token for token: stop at `</grounding>`, crop, extend the cache with
+    the observation and its image, decode the answer, and report the flags.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from mini_o3_jax.agent.environment import VisualSearchEnv
+    from mini_o3_jax.model.qwen2_5_vl import forward_logits
+    from mini_o3_jax.processing.inputs import build_inputs
+
+    base, tok, proc = parts
+    model = nnx.merge(*nnx.split(base))  # a private copy to train
+    ep = episodes(1)[0]
+    env = VisualSearchEnv(ep.image, ep.question, tok, proc, ENV)
+    call = '<think>zoom</think><grounding>{"bbox_2d": [0.2, 0.1, 0.7, 0.6], "source": "original_image"}</grounding>'
+    env.step(tok.encode(call))
+    env.step(tok.encode("<answer>A</answer><|im_end|>"))
+    target = env.trajectory()
+    assert [t.outcome for t in target.turns] == ["crop", "final"]
+
+    pixels = np.concatenate([proc([im]).pixel_values for im in target.images])
+    batch = build_inputs([target.token_ids], [pixels], [target.grids], model.config)
+    n = len(target)
+    predict = np.flatnonzero(target.loss_mask[1:n])  # positions whose next token the model sampled
+    labels = jnp.asarray(target.token_ids[predict + 1])
+    graphdef, params = nnx.split(model, nnx.Param)
+    opt = optax.adam(1e-2)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def train_step(params, opt_state):
+        def loss_fn(p):
+            m = nnx.merge(graphdef, p)
+            logits = m.text.logits(m(batch.text, batch.vision)[0, predict])  # LM head on those rows only
+            logp = jax.nn.log_softmax(logits, -1)
+            return -jnp.take_along_axis(logp, labels[:, None], -1).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    for _ in range(100):
+        params, opt_state, loss = train_step(params, opt_state)
+    model = nnx.merge(graphdef, params)
+    logits = np.asarray(forward_logits(model, batch.text, batch.vision))[0, : n - 1]
+    assert (logits[predict].argmax(-1) == target.token_ids[predict + 1]).all(), float(loss)
+
+    cfg = EngineConfig(slots=2, max_len=6144, decode_chunk=8, max_turn_tokens=64, sampling=Sampling(0.0), env=ENV)
+    engine = RolloutEngine(model, tok, proc, cfg)
+    seen = []
+    try:
+        (got,) = engine.run([ep], on_turn=lambda e, s, step: seen.append(step.turn.outcome))
+    finally:
+        engine.close()
+    assert seen == ["crop", "final"]
+    np.testing.assert_array_equal(got.token_ids, target.token_ids)
+    np.testing.assert_array_equal(got.loss_mask, target.loss_mask)
+    assert got.answer == "A" and not (got.void or got.exceed) and got.turns[0].pixel_box == target.turns[0].pixel_box
+    assert got.grids.tolist() == target.grids.tolist()
