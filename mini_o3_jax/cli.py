@@ -4,6 +4,7 @@
   convert  HF checkpoint directory -> Orbax checkpoint (+ tokenizer/processor files)
   export   any checkpoint -> HF directory loadable by transformers / vLLM
   run      one image + question through the model; print the most likely next tokens
+  infer    image + question -> multi-turn visual search with zooms; streams turns, writes report.html
   demo     the main job until the full recipe lands: build, convert, reload, run (no downloads)
 """
 
@@ -79,6 +80,30 @@ def cmd_run(args) -> None:
         print(f"  {p:8.4f}  {tok!r}")
 
 
+def cmd_infer(args) -> None:
+    from tqdm import tqdm
+
+    from mini_o3_jax.infer import infer
+
+    bar = tqdm(desc="turns", unit="turn")
+
+    def on_turn(sample: int, step) -> None:
+        t = step.turn
+        bar.update()
+        detail = t.error or (f"box {list(t.box)} on {t.source}" if t.box is not None else "")
+        tqdm.write(f"[sample {sample}] {t.outcome}{': ' + detail if detail else ''}\n{t.text}\n")
+
+    trajs = infer(args.model, args.image, args.question, max_turns=args.max_turns, samples=args.samples,
+                  temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                  max_context=args.max_context, max_turn_tokens=args.max_turn_tokens, dtype=args.dtype,
+                  out_dir=args.out, on_turn=on_turn)
+    bar.close()
+    for s, t in enumerate(trajs):
+        flags = [f for f in ("over_turn", "over_length", "void") if getattr(t, f)]
+        print(f"sample {s}: answer {t.answer!r} after {t.num_turns} turn(s)" + (f" [{', '.join(flags)}]" if flags else ""))
+    print(f"report: {os.path.join(args.out, 'report.html')}")
+
+
 def cmd_demo(args) -> None:
     from mini_o3_jax.demo import run_demo
 
@@ -122,6 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mesh", default=None)
     s.add_argument("--no-resize", action="store_true", help="skip Mini-o3's 40k..2M pixel pre-resize")
     s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("infer", help="image + question -> multi-turn visual search with zooms, HTML report")
+    s.add_argument("--model", required=True, help="HF or Orbax checkpoint dir (e.g. a converted Mini-o3-7B)")
+    s.add_argument("--image", required=True)
+    s.add_argument("--question", required=True)
+    s.add_argument("--max-turns", type=int, default=12, help="12 in the released eval; the model scales to 32+")
+    s.add_argument("--samples", type=int, default=1)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-context", type=int, default=32768)
+    s.add_argument("--max-turn-tokens", type=int, default=8192)
+    s.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+    s.add_argument("--out", default="runs/infer", help="directory for report.html and its images")
+    s.set_defaults(fn=cmd_infer)
 
     s = sub.add_parser("demo", help="build -> convert -> reload -> run on a generated image, offline")
     s.add_argument("--out", default="runs/demo")

@@ -65,3 +65,24 @@ def test_config_override_errors(tmp_path):
         load_config(cfg, ["model.text.hidden=4"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.py")
+
+
+def test_infer_end_to_end_writes_the_report(tmp_path, capsys):
+    """`mini-o3 infer` on a converted tiny random checkpoint: streams turns, prints answers, writes HTML."""
+    hf = tmp_path / "hf"
+    cfg = os.path.join(REPO, "configs", "qwen2_5_vl_tiny.py")
+    assert main(["init", "--config", cfg, "--out", str(hf), "--tokenizer", qwen_tokenizer_dir()]) == 0
+    orbax = tmp_path / "orbax"
+    assert main(["convert", "--hf", str(hf), "--out", str(orbax)]) == 0
+    image = tmp_path / "scene.png"
+    scene(2, (640, 480)).save(image)
+    out = tmp_path / "infer"
+    capsys.readouterr()
+    assert main(["infer", "--model", str(orbax), "--image", str(image), "--question", "What is red?",
+                 "--max-turns", "2", "--samples", "2", "--max-context", "4096", "--max-turn-tokens", "12",
+                 "--out", str(out), "--dtype", "float32"]) == 0
+    printed = capsys.readouterr().out
+    assert "sample 0: answer" in printed and "sample 1: answer" in printed and "report.html" in printed
+    page = (out / "report.html").read_text()
+    assert page.count("<h2>Sample") == 2 and "What is red?" in page
+    assert (out / "report_s0_original.png").exists() and (out / "report_s1_original.png").exists()

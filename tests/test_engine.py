@@ -145,3 +145,17 @@ def test_multi_turn_episode_with_a_zoom_runs_through_the_engine(parts, tmp_path)
     np.testing.assert_array_equal(got.loss_mask, target.loss_mask)
     assert got.answer == "A" and not (got.void or got.exceed) and got.turns[0].pixel_box == target.turns[0].pixel_box
     assert got.grids.tolist() == target.grids.tolist()
+    # the report shows the zoom box on its source and the crop
+    from PIL import Image
+
+    from mini_o3_jax.agent.report import write_report
+
+    page = write_report([got], str(tmp_path / "r.html"), question=ep.question)
+    with open(page) as f:
+        text = f.read()
+    assert "source&quot;: &quot;original_image&quot;" in text and "<b>Turn 2</b>: final" in text
+    boxed = np.asarray(Image.open(tmp_path / "r_s0_t1_box.png"))
+    w, h = target.images[0].size
+    x0, y0 = int(0.2 * w), int(0.1 * h)
+    assert tuple(boxed[y0 + h // 10, x0]) == (255, 0, 0)  # the red box edge on the left side
+    assert Image.open(tmp_path / "r_s0_observation_1.png").size == target.images[1].size
