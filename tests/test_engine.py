@@ -159,3 +159,32 @@ def test_multi_turn_episode_with_a_zoom_runs_through_the_engine(parts, tmp_path)
     x0, y0 = int(0.2 * w), int(0.1 * h)
     assert tuple(boxed[y0 + h // 10, x0]) == (255, 0, 0)  # the red box edge on the left side
     assert Image.open(tmp_path / "r_s0_observation_1.png").size == target.images[1].size
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def test_host_memory_stays_flat_over_500_episodes(parts):
+    """Mini-o3's PyTorch RL is reported to leak host memory; 500 episodes here must not grow RSS."""
+    import gc
+
+    model, tok, proc = parts
+    env = EnvConfig(max_turns=2, max_context=2048, context_guard=200, min_pixels=3136, max_pixels=12544)
+    cfg = EngineConfig(slots=8, max_len=2048, decode_chunk=8, max_turn_tokens=8, env=env)
+    engine = RolloutEngine(model, tok, proc, cfg)
+    eps = [Episode(rand_image(90 + i % 5 * 7, 120, i), "<image>\nWhat?") for i in range(50)]
+    rss = []
+    try:
+        for round_ in range(10):
+            trajs = engine.run(eps, samples=1, seed=round_)
+            assert len(trajs) == 50
+            del trajs
+            gc.collect()
+            rss.append(_rss_mb())
+    finally:
+        engine.close()
+    print("[memory] RSS MB per 50 episodes:", [round(r) for r in rss])
+    growth = rss[-1] - rss[2]  # after warm-up (compiles, caches) to the end: 400 more episodes
+    assert growth < 40, f"RSS grew {growth:.1f} MB over 400 episodes: {[round(r) for r in rss]}"
