@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -51,6 +52,23 @@ class EngineConfig:
 
 
 @dataclasses.dataclass
+class EngineStats:
+    """Where the wall time of the last `run` went (device calls include their host->device sync)."""
+
+    wall_s: float = 0.0
+    decode_s: float = 0.0  # decode calls, until their tokens are on the host
+    extend_s: float = 0.0  # prefill/extend calls, input building included
+    decode_calls: int = 0
+    extend_calls: int = 0
+    sampled_tokens: int = 0
+
+    @property
+    def host_s(self) -> float:
+        """Everything else: environments (parse, crop, resize, patchify), bookkeeping, Python."""
+        return self.wall_s - self.decode_s - self.extend_s
+
+
+@dataclasses.dataclass
 class _Slot:
     env: VisualSearchEnv
     episode: int
@@ -70,6 +88,7 @@ class RolloutEngine:
         if config.max_turn_tokens < 2:
             raise ValueError(f"EngineConfig.max_turn_tokens = {config.max_turn_tokens}; expected >= 2")
         self.pool = concurrent.futures.ThreadPoolExecutor(config.workers)
+        self.stats = EngineStats()
 
     def close(self) -> None:
         self.pool.shutdown()
@@ -94,9 +113,12 @@ class RolloutEngine:
         stop_state = np.zeros(n_slots, np.int32)
         keys = jax.random.split(root, n_slots)
         results: dict[tuple[int, int], Trajectory] = {}
+        stats = self.stats = EngineStats()
+        t_run = time.perf_counter()
 
         def chunk(slot: int, ids: np.ndarray, image) -> tuple[KVCache, int, jax.Array]:
             nonlocal cache
+            t0 = time.perf_counter()
             start = host_len[slot] + host_delta[slot]
             batch = build_inputs([ids], [None if image is None else image.pixel_values],
                                  [None if image is None else image.grid_thw], self.model.config,
@@ -108,7 +130,10 @@ class RolloutEngine:
                                         jnp.array([delta]), keys[slot][None], self.sampling)
             host_len[slot] += len(ids)
             host_delta[slot] = delta
-            return cache, int(tok[0]), logits
+            first = int(tok[0])
+            stats.extend_s += time.perf_counter() - t0
+            stats.extend_calls += 1
+            return cache, first, logits
 
         table = np.asarray(self.stop_table)
         matched = table.shape[0] - 1
@@ -154,11 +179,15 @@ class RolloutEngine:
         refill()
         while any(s is not None for s in slots):
             live = np.array([s is not None and i not in done_early for i, s in enumerate(slots)])
+            t0 = time.perf_counter()
             cache, toks, pend, still, stopped, state = decode(
                 self.graphdef, self.state, cache, jnp.asarray(pending), jnp.asarray(live), jnp.asarray(budget),
                 jnp.asarray(self.stop_ids), keys, self.sampling, cfg.decode_chunk, self.stop_table, jnp.asarray(stop_state))
             toks, still = np.asarray(toks), np.asarray(still)
             pending[:], stop_state[:] = np.asarray(pend), np.asarray(state)
+            stats.decode_s += time.perf_counter() - t0
+            stats.decode_calls += 1
+            stats.sampled_tokens += int((toks >= 0).sum())
             ended = sorted(done_early)
             hit_limit = dict.fromkeys(ended, False)
             done_early.clear()
@@ -186,6 +215,7 @@ class RolloutEngine:
                 cache, first, _ = chunk(i, tail, step.image)
                 start_turn(i, first)
             refill()
+        stats.wall_s = time.perf_counter() - t_run
         return [results[(e, s)] for e in range(len(episodes)) for s in range(samples)]
 
 

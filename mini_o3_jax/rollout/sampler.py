@@ -5,7 +5,7 @@ next call writes it first: `decode` feeds it back, and after a tool call the hos
 starts with it, followed by the environment's observation tokens. So a turn's ids are exactly what
 was sampled, and nothing is ever re-prefilled.
 
-`decode` runs many steps in one `lax.scan` (no Python per token); a slot stops on a stop token, on
+`decode` runs many steps in one `lax.while_loop` (no Python per token); a slot stops on a stop token, on
 its per-turn budget, or when its cache row is full.
 """
 
@@ -134,8 +134,8 @@ def decode(
     if stop_state is None:
         stop_state = jnp.zeros_like(pending)
 
-    def step(carry, _):
-        cache, tok, live, stopped, budget, state = carry
+    def step(carry):
+        i, out_buf, cache, tok, live, stopped, budget, state = carry
         pos = cache.length + cache.delta
         text = TextInputs(
             input_ids=tok[:, None],
@@ -157,8 +157,12 @@ def decode(
         tok = jnp.where(live, nxt, tok)
         stopped = stopped | (live & hit_stop)
         live = live & ~hit_stop & (budget > 0) & (length < max_len)
-        return (KVCache(k, v, length, cache.delta), tok, live, stopped, budget, state), out
+        out_buf = jax.lax.dynamic_update_slice(out_buf, out[:, None], (0, i))
+        return i + 1, out_buf, KVCache(k, v, length, cache.delta), tok, live, stopped, budget, state
 
-    init = (cache, pending, live, jnp.zeros_like(live), budget, stop_state)
-    (cache, pending, live, stopped, _, stop_state), tokens = jax.lax.scan(step, init, None, length=steps)
-    return cache, tokens.T, pending, live, stopped, stop_state
+    # A while loop, not a scan: it ends as soon as every slot has stopped.
+    tokens = jnp.full((pending.shape[0], steps), -1, jnp.int32)
+    init = (jnp.int32(0), tokens, cache, pending, live, jnp.zeros_like(live), budget, stop_state)
+    _, tokens, cache, pending, live, stopped, _, stop_state = jax.lax.while_loop(
+        lambda c: (c[0] < steps) & c[4].any(), step, init)
+    return cache, tokens, pending, live, stopped, stop_state
