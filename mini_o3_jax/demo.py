@@ -3,7 +3,7 @@
 Until the rollout, training and evaluation issues land, the most complete path is:
 train a tokenizer -> build a tiny random Qwen2.5-VL -> write it as a HF checkpoint -> convert to
 Orbax -> reload both -> run a Mini-o3 first-turn prompt on a generated high-resolution image ->
-print the next-token distribution. The weights are random, so the tokens are meaningless; the point
+print the next-token distribution -> run the multi-turn visual-search rollout and write its HTML report. The weights are random, so the tokens are meaningless; the point
 is that every stage runs and the two checkpoint formats give identical outputs.
 """
 
@@ -20,6 +20,7 @@ from flax import nnx
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from mini_o3_jax.infer import infer
 from mini_o3_jax.model.presets import model_config
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
 from mini_o3_jax.model.weights import load_hf, save_hf, save_orbax
@@ -53,7 +54,7 @@ def run_demo(out: str = "runs/demo", seed: int = 0) -> dict[str, Any]:
     hf_dir, orbax_dir = os.path.join(out, "hf"), os.path.join(out, "orbax")
     report: dict[str, Any] = {"note": "random weights: the tokens are meaningless; the pipeline is what runs"}
     timings: dict[str, float] = {}
-    stages = tqdm(total=6, desc="demo", unit="stage")
+    stages = tqdm(total=7, desc="demo", unit="stage")
 
     def stage(name: str, t0: float) -> None:
         timings[name] = round(time.time() - t0, 3)
@@ -103,6 +104,11 @@ def run_demo(out: str = "runs/demo", seed: int = 0) -> dict[str, Any]:
     pipe_hf = Pipeline.from_pretrained(hf_dir)
     diff = float(np.abs(pipe_hf.next_token_logprobs(pipe_hf.prepare([image_path], QUESTION))[0] - logprobs).max())
     stage("run_hf_and_compare", t0)
+
+    t0 = time.time()  # the full visual-search loop: KV-cached sampler, zoom tool, HTML report
+    trajs = infer(orbax_dir, image_path, QUESTION, max_turns=3, samples=2, seed=seed, max_context=4096,
+                  max_turn_tokens=24, decode_chunk=8, out_dir=os.path.join(out, "infer"))
+    stage("rollout", t0)
     stages.close()
 
     top = np.argsort(-logprobs)[:5]
@@ -114,6 +120,11 @@ def run_demo(out: str = "runs/demo", seed: int = 0) -> dict[str, Any]:
         "model_params": n_params,
         "top_next_tokens": [[tokenizer.decode([int(i)]), round(float(np.exp(logprobs[i])), 5)] for i in top],
         "hf_vs_orbax_max_abs_logprob_diff": diff,
+        "rollout": {
+            "report": os.path.join(out, "infer", "report.html"),
+            "samples": [{"turns": [t.outcome for t in tr.turns], "tokens": len(tr), "answer": tr.answer,
+                         "void": tr.void, "exceed": tr.exceed} for tr in trajs],
+        },
         "seconds": timings,
     })
     if diff != 0.0:

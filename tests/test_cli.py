@@ -24,6 +24,8 @@ def test_demo_runs_and_formats_agree(tmp_path):
     probs = [p for _, p in report["top_next_tokens"]]
     assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
     assert os.path.exists(os.path.join(report["checkpoints"]["orbax"], "mini_o3.json"))
+    assert os.path.exists(report["rollout"]["report"]) and len(report["rollout"]["samples"]) == 2
+    assert all(s["tokens"] > 2800 and s["turns"] for s in report["rollout"]["samples"])
 
 
 def test_init_convert_run_export(tmp_path, capsys):
