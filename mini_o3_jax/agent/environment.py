@@ -14,6 +14,7 @@ History is never re-tokenised, so the trajectory is exactly what the model saw.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Literal
 
@@ -124,6 +125,13 @@ class VisualSearchEnv:
         self.turns: list[Turn] = []
         self.done = False
         self.over_turn = self.over_length = self.void = False
+
+    def copy(self) -> VisualSearchEnv:
+        """An independent episode in the same state (n samples of one prompt share its preprocessing)."""
+        clone = copy.copy(self)
+        clone.observations, clone.images, clone.grids = list(self.observations), list(self.images), list(self.grids)
+        clone._ids, clone._mask, clone.turns = list(self._ids), list(self._mask), list(self.turns)
+        return clone
 
     @property
     def prompt_ids(self) -> np.ndarray:

@@ -172,7 +172,7 @@ class RolloutEngine:
                     firsts = sample_tokens(jnp.repeat(logits, len(mine) - 1, axis=0),
                                            jax.vmap(jax.random.fold_in)(keys[rest], cache.length[rest]), self.sampling)
                     for i, f in zip(mine[1:], np.asarray(firsts)):
-                        slots[i].env = _clone_env(env)
+                        slots[i].env = env.copy()
                         host_len[i], host_delta[i] = host_len[lead], host_delta[lead]
                         start_turn(i, int(f))
 
@@ -183,7 +183,7 @@ class RolloutEngine:
             cache, toks, pend, still, stopped, state = decode(
                 self.graphdef, self.state, cache, jnp.asarray(pending), jnp.asarray(live), jnp.asarray(budget),
                 jnp.asarray(self.stop_ids), keys, self.sampling, cfg.decode_chunk, self.stop_table, jnp.asarray(stop_state))
-            toks, still = np.asarray(toks), np.asarray(still)
+            toks, still, stopped = np.asarray(toks), np.asarray(still), np.asarray(stopped)
             pending[:], stop_state[:] = np.asarray(pend), np.asarray(state)
             stats.decode_s += time.perf_counter() - t0
             stats.decode_calls += 1
@@ -198,7 +198,7 @@ class RolloutEngine:
                 host_len[i] += len(new)  # decode wrote the previous pending token and all but the last
                 if not still[i]:
                     ended.append(i)
-                    hit_limit[i] = not bool(np.asarray(stopped)[i])
+                    hit_limit[i] = not bool(stopped[i])
             turns = {i: truncate_at_stop(np.asarray(slots[i].turn), self.tokenizer, STOP_STRING) for i in ended}
             steps = dict(zip(ended, self.pool.map(lambda i, t=turns, h=hit_limit: slots[i].env.step(t[i], h[i]), ended)))
             for i in ended:
@@ -217,12 +217,3 @@ class RolloutEngine:
             refill()
         stats.wall_s = time.perf_counter() - t_run
         return [results[(e, s)] for e in range(len(episodes)) for s in range(samples)]
-
-
-def _clone_env(env: VisualSearchEnv) -> VisualSearchEnv:
-    """An independent copy of a fresh episode (shares the immutable prompt arrays and images)."""
-    clone = object.__new__(VisualSearchEnv)
-    clone.__dict__.update(env.__dict__)
-    clone.observations, clone.images, clone.grids = list(env.observations), list(env.images), list(env.grids)
-    clone._ids, clone._mask, clone.turns = list(env._ids), list(env._mask), []
-    return clone

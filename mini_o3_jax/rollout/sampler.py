@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mini_o3_jax.model.layers import mrope
 from mini_o3_jax.model.qwen2_5_vl import TextInputs
 from mini_o3_jax.model.vision import VisionInputs
 from mini_o3_jax.rollout.cache import KVCache
@@ -124,7 +123,6 @@ def decode(
     live (S,) still running, stopped (S,) ended on a stop token or string, stop_state (S,)).
     """
     model = nnx.merge(graphdef, state)
-    cfg = model.config.text
     max_len = cache.k.shape[2]
 
     if stop_table is None:
@@ -143,9 +141,7 @@ def decode(
             segment_ids=live[:, None].astype(jnp.int32),
             image_rows=jnp.full((tok.shape[0], 1), -1, jnp.int32),
         )
-        x = model.embed(text, None)
-        cos, sin = mrope(text.positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, x.dtype)
-        hidden, k, v = model.text.cached(x, cos, sin, cache.k, cache.v, cache.length, live[:, None])
+        hidden, k, v = model.cached(text, None, cache.k, cache.v, cache.length)
         logits = model.text.logits(hidden[:, 0])
         length = cache.length + live.astype(jnp.int32)
         nxt = sample_tokens(logits, _step_keys(slot_keys, length), sampling)
