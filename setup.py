@@ -15,6 +15,7 @@ RUNTIME = [
     "safetensors>=0.4",
     "tokenizers>=0.20",
     "tqdm>=4.60",
+    "tensorboardX>=2.6",
 ]
 
 EXTRAS = {

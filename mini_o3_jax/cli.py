@@ -5,6 +5,8 @@
   export   any checkpoint -> HF directory loadable by transformers / vLLM
   run      one image + question through the model; print the most likely next tokens
   infer    image + question -> multi-turn visual search with zooms; streams turns, writes report.html
+  sft      cold-start SFT (configs/sft_coldstart.py); --config.key=value overrides any field
+  rl       GRPO with over-turn masking (configs/rl_grpo.py); resumes from its out_dir
   demo     the main job until the full recipe lands: build, convert, reload, run (no downloads)
 """
 
@@ -104,6 +106,47 @@ def cmd_infer(args) -> None:
     print(f"report: {os.path.join(args.out, 'report.html')}")
 
 
+def _train_parts(args):
+    """Config with `--config.key=value` overrides, multi-host init, tokenizer and image processor."""
+    from mini_o3_jax.config_files import load_config
+    from mini_o3_jax.parallel.distributed import initialize
+    from mini_o3_jax.processing.chat import Tokenizer
+    from mini_o3_jax.processing.image import ImageProcessor
+
+    overrides = []
+    for extra in args.overrides:
+        if not extra.startswith("--config."):
+            raise MiniO3Error(f"unknown argument {extra!r}; expected --config.<field>=<value>")
+        overrides.append(extra[len("--config."):])
+    cfg = load_config(args.config, overrides)
+    initialize()
+    tok_dir = cfg.get("tokenizer_path") or cfg.get("model_path")
+    if not tok_dir:
+        raise MiniO3Error(f"{args.config}: set model_path (a checkpoint) or tokenizer_path (tokenizer files)")
+    proc_dir = cfg.get("model_path") or tok_dir
+    has_proc = os.path.exists(os.path.join(proc_dir, "preprocessor_config.json"))
+    processor = ImageProcessor.from_pretrained(proc_dir) if has_proc else ImageProcessor()
+    return cfg, Tokenizer.from_pretrained(tok_dir), processor, tok_dir
+
+
+def cmd_sft(args) -> None:
+    from mini_o3_jax.sft.loop import sft_from_file
+
+    cfg, tok, proc, side = _train_parts(args)
+    metrics = sft_from_file(cfg, tok, proc, side_files_from=side)
+    print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
+
+
+def cmd_rl(args) -> None:
+    from mini_o3_jax.rl.data import read_prompts
+    from mini_o3_jax.rl.loop import run_rl
+
+    cfg, tok, proc, side = _train_parts(args)
+    prompts = read_prompts(cfg.data.path, cfg.data.get("image_root") or None)
+    metrics = run_rl(cfg, prompts, tok, proc, side_files_from=side)
+    print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
+
+
 def cmd_demo(args) -> None:
     from mini_o3_jax.demo import run_demo
 
@@ -164,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/infer", help="directory for report.html and its images")
     s.set_defaults(fn=cmd_infer)
 
+    for name, fn, default, what in (("sft", cmd_sft, "configs/sft_coldstart.py", "cold-start SFT"),
+                                    ("rl", cmd_rl, "configs/rl_grpo.py", "GRPO with over-turn masking")):
+        s = sub.add_parser(name, help=f"{what}; --config.key=value overrides (e.g. --config.model_path=DIR)")
+        s.add_argument("--config", default=default, help=f"ml-collections file (default {default})")
+        s.set_defaults(fn=fn, overrides=[])
+
     s = sub.add_parser("demo", help="build -> convert -> reload -> run on a generated image, offline")
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--seed", type=int, default=0)
@@ -172,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and args.command not in ("sft", "rl"):
+        build_parser().parse_args(argv)  # reports the unknown arguments the usual way
+    args.overrides = extra
     try:
         args.fn(args)
     except MiniO3Error as e:

@@ -572,3 +572,25 @@ def resize_crop(
             height = int(width / 190) + 1
         image = image.resize((width, height), resample=Image.Resampling.NEAREST)
     return _plain_rgb(image)
+
+
+def resize_llamafactory(
+    image: Image.Image, min_pixels: int = MINI_O3_MIN_PIXELS, max_pixels: int = MINI_O3_MAX_PIXELS
+) -> Image.Image:
+    """The cold-start SFT image rule: LLaMA-Factory's Qwen2-VL plugin with Mini-o3's
+    `image_max_pixels: 2000000`, `image_min_pixels: 40000` (spec §2, §3).
+
+    Pixel budget as `resize_original` but with PIL's default (bicubic) resampling; then a side
+    below 28 px is raised to 28, and an aspect ratio above 200 is cut to 180 by stretching the
+    short side, so every image the SFT data holds is accepted by smart_resize.
+    """
+    image = _fit_pixel_budget(image, min_pixels, max_pixels, Image.Resampling.BICUBIC)
+    width, height = image.size
+    if min(width, height) < _MIN_SIDE:
+        image = image.resize((max(width, _MIN_SIDE), max(height, _MIN_SIDE)), resample=Image.Resampling.BICUBIC)
+    width, height = image.size
+    if width / height > _MAX_ASPECT:
+        image = image.resize((height * 180, height), resample=Image.Resampling.BICUBIC)
+    elif height / width > _MAX_ASPECT:
+        image = image.resize((width, width * 180), resample=Image.Resampling.BICUBIC)
+    return _plain_rgb(image)

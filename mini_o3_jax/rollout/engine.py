@@ -93,6 +93,11 @@ class RolloutEngine:
     def close(self) -> None:
         self.pool.shutdown()
 
+    def set_model(self, model: Qwen25VL) -> None:
+        """Sample from new weights (the RL loop calls this after each update; same shapes, no recompile)."""
+        self.model = model
+        self.graphdef, self.state = nnx.split(model)
+
     def run(
         self,
         episodes: Sequence[Episode],

@@ -1,0 +1,65 @@
+"""RL prompt records in the released JSON format (spec §4.1).
+
+A file is a JSON list of `{"images": [relative path], "problem": "<image>\\n…", "solution": str,
+"data_source": str, "doc_id": …}`; image paths are joined to `image_root` ($BASE_IMAGE_DIR).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from mini_o3_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    image: str
+    problem: str  # the raw user text, `<image>` placeholder included (the judge sees it too)
+    solution: str
+    data_source: str = ""
+    doc_id: str = ""
+
+
+def read_prompts(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[Prompt]:
+    """Every record of a released RL/val JSON file; a bad record raises naming its index and field."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: prompt file not found")
+    with open(path, encoding="utf-8") as f:
+        records = json.load(f) if not path.endswith(".jsonl") else [json.loads(x) for x in f if x.strip()]
+    root = os.fspath(image_root) if image_root else os.path.dirname(os.path.abspath(path))
+    out = []
+    for i, r in enumerate(records):
+        images = r.get("images") if isinstance(r, dict) else None
+        if not isinstance(images, list) or len(images) != 1:
+            raise ConfigError(f"{path}: record {i}: expected 'images' with exactly one path, got {images!r}")
+        for key in ("problem", "solution"):
+            if not isinstance(r.get(key), str):
+                raise ConfigError(f"{path}: record {i}: expected a string '{key}', got {r.get(key)!r}")
+        image = images[0] if os.path.isabs(images[0]) else os.path.join(root, images[0])
+        out.append(Prompt(image, r["problem"], r["solution"], str(r.get("data_source", "")),
+                          str(r.get("doc_id", i))))
+    return out
+
+
+def prompt_indices(n: int, start: int, count: int, seed: int) -> list[int]:
+    """Prompts `start .. start+count` of an endless stream of seeded per-epoch permutations, so the
+    stream position saved in a checkpoint resumes the exact same prompts."""
+    out: list[int] = []
+    pos = start
+    while len(out) < count:
+        epoch, k = divmod(pos, n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        take = min(count - len(out), n - k)
+        out.extend(int(i) for i in perm[k:k + take])
+        pos += take
+    return out
+
+
+def take(prompts: Sequence[Prompt], indices: Sequence[int]) -> list[Prompt]:
+    return [prompts[i] for i in indices]

@@ -1,0 +1,214 @@
+"""`mini-o3 rl`: Mini-o3's GRPO stage (spec §4) on the rollout engine.
+
+One RL step:
+  1. take `prompts_per_step` prompts, roll out `samples` trajectories each (engine, T=1.0);
+  2. score them: rule-based, or the LLM judge submitted right after rollout (async, batched);
+  3. GRPO advantages per prompt group over all samples, over-turn ones included;
+  4. dynamic sampling: drop groups whose rewards do not vary or whose judge failed, and roll out
+     more prompts until `prompts_per_step` groups survive (at most `max_gen_batches` rounds);
+  5. old log-probs of every trajectory under the current weights, then one optimizer update per
+     mini-batch of `mini_batch_prompts` groups, the loss weighted seq-mean-token-mean with
+     over-turn trajectories' tokens removed but counted (spec §4.3).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Sequence
+
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from mini_o3_jax.agent.environment import EnvConfig
+from mini_o3_jax.agent.trajectory import Trajectory
+from mini_o3_jax.processing.chat import Tokenizer
+from mini_o3_jax.processing.image import ImageProcessor
+from mini_o3_jax.rl.data import Prompt, prompt_indices, take
+from mini_o3_jax.rl.rewards import JudgeConfig, JudgeItem, LLMJudge, rule_score
+from mini_o3_jax.rollout.engine import EngineConfig, Episode, RolloutEngine
+from mini_o3_jax.rollout.sampler import Sampling
+from mini_o3_jax.train.advantages import grpo_advantages, valid_groups
+from mini_o3_jax.train.batch import BatchSpec, batch_tokens, examples_from_trajectories, micro_batches
+from mini_o3_jax.train.checkpoint import PreemptionGuard
+from mini_o3_jax.train.metrics import StepTimer
+from mini_o3_jax.train.session import open_session
+
+
+class Rewarder:
+    """Scores trajectories: `reward.kind` is "judge" (LLM judge, spec §4.5) or a rule scorer
+    ("choice", "exact", "numeric"). `submit` returns a future of (rewards, failed)."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        self.kind = cfg.kind
+        self.judge = None
+        if self.kind == "judge":
+            self.judge = LLMJudge(JudgeConfig.from_env(**dict(cfg.get("judge") or {})))
+        else:
+            rule_score(self.kind, None, "")  # validates the kind now, not after the first rollout
+
+    def submit(self, prompts: Sequence[Prompt], trajs: Sequence[Trajectory]) -> concurrent.futures.Future:
+        answers = [None if t.answer is None else t.answer.strip() for t in trajs]
+        out: concurrent.futures.Future = concurrent.futures.Future()
+        if self.judge is None:
+            rewards = np.array([rule_score(self.kind, a, p.solution) for a, p in zip(answers, prompts)], np.float32)
+            out.set_result((rewards, np.zeros(len(trajs), bool)))
+            return out
+        inner = self.judge.submit([JudgeItem(p.problem, p.solution, a) for p, a in zip(prompts, answers)])
+
+        def done(f):
+            scores = f.result()
+            failed = np.array([s is None for s in scores])
+            out.set_result((np.array([0.0 if s is None else s for s in scores], np.float32), failed))
+
+        inner.add_done_callback(done)
+        return out
+
+    def close(self) -> None:
+        if self.judge is not None:
+            self.judge.close()
+
+
+def engine_config(cfg: ml_collections.ConfigDict) -> EngineConfig:
+    r = cfg.rollout
+    env = EnvConfig(**dict(cfg.env))
+    sampling = Sampling(temperature=r.temperature, top_k=r.get("top_k", 0), top_p=r.get("top_p", 1.0))
+    return EngineConfig(slots=r.slots, max_len=r.max_len, decode_chunk=r.decode_chunk,
+                        max_turn_tokens=r.max_turn_tokens, sampling=sampling, env=env, workers=r.get("workers", 4))
+
+
+def run_rl(
+    cfg: ml_collections.ConfigDict,
+    prompts: Sequence[Prompt],
+    tokenizer: Tokenizer,
+    processor: ImageProcessor,
+    console=print,
+    side_files_from: str | None = None,
+) -> dict:
+    """Train for `cfg.train.steps` RL steps; resumable from `cfg.out_dir`. Returns the last metrics."""
+    t, r = cfg.train, cfg.rollout
+    n, per_step, mini = r.samples, t.prompts_per_step, t.mini_batch_prompts
+    if per_step % mini:
+        raise ValueError(f"prompts_per_step={per_step} is not a multiple of mini_batch_prompts={mini}")
+    updates_per_step = per_step // mini
+    session = open_session(cfg, "ppo", t.steps * updates_per_step, console=console)
+    trainer = session.trainer
+    if trainer.step % updates_per_step:
+        raise ValueError(f"checkpoint at update {trainer.step} is not at an RL-step boundary")
+    position = int(session.meta.get("prompt_position", 0))
+    rewarder = Rewarder(cfg.reward)
+    engine = RolloutEngine(trainer.model(), tokenizer, processor, engine_config(cfg))
+    spec = BatchSpec(micro_batch=t.micro_batch, min_length=t.min_length, max_length=t.max_length)
+    metrics: dict = {}
+    bar = tqdm(total=t.steps, initial=trainer.step // updates_per_step, desc="rl", unit="step",
+               disable=console is None)
+    try:
+        with PreemptionGuard() as guard:
+            while trainer.step // updates_per_step < t.steps:
+                rl_step = trainer.step // updates_per_step
+                timer = StepTimer()
+                timer.start()
+                engine.set_model(trainer.model())
+                # -- rollout + rewards with dynamic sampling
+                kept: list[tuple[Prompt, list[Trajectory], np.ndarray, np.ndarray]] = []
+                all_trajs: list[Trajectory] = []
+                all_rewards: list[np.ndarray] = []
+                rollout_s = judge_wait_s = 0.0
+                sampled = 0
+                gen = 0
+                while len(kept) < per_step and gen < t.max_gen_batches:
+                    batch_prompts = take(prompts, prompt_indices(len(prompts), position, per_step, cfg.seed))
+                    position += per_step
+                    t0 = time.perf_counter()
+                    trajs = engine.run([Episode(p.image, p.problem) for p in batch_prompts], samples=n,
+                                       seed=cfg.seed * 1_000_003 + rl_step * 1009 + gen)
+                    rollout_s += time.perf_counter() - t0
+                    sampled += engine.stats.sampled_tokens
+                    per_traj = [p for p in batch_prompts for _ in range(n)]
+                    future = rewarder.submit(per_traj, trajs)
+                    t0 = time.perf_counter()
+                    rewards, failed = future.result()
+                    judge_wait_s += time.perf_counter() - t0
+                    groups = np.repeat(np.arange(len(batch_prompts)), n)
+                    adv = grpo_advantages(rewards, groups)
+                    keep = valid_groups(rewards, groups, failed) if t.dynamic_sampling else ~failed
+                    all_trajs += trajs
+                    all_rewards.append(rewards)
+                    for g, p in enumerate(batch_prompts):
+                        sl = slice(g * n, (g + 1) * n)
+                        if keep[sl].all():
+                            kept.append((p, trajs[sl], rewards[sl], adv[sl]))
+                    gen += 1
+                rewards_all = np.concatenate(all_rewards)
+                step_metrics = rollout_metrics(all_trajs, rewards_all)
+                step_metrics.update(valid_groups=len(kept), gen_batches=gen, rollout_s=rollout_s,
+                                    judge_wait_s=judge_wait_s, rollout_tokens_per_s=sampled / max(rollout_s, 1e-9))
+                if len(kept) < per_step:
+                    if console:
+                        console(f"rl step {rl_step}: only {len(kept)} of {per_step} prompt groups have varying "
+                                f"rewards after {gen} rollout batches; updating on those")
+                    if not kept:
+                        raise RuntimeError(
+                            f"rl step {rl_step}: no prompt group with varying rewards in {gen} rollout batches "
+                            f"({len(all_trajs)} trajectories, mean reward {rewards_all.mean():.3f})")
+                kept = kept[:per_step]
+                # -- old log-probs for every mini-batch under the weights that sampled them
+                t0 = time.perf_counter()
+                minibatches = []
+                for m in range(0, len(kept), mini):
+                    chunk = kept[m:m + mini]
+                    trajs = [x for _, ts, _, _ in chunk for x in ts]
+                    adv = np.concatenate([a for _, _, _, a in chunk])
+                    examples = examples_from_trajectories(trajs, processor, agg=t.loss_agg, advantages=adv,
+                                                          mask_exceeded=t.mask_exceeded)
+                    mbs = micro_batches(examples, trainer.model_config, spec)[0]
+                    mbs = [b._replace(old_logprobs=np.asarray(trainer.logprobs(b))) for b in mbs]
+                    minibatches.append(mbs)
+                old_s = time.perf_counter() - t0
+                # -- updates
+                t0 = time.perf_counter()
+                update_metrics = []
+                tokens = 0
+                for mbs in minibatches:
+                    update_metrics.append(trainer.train_step(mbs))
+                    tokens += sum(batch_tokens(b) for b in mbs)
+                update_s = time.perf_counter() - t0
+                for k in update_metrics[0]:
+                    step_metrics[k] = float(np.mean([u[k] for u in update_metrics]))
+                step_metrics.update(old_logprob_s=old_s, update_s=update_s,
+                                    train_tokens_per_s=tokens / max(update_s, 1e-9), step_time_s=timer.stop(),
+                                    lr=trainer.learning_rate())
+                metrics = step_metrics
+                session.writer.write(rl_step + 1, metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", turns=f"{metrics['turns_mean']:.2f}")
+                done = rl_step + 1
+                if done % cfg.checkpoint.every == 0 or done == t.steps or guard.requested:
+                    session.save({"kind": "rl", "prompt_position": position, "rl_step": done})
+                if guard.requested:
+                    session.checkpointer.wait()
+                    if console:
+                        console(f"{guard.reason}: saved RL step {done}, exiting")
+                    return metrics
+    finally:
+        bar.close()
+        engine.close()
+        rewarder.close()
+    session.finish(side_files_from)
+    return metrics
+
+
+def rollout_metrics(trajs: Sequence[Trajectory], rewards: np.ndarray) -> dict[str, float]:
+    """What a researcher watches during RL: reward/accuracy, turns, and how episodes ended."""
+    k = max(len(trajs), 1)
+    return {
+        "reward_mean": float(rewards.mean()) if len(rewards) else 0.0,
+        "accuracy": float((rewards > 0.5).mean()) if len(rewards) else 0.0,
+        "turns_mean": sum(t.num_turns for t in trajs) / k,
+        "over_turn_rate": sum(t.over_turn for t in trajs) / k,
+        "over_length_rate": sum(t.over_length for t in trajs) / k,
+        "void_rate": sum(t.void for t in trajs) / k,
+        "answered_rate": sum(t.answered for t in trajs) / k,
+        "response_tokens_mean": sum(int(t.loss_mask.sum()) for t in trajs) / k,
+    }

@@ -1,0 +1,606 @@
+"""Rewards for RL on the Mini-o3 agent: answer extraction, the binary LLM judge and rule-based scorers.
+
+The released Mini-o3 recipe (verl ``general_qa_tool.py``) rewards a trajectory with 1.0 when an LLM judge
+(``gpt-4o-2024-11-20`` on Azure OpenAI) says the final ``<answer>...</answer>`` matches the ground truth,
+else 0.0. This module reproduces that rule with the standard library only:
+
+* :func:`extract_answer` -- the "strict" extraction: the first ``<answer>`` span of the joined assistant turns;
+  no span means reward 0 and no judge call.
+* :class:`LLMJudge` -- talks to any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Azure), with
+  the released retry schedule (5 attempts, temperature 0.0, 0.2, 0.4, ...), bounded concurrency, a
+  non-blocking :meth:`LLMJudge.submit` so that judging overlaps decoding, and a JSONL cache that survives
+  restarts. An item whose every attempt fails scores ``None``; the RL loop drops its whole prompt group
+  rather than training on a made-up reward.
+* :func:`score_choice`, :func:`score_exact`, :func:`score_numeric` -- judge-free scorers for data sets whose
+  answers are letters, short strings or numbers (cheaper, deterministic, usable offline).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import http.client
+import json
+import logging
+import math
+import os
+import re
+import string
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from mini_o3_jax.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SCORERS",
+    "SYSTEM_PROMPT",
+    "USER_PROMPT_TEMPLATE",
+    "JudgeConfig",
+    "JudgeItem",
+    "JudgeStats",
+    "LLMJudge",
+    "build_messages",
+    "extract_answer",
+    "parse_score",
+    "rule_score",
+    "score_choice",
+    "score_exact",
+    "score_numeric",
+]
+
+# --------------------------------------------------------------------------------------------------------------
+# Answer extraction
+# --------------------------------------------------------------------------------------------------------------
+
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def extract_answer(texts: Sequence[str] | str) -> str | None:
+    """Return the stripped text of the first ``<answer>...</answer>`` span, or ``None`` when there is none.
+
+    ``texts`` are the assistant turns of one trajectory (or one already-joined string). The turns are joined
+    with single spaces, as in the release, so an answer opened in one turn and closed in a later one still
+    counts. Only the first span is used: a model cannot hedge by emitting several answers.
+    """
+    joined = texts if isinstance(texts, str) else " ".join(texts)
+    match = _ANSWER_RE.search(joined)
+    return None if match is None else match.group(1).strip()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LLM judge: prompts and reply parsing
+# --------------------------------------------------------------------------------------------------------------
+
+SYSTEM_PROMPT = (
+    "You are an intelligent chatbot that grades the outputs of generative question-answering systems. "
+    "Decide whether a predicted answer matches the ground-truth answer in meaning: look for a meaningful "
+    "match rather than identical wording, and accept synonyms and paraphrases as correct."
+)
+
+USER_PROMPT_TEMPLATE = (
+    "Grade the following question-answer pair.\n"
+    "Question: {question}\n"
+    "Ground-truth answer: {solution}\n"
+    "Predicted answer: {answer}\n"
+    "\n"
+    "Instructions:\n"
+    "- Judge whether the predicted answer is relevant to the question and accurate.\n"
+    "- If the ground-truth answer is open-ended, check that the predicted answer is factually consistent "
+    "with it.\n"
+    "- If the ground-truth answer is definitive (an option, a number, a name, yes/no), compare strictly; "
+    "expressing the same quantity in other units still counts as a match.\n"
+    "Reply with an integer score, 1 if the predicted answer is correct and 0 if it is not, written as "
+    "'Score: 0' or 'Score: 1'."
+)
+
+
+def build_messages(question: str, solution: str, answer: str) -> list[dict[str, str]]:
+    """Return the chat messages ``[system, user]`` for one judgement (text only: the judge never sees the image).
+
+    ``question`` is the raw user text of the task, ``<image>`` placeholder included, as in the release.
+    """
+    user = USER_PROMPT_TEMPLATE.format(question=question, solution=solution, answer=answer)
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def parse_score(reply: str) -> float | None:
+    """Parse a judge reply into 1.0 / 0.0, or ``None`` when it holds no score (the attempt is then retried).
+
+    The released rule: take the text after the *last* ``score:`` (case-insensitive), keep its first
+    whitespace-separated token, and score 1.0 when that token contains the character ``1``. The rule is
+    kept verbatim for fidelity, quirks included: ``Score:10`` or ``Score: 0.1`` both give 1.0.
+    """
+    lowered = reply.lower()
+    at = lowered.rfind("score:")
+    if at < 0:
+        return None
+    tokens = lowered[at + len("score:") :].split()
+    if not tokens:
+        return None
+    return 1.0 if "1" in tokens[0] else 0.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LLM judge: configuration
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeConfig:
+    """Where and how to reach the judge; the defaults are the released Mini-o3 settings.
+
+    ``api_version`` selects the URL style. Non-empty means Azure OpenAI:
+    ``POST {url}/openai/deployments/{model}/chat/completions?api-version=...`` with an ``api-key`` header.
+    Empty means a plain OpenAI-compatible server (OpenAI, vLLM, SGLang, ...): ``POST {url}/chat/completions``
+    with ``Authorization: Bearer <api_key>`` (omitted when there is no key), ``url`` ending in ``/v1``.
+    """
+
+    url: str = ""
+    model: str = "gpt-4o-2024-11-20"
+    api_key: str = ""
+    api_version: str = ""
+    timeout_s: float = 120.0
+    attempts: int = 5
+    backoff_s: float = 0.5
+    max_tokens: int = 16384
+    concurrency: int = 32
+    cache_path: str | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> JudgeConfig:
+        """Build a config from the environment; keyword ``overrides`` win over it.
+
+        ``MINI_O3_JUDGE_URL`` / ``_MODEL`` / ``_KEY`` / ``_API_VERSION`` are read first, falling back to the
+        names of the released code, ``END_POINT`` / ``API_KEY`` / ``API_VERSION`` (Azure when an API version
+        is set). The fallback to ``API_VERSION`` applies only when the URL itself came from ``END_POINT``:
+        a leftover Azure variable must not turn a local ``MINI_O3_JUDGE_URL`` server into an Azure one.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"JudgeConfig.from_env: unknown field(s) {unknown}; known: {sorted(known)}")
+        env = os.environ
+        own_url = env.get("MINI_O3_JUDGE_URL", "")
+        values: dict[str, Any] = {
+            "url": own_url or env.get("END_POINT", ""),
+            "api_key": env.get("MINI_O3_JUDGE_KEY") or env.get("API_KEY", ""),
+            "api_version": env.get("MINI_O3_JUDGE_API_VERSION")
+            or ("" if own_url else env.get("API_VERSION", "")),
+        }
+        if env.get("MINI_O3_JUDGE_MODEL"):
+            values["model"] = env["MINI_O3_JUDGE_MODEL"]
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeItem:
+    """One judgement: the raw question, the ground truth and the extracted answer (``None``: no answer)."""
+
+    question: str
+    solution: str
+    answer: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeStats:
+    """Counters for monitoring the judge (a snapshot; read :attr:`LLMJudge.stats` again for fresh values).
+
+    ``calls``: HTTP requests sent. ``retries``: requests beyond each item's first. ``failures``: items whose
+    every attempt failed (scored ``None``). ``cache_hits``: items answered from the cache. ``deduped``: items
+    that shared the request of an identical item already in flight.
+    """
+
+    calls: int = 0
+    retries: int = 0
+    failures: int = 0
+    cache_hits: int = 0
+    deduped: int = 0
+
+
+class _AttemptError(Exception):
+    """One judge attempt failed in a way worth retrying (HTTP error, timeout, bad JSON, no score)."""
+
+
+def _validate(config: JudgeConfig) -> None:
+    if not config.url:
+        raise ConfigError(
+            "JudgeConfig.url is empty: set it to the judge's base URL (an OpenAI-compatible '.../v1' or an "
+            "Azure endpoint), e.g. through MINI_O3_JUDGE_URL or END_POINT"
+        )
+    if urllib.parse.urlsplit(config.url).scheme not in ("http", "https"):
+        raise ConfigError(f"JudgeConfig.url must start with http:// or https://, got {config.url!r}")
+    if not config.model:
+        raise ConfigError("JudgeConfig.model is empty: name the judge model (the deployment name on Azure)")
+    if config.attempts < 1:
+        raise ConfigError(f"JudgeConfig.attempts must be >= 1, got {config.attempts}")
+    if config.concurrency < 1:
+        raise ConfigError(f"JudgeConfig.concurrency must be >= 1, got {config.concurrency}")
+    if not config.timeout_s > 0:
+        raise ConfigError(f"JudgeConfig.timeout_s must be > 0, got {config.timeout_s}")
+    if config.backoff_s < 0:
+        raise ConfigError(f"JudgeConfig.backoff_s must be >= 0, got {config.backoff_s}")
+    if config.max_tokens < 1:
+        raise ConfigError(f"JudgeConfig.max_tokens must be >= 1, got {config.max_tokens}")
+
+
+def _cache_key(model: str, question: str, solution: str, answer: str) -> str:
+    """sha256 of the fields that decide a judgement; JSON-encoded so that field boundaries are unambiguous."""
+    blob = json.dumps([model, question, solution, answer], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _gather(futures: Sequence[concurrent.futures.Future]) -> concurrent.futures.Future:
+    """A future for the list of results of ``futures`` (in order), without a thread blocked on them."""
+    out: concurrent.futures.Future = concurrent.futures.Future()
+    if not futures:
+        out.set_result([])
+        return out
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def on_done(_: concurrent.futures.Future) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            try:
+                out.set_result([f.result() for f in futures])
+            except BaseException as exc:  # hand any worker error to the caller
+                out.set_exception(exc)
+
+    for fut in futures:  # the same future may appear several times (deduped items): each entry counts once
+        fut.add_done_callback(on_done)
+    return out
+
+
+def _done(value: float | None) -> concurrent.futures.Future:
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    fut.set_result(value)
+    return fut
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LLM judge
+# --------------------------------------------------------------------------------------------------------------
+
+
+class LLMJudge:
+    """Binary LLM judge over an OpenAI-compatible chat-completions endpoint (standard library HTTP only).
+
+    Requests run in a thread pool of ``config.concurrency`` workers, so at most that many are in flight.
+    Each item gets up to ``config.attempts`` attempts at temperature ``min(0.2 * i, 1.0)``: the first is
+    greedy, later ones add randomness to escape a reply the parser cannot read. Every failure (HTTP error,
+    timeout, bad JSON, a reply without ``score:``) is retried after ``backoff_s * (i + 1)`` seconds.
+
+    Successful results are cached in memory under a sha256 of (model, question, solution, answer) and, when
+    ``config.cache_path`` is set, appended to a JSONL file that is reloaded at construction, so a restarted
+    run does not pay for the same judgements twice. Failures are never cached. Identical items submitted
+    while one is in flight share its request.
+
+    Use :meth:`submit` from the RL loop (it returns at once) and :meth:`score` elsewhere; call :meth:`close`
+    (or use the judge as a context manager) to wait for outstanding work and close the cache file.
+    """
+
+    def __init__(self, config: JudgeConfig):
+        _validate(config)
+        self.config = config
+        base = config.url.rstrip("/")
+        headers = {"Content-Type": "application/json"}
+        if config.api_version:
+            model = urllib.parse.quote(config.model, safe="")
+            query = urllib.parse.urlencode({"api-version": config.api_version})
+            self._endpoint = f"{base}/openai/deployments/{model}/chat/completions?{query}"
+            if config.api_key:
+                headers["api-key"] = config.api_key
+        else:
+            self._endpoint = f"{base}/chat/completions"
+            if config.api_key:
+                headers["Authorization"] = f"Bearer {config.api_key}"
+        self._headers = headers
+        self._lock = threading.Lock()
+        self._counts = {f.name: 0 for f in dataclasses.fields(JudgeStats)}
+        self._cache: dict[str, float] = {}
+        self._inflight: dict[str, concurrent.futures.Future] = {}
+        self._cache_file = None
+        if config.cache_path:
+            self._open_cache(config.cache_path)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.concurrency, thread_name_prefix="llm-judge"
+        )
+        self._closed = False
+
+    # -- public API ----------------------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> JudgeStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return JudgeStats(**self._counts)
+
+    def submit(self, items: Sequence[JudgeItem]) -> concurrent.futures.Future:
+        """Start judging ``items`` and return at once a future of ``list[float | None]`` in item order.
+
+        The RL loop submits right after a rollout and collects the rewards later, so that the judge's
+        latency overlaps the next decoding step instead of stalling it.
+        """
+        if self._closed:
+            raise RuntimeError("LLMJudge.submit called after close()")
+        futures: list[concurrent.futures.Future] = []
+        with self._lock:
+            for item in items:
+                if item.answer is None:  # nothing extracted: reward 0 without asking the judge
+                    futures.append(_done(0.0))
+                    continue
+                key = _cache_key(self.config.model, item.question, item.solution, item.answer)
+                if key in self._cache:
+                    self._counts["cache_hits"] += 1
+                    futures.append(_done(self._cache[key]))
+                elif key in self._inflight:
+                    self._counts["deduped"] += 1
+                    futures.append(self._inflight[key])
+                else:
+                    # Registered under the lock, and the worker unregisters under the same lock, so the entry
+                    # can never outlive its request.
+                    fut = self._pool.submit(self._judge, item, key)
+                    self._inflight[key] = fut
+                    futures.append(fut)
+        return _gather(futures)
+
+    def score(self, items: Sequence[JudgeItem]) -> list[float | None]:
+        """Judge ``items`` concurrently and block until all are done; ``None`` marks an item that failed."""
+        return self.submit(items).result()
+
+    def close(self) -> None:
+        """Wait for outstanding judgements, stop the workers and close the cache file (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            if self._cache_file is not None:
+                self._cache_file.close()
+                self._cache_file = None
+
+    def __enter__(self) -> LLMJudge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- cache ---------------------------------------------------------------------------------------------
+
+    def _open_cache(self, path: str) -> None:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for lineno, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                        key, value = record["key"], record["score"]
+                        if not isinstance(key, str) or isinstance(value, bool) or value not in (0, 1):
+                            raise ValueError("expected a string 'key' and a 'score' of 0 or 1")
+                    except (ValueError, KeyError, TypeError) as exc:
+                        warnings.warn(
+                            f"judge cache {path}:{lineno}: skipping corrupt line ({exc})",
+                            RuntimeWarning,
+                            stacklevel=3,
+                        )
+                        continue
+                    self._cache[key] = float(value)
+        # A crash mid-write can leave a final line without its newline; start on a fresh line so that the
+        # next record is not glued to the broken one.
+        glued = False
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                glued = f.read(1) != b"\n"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._cache_file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the judge's lifetime
+        if glued:
+            self._cache_file.write("\n")
+            self._cache_file.flush()
+
+    def _remember(self, key: str, value: float) -> None:
+        # Caller holds self._lock, which also serialises the appends to the file.
+        self._cache[key] = value
+        if self._cache_file is not None:
+            self._cache_file.write(json.dumps({"key": key, "score": value}) + "\n")
+            self._cache_file.flush()
+
+    # -- one item ------------------------------------------------------------------------------------------
+
+    def _judge(self, item: JudgeItem, key: str) -> float | None:
+        """Worker: run the attempts for one item; the result is 1.0, 0.0, or ``None`` after ``attempts`` failures."""
+        assert item.answer is not None
+        messages = build_messages(item.question, item.solution, item.answer)
+        result: float | None = None
+        last_error: Exception | None = None
+        try:
+            for attempt in range(self.config.attempts):
+                if attempt:
+                    time.sleep(self.config.backoff_s * attempt)
+                temperature = min(0.2 * attempt, 1.0)
+                with self._lock:
+                    self._counts["calls"] += 1
+                    self._counts["retries"] += int(attempt > 0)
+                try:
+                    result = self._attempt(messages, temperature)
+                    break
+                except _AttemptError as exc:
+                    last_error = exc
+                    logger.debug("judge attempt %d/%d failed: %s", attempt + 1, self.config.attempts, exc)
+            else:
+                logger.warning(
+                    "judge gave no usable score after %d attempts, the item is marked failed; last error: %s",
+                    self.config.attempts,
+                    last_error,
+                )
+        finally:
+            with self._lock:
+                if result is None:
+                    self._counts["failures"] += 1
+                else:
+                    self._remember(key, result)
+                self._inflight.pop(key, None)
+        return result
+
+    def _attempt(self, messages: list[dict[str, str]], temperature: float) -> float:
+        """One request; returns the score or raises :class:`_AttemptError`."""
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": messages,
+            "temperature": temperature,
+            "max_tokens": self.config.max_tokens,
+        }
+        request = urllib.request.Request(
+            self._endpoint, data=json.dumps(body).encode("utf-8"), headers=self._headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            try:
+                detail = exc.read(500).decode("utf-8", errors="replace")
+            except Exception:  # the error body is only for the log
+                detail = ""
+            raise _AttemptError(f"HTTP {exc.code} from {self._endpoint}: {detail}") from exc
+        except (
+            OSError,
+            http.client.HTTPException,
+        ) as exc:  # refused/reset connection, DNS, timeout, bad status
+            raise _AttemptError(f"request to {self._endpoint} failed: {exc}") from exc
+        try:
+            content = json.loads(raw)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise _AttemptError(f"malformed chat-completions response: {raw[:200]!r}") from exc
+        if not isinstance(content, str):
+            raise _AttemptError(f"reply content is not text: {content!r}")
+        value = parse_score(content)
+        if value is None:
+            raise _AttemptError(f"reply has no 'score:': {content[:200]!r}")
+        return value
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rule-based scorers (no judge)
+# --------------------------------------------------------------------------------------------------------------
+
+_WRAPPERS = " \t\n\r*`\"'"
+# The whole answer is one letter, possibly bracketed and/or followed by a period/colon: "B", "(B)", "B.", "b)".
+_BARE_LETTER = re.compile(r"^\(?([A-Za-z])\)?[.:]?$")
+# An option label opening the answer: "B) a red car", "(B) red", "B. red", "B: red". A bare "A red car" is not.
+_LEADING_LABEL = re.compile(r"^(?:\(([A-Za-z])\)|([A-Za-z])[.:)])(?:\s|$)")
+# A cue word followed by the letter: "The answer is B", "answer: (c)", "option b", "choice D".
+_CUED_LETTER = re.compile(
+    r"\b(?:answer|option|choice)\b\s*(?:is\b)?\s*:?\s*(?:option\s+|choice\s+)?\(?([A-Za-z])\b\)?(?=(\s*\w)?)",
+    re.IGNORECASE,
+)
+
+
+def _choice_letter(text: str) -> str | None:
+    """The option letter ``text`` names, upper-cased, or ``None`` when no single letter can be identified."""
+    text = text.strip(_WRAPPERS)
+    for pattern in (_BARE_LETTER, _LEADING_LABEL):
+        match = pattern.match(text)
+        if match:
+            return next(g for g in match.groups() if g).upper()
+    letters = set()
+    for match in _CUED_LETTER.finditer(text):
+        letter, next_word = match.group(1), match.group(2)
+        # A lower-case letter followed by a word is an article ("the answer is a red car"), not an option.
+        if letter.islower() and next_word is not None:
+            continue
+        letters.add(letter.upper())
+    return letters.pop() if len(letters) == 1 else None
+
+
+def score_choice(answer: str | None, solution: str) -> float:
+    """1.0 when ``answer`` names the same option letter as ``solution`` (case-insensitive), else 0.0.
+
+    Both sides accept "B", "(B)", "B.", "B) a red car"; the answer may also say "The answer is B" or
+    "option b". An answer naming no letter, or several different ones, scores 0.0.
+    """
+    if answer is None:
+        return 0.0
+    mine, truth = _choice_letter(answer), _choice_letter(solution)
+    return float(mine is not None and mine == truth)
+
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+
+
+def _normalize(text: str) -> str:
+    """SQuAD normalisation: lower-case, drop punctuation, drop articles, collapse whitespace."""
+    text = text.lower().translate(_PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def score_exact(answer: str | None, solution: str) -> float:
+    """1.0 when the SQuAD-normalised answer equals the normalised solution, else 0.0.
+
+    An answer that normalises to nothing (empty, or only punctuation/articles) scores 0.0 even against an
+    equally empty solution, so that an empty ``<answer></answer>`` is never rewarded.
+    """
+    if answer is None:
+        return 0.0
+    mine = _normalize(answer)
+    return float(bool(mine) and mine == _normalize(solution))
+
+
+# Thousands groups only in the canonical 1,234,567 form; otherwise "1,2" is the number 1 followed by 2.
+_NUMBER = re.compile(r"([-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+)(\s*%)?")
+
+
+def _first_number(text: str) -> tuple[float, bool] | None:
+    """The first number in ``text`` and whether a percent sign follows it, or ``None``."""
+    match = _NUMBER.search(text)
+    if match is None:
+        return None
+    return float(match.group(1).replace(",", "")), match.group(2) is not None
+
+
+def score_numeric(answer: str | None, solution: str, rel_tol: float = 1e-6) -> float:
+    """1.0 when the first numbers of ``answer`` and ``solution`` agree within ``rel_tol``, else 0.0.
+
+    Accepts integers, decimals, signs and thousands separators ("1,234"). A percent sign is ignored
+    ("50%" equals "50") and, when only one side has it, the fraction also matches ("50%" equals "0.5"),
+    since data sets write percentages both ways. 0.0 when either side has no number.
+    """
+    if answer is None:
+        return 0.0
+    mine, truth = _first_number(answer), _first_number(solution)
+    if mine is None or truth is None:
+        return 0.0
+    (a, a_pct), (b, b_pct) = mine, truth
+    candidates = [(a, b)]
+    if a_pct != b_pct:
+        candidates.append((a / 100.0, b) if a_pct else (a, b / 100.0))
+    return float(any(math.isclose(x, y, rel_tol=rel_tol, abs_tol=0.0) for x, y in candidates))
+
+
+SCORERS: Mapping[str, Callable[[str | None, str], float]] = {
+    "choice": score_choice,
+    "exact": score_exact,
+    "numeric": score_numeric,
+}
+
+
+def rule_score(kind: str, answer: str | None, solution: str) -> float:
+    """Score with the rule-based scorer named ``kind`` (one of :data:`SCORERS`)."""
+    try:
+        scorer = SCORERS[kind]
+    except KeyError:
+        raise ConfigError(f"unknown rule scorer {kind!r}; known: {sorted(SCORERS)}") from None
+    return scorer(answer, solution)

@@ -1,0 +1,116 @@
+"""`mini-o3 sft`: cold-start SFT (spec §3): loss on assistant tokens, vision tower and merger frozen.
+
+The data order is a seeded permutation per epoch, so the position (epoch, offset) saved with each
+checkpoint resumes the exact sequence of batches. Each step's micro-batches are built on a worker
+thread while the previous step runs on the device.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Sequence
+
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from mini_o3_jax.agent.trajectory import Trajectory
+from mini_o3_jax.model.config import ModelConfig
+from mini_o3_jax.processing.chat import Tokenizer
+from mini_o3_jax.processing.image import ImageProcessor
+from mini_o3_jax.sft.data import read_sharegpt, sharegpt_trajectories
+from mini_o3_jax.train.batch import (
+    BatchSpec,
+    TrainBatch,
+    batch_tokens,
+    examples_from_trajectories,
+    micro_batches,
+)
+from mini_o3_jax.train.checkpoint import PreemptionGuard
+from mini_o3_jax.train.metrics import StepTimer, tokens_per_second
+from mini_o3_jax.train.session import open_session
+
+
+def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def step_indices(n: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """Example indices of optimizer step `step` (0-based): consecutive slices of per-epoch permutations."""
+    steps_per_epoch = n // batch_size
+    epoch, k = divmod(step, steps_per_epoch)
+    return [int(i) for i in epoch_order(n, epoch, seed)[k * batch_size:(k + 1) * batch_size]]
+
+
+def run_sft(
+    cfg: ml_collections.ConfigDict,
+    load: Callable[[Sequence[int]], list[Trajectory]],
+    num_examples: int,
+    processor: ImageProcessor,
+    model_config: ModelConfig | None = None,
+    console=print,
+    side_files_from: str | None = None,
+) -> dict:
+    """Train on examples fetched by index with `load(indices)`; returns the last step's metrics."""
+    t = cfg.train
+    if num_examples < t.batch_size:
+        raise ValueError(f"{num_examples} SFT examples is fewer than one batch ({t.batch_size})")
+    steps_per_epoch = num_examples // t.batch_size
+    total = t.get("steps") or int(t.epochs * steps_per_epoch)
+    session = open_session(cfg, "sft", total, console=console)
+    trainer = session.trainer
+    mcfg = model_config or trainer.model_config
+    spec = BatchSpec(micro_batch=t.micro_batch, min_length=t.min_length, max_length=t.max_length)
+
+    def build(step: int) -> list[TrainBatch]:
+        trajs = load(step_indices(num_examples, step, t.batch_size, cfg.seed))
+        examples = examples_from_trajectories(trajs, processor, agg=t.loss_agg)
+        return micro_batches(examples, mcfg, spec)[0]
+
+    metrics: dict = {}
+    timer = StepTimer()
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    start = trainer.step
+    pending = pool.submit(build, start) if start < total else None
+    bar = tqdm(total=total, initial=start, desc="sft", unit="step", disable=console is None)
+    try:
+        with PreemptionGuard() as guard:
+            while trainer.step < total:
+                batches = pending.result()
+                step = trainer.step
+                pending = pool.submit(build, step + 1) if step + 1 < total else None
+                timer.start()
+                metrics = trainer.train_step(batches)
+                seconds = timer.stop()
+                tokens = sum(batch_tokens(b) for b in batches)
+                metrics.update(step_time_s=seconds, tokens_per_s=tokens_per_second(tokens, seconds),
+                               epoch=(step + 1) / steps_per_epoch, lr=float(trainer.learning_rate()))
+                session.writer.write(trainer.step, metrics)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if trainer.step % cfg.checkpoint.every == 0 or trainer.step == total or guard.requested:
+                    session.save({"kind": "sft"})
+                if guard.requested:
+                    session.checkpointer.wait()
+                    if console:
+                        console(f"{guard.reason}: saved step {trainer.step}, exiting")
+                    return metrics
+    finally:
+        bar.close()
+        pool.shutdown(cancel_futures=True)
+    session.finish(side_files_from)
+    return metrics
+
+
+def sft_from_file(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, processor: ImageProcessor,
+                  console=print, side_files_from: str | None = None) -> dict:
+    """SFT on a LLaMA-Factory sharegpt file (`cfg.data.path`), e.g. Mini-o3-Coldstart.json."""
+    d = cfg.data
+    records = read_sharegpt(d.path, d.get("image_root") or None)
+
+    def load(indices):
+        return list(sharegpt_trajectories([records[i] for i in indices], tokenizer, processor,
+                                          max_length=cfg.train.max_length, min_pixels=d.min_pixels,
+                                          max_pixels=d.max_pixels))
+
+    return run_sft(cfg, load, len(records), processor, console=console, side_files_from=side_files_from)

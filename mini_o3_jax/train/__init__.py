@@ -1,0 +1,1 @@
+"""Training: batches, losses, optimizer, train step, checkpoints, metrics."""

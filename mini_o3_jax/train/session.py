@@ -1,0 +1,102 @@
+"""What SFT and RL runs share: model + mesh from a config, the Trainer, resume, checkpoint, logs.
+
+A run directory holds `checkpoints/` (Orbax: params, frozen weights, optimizer state, plus JSON
+meta with the step, data position and RNG), `logs/` (TensorBoard events + metrics.jsonl) and,
+at the end, `final/` (a model checkpoint for `mini-o3 infer/export/rl --model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+from mini_o3_jax.errors import ConfigError
+from mini_o3_jax.model.config import ModelConfig
+from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
+from mini_o3_jax.model.weights import copy_side_files, load_model, save_orbax
+from mini_o3_jax.parallel.mesh import make_mesh
+from mini_o3_jax.train.checkpoint import TrainCheckpointer, abstract_like
+from mini_o3_jax.train.losses import PPOConfig
+from mini_o3_jax.train.metrics import MetricsWriter
+from mini_o3_jax.train.optim import OptimConfig, learning_rate, make_optimizer
+from mini_o3_jax.train.step import StepConfig, Trainer
+
+
+def build_model(cfg: ml_collections.ConfigDict, mesh=None) -> Qwen25VL:
+    """`cfg.model_path` (HF or Orbax dir) or, when empty, a random model of `cfg.model` (tests, demos)."""
+    if cfg.get("model_path"):
+        return load_model(cfg.model_path, dtype=cfg.dtype, mesh=mesh, remat=cfg.get("remat", "none"))
+    if "model" not in cfg:
+        raise ConfigError("config needs `model_path` (a checkpoint directory) or a `model` block to initialise")
+    model = Qwen25VL(ModelConfig.from_config_dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model),
+                     dtype=cfg.dtype, rngs=nnx.Rngs(cfg.get("seed", 0)), remat=cfg.get("remat", "none"))
+    return model
+
+
+def build_mesh(cfg: ml_collections.ConfigDict):
+    """None on one device (no sharding machinery), else the configured (data, fsdp, tensor) mesh."""
+    shape = dict(cfg.get("mesh") or {})
+    if len(jax.devices()) == 1 and all(int(v) in (1, -1) for v in shape.values()):
+        return None
+    return make_mesh(shape or {"fsdp": -1})
+
+
+def optim_config(cfg: ml_collections.ConfigDict) -> OptimConfig:
+    return OptimConfig(**dict(cfg.optim))
+
+
+def step_config(cfg: ml_collections.ConfigDict, loss: str) -> StepConfig:
+    t = cfg.train
+    ppo = PPOConfig(**dict(cfg.ppo)) if loss == "ppo" else PPOConfig()
+    return StepConfig(loss=loss, ppo=ppo, trainable=t.trainable, logits_chunk=t.get("logits_chunk", 512),
+                      temperature=t.get("temperature", 1.0))
+
+
+@dataclasses.dataclass
+class Session:
+    trainer: Trainer
+    checkpointer: TrainCheckpointer
+    writer: MetricsWriter
+    out_dir: str
+    meta: dict[str, Any]  # restored meta ({} on a fresh start)
+
+    def save(self, meta: dict[str, Any], force: bool = False) -> bool:
+        return self.checkpointer.save(self.trainer.step, self.trainer.state(), {**meta, "step": self.trainer.step},
+                                      force=force)
+
+    def finish(self, side_files_from: str | None = None) -> str:
+        """Wait for pending saves, write `final/` (model checkpoint + tokenizer/processor files)."""
+        self.checkpointer.wait()
+        final = save_orbax(self.trainer.model(), os.path.join(self.out_dir, "final"))
+        if side_files_from:
+            copy_side_files(side_files_from, final)
+        self.writer.close()
+        self.checkpointer.close()
+        return final
+
+
+def open_session(cfg: ml_collections.ConfigDict, loss: str, total_steps: int, console=print) -> Session:
+    """Build mesh, model, optimizer and trainer; restore the latest checkpoint of `cfg.out_dir` if any."""
+    mesh = build_mesh(cfg)
+    model = build_model(cfg, mesh)
+    ocfg = optim_config(cfg)
+    trainer = Trainer(model, make_optimizer(ocfg, total_steps), step_config(cfg, loss), mesh=mesh)
+    trainer.schedule = learning_rate(ocfg, total_steps)
+    out = os.path.abspath(cfg.out_dir)
+    ckpt = cfg.checkpoint
+    checkpointer = TrainCheckpointer(os.path.join(out, "checkpoints"), keep=ckpt.keep, async_save=ckpt.async_save)
+    meta: dict[str, Any] = {}
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state, meta = checkpointer.restore(abstract_like(trainer.state()), latest)
+        trainer.load_state(state, int(meta["step"]))
+        if console:
+            console(f"resumed from {checkpointer.directory} step {latest}")
+    writer = MetricsWriter(os.path.join(out, "logs") if jax.process_index() == 0 else None,
+                           log_every=cfg.get("log_every", 1), console=console)
+    return Session(trainer, checkpointer, writer, out, meta)

@@ -1,0 +1,189 @@
+"""The jitted train step: gradients of one loss over micro-batches, summed, then one AdamW update.
+
+The model is split once into (graphdef, frozen, params): only `params` is differentiated and
+optimised (SFT freezes the vision tower and merger, as released; RL trains everything). Because
+batch weights carry the global normalisation, summing micro-batch gradients *is* the gradient of
+the step's loss: no division by the accumulation count, identical for any micro-batch size.
+Under a mesh, parameters keep their logical-axis shardings and batches are split over
+(data, fsdp) rows; jit's SPMD partitioner inserts the collectives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mini_o3_jax.errors import ConfigError
+from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
+from mini_o3_jax.parallel.rules import DEFAULT_RULES, Rules, logical_to_spec, shard_state, state_shardings
+from mini_o3_jax.train.batch import TrainBatch
+from mini_o3_jax.train.logprobs import logprobs
+from mini_o3_jax.train.losses import PPOConfig, ppo_loss, sft_loss
+
+TRAINABLE = ("all", "language_model")
+
+
+def _frozen_filter(trainable: str):
+    if trainable not in TRAINABLE:
+        raise ConfigError(f"trainable = {trainable!r}; expected one of {TRAINABLE}")
+    if trainable == "all":
+        return nnx.Not(nnx.Everything())
+    return lambda path, _: bool(path) and path[0] == "visual"  # vision tower + patch merger
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    loss: str = "sft"  # "sft" | "ppo"
+    ppo: PPOConfig = PPOConfig()
+    trainable: str = "all"  # "all" | "language_model" (freeze vision tower and merger)
+    logits_chunk: int = 512
+    temperature: float = 1.0  # log-probs at this temperature (the rollout's)
+
+
+class Trainer:
+    """Holds (graphdef, frozen, params, opt_state) and the compiled step functions."""
+
+    def __init__(
+        self,
+        model: Qwen25VL,
+        optimizer: optax.GradientTransformation,
+        config: StepConfig = StepConfig(),
+        *,
+        mesh: Mesh | None = None,
+        rules: Rules = DEFAULT_RULES,
+    ):
+        if config.loss not in ("sft", "ppo"):
+            raise ConfigError(f"loss = {config.loss!r}; expected 'sft' or 'ppo'")
+        self.config, self.optimizer, self.mesh, self.rules = config, optimizer, mesh, rules
+        self.model_config = model.config
+        graphdef, frozen, params = nnx.split(model, _frozen_filter(config.trainable), ...)
+        if mesh is not None:
+            frozen = shard_state(nnx.to_pure_dict(frozen), state_shardings(frozen, mesh, rules))
+            params = shard_state(nnx.to_pure_dict(params), state_shardings(params, mesh, rules))
+        else:
+            frozen, params = nnx.to_pure_dict(frozen), nnx.to_pure_dict(params)
+        self.graphdef, self._state_template = graphdef, nnx.state(model)
+        self.frozen, self.params = frozen, params
+        self.opt_state = jax.jit(optimizer.init)(params)
+        self.step = 0
+        self.schedule: Callable[[int], Any] | None = None  # the optimizer's lr schedule, for logging
+        self._grad_fn = jax.jit(functools.partial(_grads, graphdef, config))
+        self._logprob_fn = jax.jit(functools.partial(_logprobs_only, graphdef, config))
+        self._apply_fn = jax.jit(functools.partial(_apply, optimizer), donate_argnums=(0, 1))
+        self._add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=(0,))
+
+    # -- data placement ----------------------------------------------------------------------------
+    def put(self, batch: TrainBatch) -> TrainBatch:
+        """Host micro-batch -> device; rows split over (data, fsdp) when they divide evenly."""
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, batch)
+        rows = int(np.asarray(batch.targets).shape[0])
+
+        def place(x, axes):
+            spec = logical_to_spec(axes, np.shape(x), self.mesh, self.rules) if rows else PartitionSpec()
+            return jax.device_put(np.asarray(x), NamedSharding(self.mesh, spec))
+
+        def by_rank(x):
+            nd = np.ndim(x)
+            return place(x, ("batch",) + (None,) * (nd - 1))
+
+        text = batch.text._replace(positions=place(batch.text.positions, (None, "batch", None)),
+                                   input_ids=by_rank(batch.text.input_ids),
+                                   segment_ids=by_rank(batch.text.segment_ids),
+                                   image_rows=by_rank(batch.text.image_rows))
+        vision = None if batch.vision is None else jax.tree.map(
+            lambda x: jax.device_put(np.asarray(x), NamedSharding(self.mesh, PartitionSpec())), batch.vision)
+        rest = {k: by_rank(getattr(batch, k)) for k in
+                ("targets", "mask", "weights", "advantages", "old_logprobs", "ref_logprobs")}
+        return TrainBatch(text=text, vision=vision, **rest)
+
+    # -- compute -----------------------------------------------------------------------------------
+    def logprobs(self, batch: TrainBatch) -> jax.Array:
+        """(B, L) log-probs of the targets under the current parameters (no gradient)."""
+        return self._logprob_fn(self.params, self.frozen, self.put(batch))
+
+    def train_step(self, batches: Sequence[TrainBatch]) -> dict[str, float]:
+        """One optimizer step over all micro-batches; returns summed metrics + grad norm and lr."""
+        if not batches:
+            raise ValueError("train_step needs at least one micro-batch")
+        grads, metrics = None, None
+        for b in batches:
+            g, m = self._grad_fn(self.params, self.frozen, self.put(b))
+            grads = g if grads is None else self._add(grads, g)
+            metrics = m if metrics is None else jax.tree.map(jnp.add, metrics, m)
+        self.params, self.opt_state, grad_norm = self._apply_fn(self.params, self.opt_state, grads)
+        self.step += 1
+        out = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        out["grad_norm"] = float(grad_norm)
+        return out
+
+    def learning_rate(self) -> float:
+        """The learning rate the next update will use (nan if no schedule was attached)."""
+        return float(self.schedule(self.step)) if self.schedule is not None else float("nan")
+
+    # -- state -------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The checkpointed pytree (frozen weights are stored too: restore needs no base model)."""
+        return {"params": self.params, "frozen": self.frozen, "opt_state": self.opt_state}
+
+    def load_state(self, state: dict[str, Any], step: int) -> None:
+        self.params, self.frozen, self.opt_state = state["params"], state["frozen"], state["opt_state"]
+        self.step = step
+
+    def model(self) -> Qwen25VL:
+        """A `Qwen25VL` holding the current weights (for rollout, eval and export)."""
+        model = nnx.merge(self.graphdef, self._state_template)
+        nnx.update(model, self.frozen, self.params)
+        return model
+
+
+def _merged(graphdef, params, frozen) -> Qwen25VL:
+    return nnx.merge(graphdef, frozen, params)
+
+
+def _loss_fn(graphdef, cfg: StepConfig, params, frozen, batch: TrainBatch):
+    model = _merged(graphdef, params, frozen)
+    want_entropy = cfg.loss == "ppo" and cfg.ppo.entropy_coef != 0
+    logp, entropy = logprobs(model, batch, chunk=cfg.logits_chunk, temperature=cfg.temperature,
+                             with_entropy=want_entropy)
+    if cfg.loss == "sft":
+        return sft_loss(logp, batch)
+    return ppo_loss(logp, batch, cfg.ppo, entropy)
+
+
+def _grads(graphdef, cfg: StepConfig, params, frozen, batch: TrainBatch):
+    frozen = jax.lax.stop_gradient(frozen)
+    (_, metrics), grads = jax.value_and_grad(
+        functools.partial(_loss_fn, graphdef, cfg), has_aux=True)(params, frozen, batch)
+    return grads, metrics
+
+
+def _logprobs_only(graphdef, cfg: StepConfig, params, frozen, batch: TrainBatch):
+    model = _merged(graphdef, params, frozen)
+    return logprobs(model, batch, chunk=cfg.logits_chunk, temperature=cfg.temperature)[0]
+
+
+def _apply(optimizer: optax.GradientTransformation, params, opt_state, grads):
+    norm = optax.global_norm(grads)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, norm
+
+
+def loss_and_grads(trainer: Trainer, batches: Sequence[TrainBatch]) -> tuple[Any, dict[str, float]]:
+    """Summed gradients and metrics without updating (tests and diagnostics)."""
+    grads, metrics = None, None
+    for b in batches:
+        g, m = trainer._grad_fn(trainer.params, trainer.frozen, trainer.put(b))
+        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+        metrics = m if metrics is None else jax.tree.map(jnp.add, metrics, m)
+    return grads, {k: float(v) for k, v in jax.device_get(metrics).items()}
+

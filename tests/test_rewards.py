@@ -1,0 +1,581 @@
+"""Rewards: answer extraction, the LLM judge against a real local HTTP server, and the rule-based scorers.
+
+The judge tests start a ``ThreadingHTTPServer`` on 127.0.0.1 that speaks just enough of the chat-completions
+API: it records every request and answers from a per-test script (fail, stall, return garbage, or grade the
+predicted answer against the ground truth it finds in the prompt). Nothing of ours is mocked.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import http.server
+import json
+import re
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from mini_o3_jax.errors import ConfigError
+from mini_o3_jax.rl.rewards import (
+    SCORERS,
+    SYSTEM_PROMPT,
+    JudgeConfig,
+    JudgeItem,
+    LLMJudge,
+    extract_answer,
+    parse_score,
+    rule_score,
+    score_choice,
+    score_exact,
+    score_numeric,
+)
+
+QUESTION = "<image>\nWhat colour is the car parked next to the red door?"
+
+# --------------------------------------------------------------------------------------------------------------
+# A fake judge server
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    body: dict | None
+
+    @property
+    def user(self) -> str:
+        assert self.body is not None
+        return self.body["messages"][1]["content"]
+
+
+@dataclasses.dataclass
+class Reply:
+    content: str | None = "Score: 1"
+    status: int = 200
+    delay: float = 0.0
+    raw: bytes | None = None  # sent verbatim instead of a chat-completions JSON
+
+
+_GRADED = re.compile(r"Ground-truth answer: (.*?)\nPredicted answer: (.*?)\n\nInstructions:", re.DOTALL)
+
+
+def grade(req: Recorded, n: int) -> Reply:
+    """Answer like a judge would: 1 when the predicted answer equals the ground truth (case-insensitive)."""
+    match = _GRADED.search(req.user)
+    assert match, req.user
+    truth, predicted = (s.strip().lower() for s in match.groups())
+    return Reply(
+        f"The prediction is {'right' if truth == predicted else 'wrong'}.\nScore: {int(truth == predicted)}"
+    )
+
+
+class FakeJudgeServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # many concurrent clients connect at once
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.script: Callable[[Recorded, int], Reply] = grade
+        self.requests: list[Recorded] = []
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: FakeJudgeServer
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
+        raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        rec = Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        srv = self.server
+        with srv.lock:
+            srv.requests.append(rec)
+            n = len(srv.requests) - 1
+            srv.in_flight += 1
+            srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+        try:
+            reply = srv.script(rec, n)
+            time.sleep(reply.delay)
+            if reply.raw is not None:
+                payload = reply.raw
+            else:
+                message = {"role": "assistant", "content": reply.content}
+                choice = {"index": 0, "message": message, "finish_reason": "stop"}
+                payload = json.dumps({"object": "chat.completion", "choices": [choice]}).encode()
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout test)
+        finally:
+            with srv.lock:
+                srv.in_flight -= 1
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeJudgeServer]:
+    for name in ("NO_PROXY", "no_proxy"):  # an inherited proxy setting must not capture 127.0.0.1
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+    srv = FakeJudgeServer()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(timeout=5)
+
+
+def make_judge(srv: FakeJudgeServer, **kw: object) -> LLMJudge:
+    kw.setdefault("url", srv.url + "/v1")
+    kw.setdefault("backoff_s", 0.0)
+    return LLMJudge(JudgeConfig(**kw))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# extract_answer / parse_score
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("texts", "expected"),
+    [
+        ("<answer>red</answer>", "red"),
+        ("<think>hmm</think> <answer>  blue \n</answer>", "blue"),
+        ("<answer>first</answer> then <answer>second</answer>", "first"),  # the first match only
+        ("<answer>line one\nline two</answer>", "line one\nline two"),  # DOTALL
+        (
+            ["<think>zoom</think><grounding>{}</grounding>", "<answer>a", "b</answer>"],
+            "a b",
+        ),  # split across turns
+        (["no answer here", "<answer>unclosed"], None),
+        ("", None),
+        ([], None),
+        ("<answer></answer>", ""),
+        ("<ANSWER>x</ANSWER>", None),  # the tag is case-sensitive, as in the release
+    ],
+)
+def test_extract_answer(texts: list[str] | str, expected: str | None) -> None:
+    assert extract_answer(texts) == expected
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("The score is based on accuracy. Score: 1", 1.0),
+        ("score: 0", 0.0),
+        ("SCORE: 1 because the colours match", 1.0),
+        # Released quirk kept on purpose: the token only has to *contain* a '1', so "10" (or "0.1") gives 1.0.
+        ("Score:10", 1.0),
+        ("Score: 1\nOn reflection... Score: 0", 0.0),  # the last 'score:' wins
+        ("Score: 0\nCorrection, score: **1**", 1.0),
+        ("Score:\n\n1", 1.0),  # first whitespace-separated token, across newlines
+        ("The answer is correct.", None),  # no 'score:' -> the attempt is retried
+        ("Score:   ", None),
+        ("", None),
+    ],
+)
+def test_parse_score(reply: str, expected: float | None) -> None:
+    assert parse_score(reply) == expected
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LLMJudge over HTTP
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_openai_style_request(server: FakeJudgeServer) -> None:
+    with make_judge(server, api_key="sk-test") as judge:
+        got = judge.score([JudgeItem(QUESTION, "Blue", "blue"), JudgeItem(QUESTION, "Blue", "green")])
+    assert got == [1.0, 0.0]
+    assert len(server.requests) == 2
+    for req in server.requests:
+        assert req.path == "/v1/chat/completions"
+        assert req.headers["authorization"] == "Bearer sk-test"
+        assert "api-key" not in req.headers
+        assert req.headers["content-type"] == "application/json"
+        body = req.body
+        assert body is not None
+        assert body["model"] == "gpt-4o-2024-11-20"
+        assert body["max_tokens"] == 16384
+        assert body["temperature"] == 0.0
+        assert [m["role"] for m in body["messages"]] == ["system", "user"]
+        assert body["messages"][0]["content"] == SYSTEM_PROMPT
+        assert all(isinstance(m["content"], str) for m in body["messages"])  # text only, no image parts
+        assert QUESTION in req.user  # the raw question, <image> placeholder included
+        assert "Blue" in req.user
+    assert sorted(re.search(r"Predicted answer: (\w+)", r.user).group(1) for r in server.requests) == [
+        "blue",
+        "green",
+    ]
+    assert judge.stats.calls == 2
+    assert judge.stats.retries == judge.stats.failures == judge.stats.cache_hits == 0
+
+
+def test_openai_style_without_key_sends_no_authorization(server: FakeJudgeServer) -> None:
+    with make_judge(server, url=server.url + "/v1/", model="qwen-judge") as judge:
+        assert judge.score([JudgeItem(QUESTION, "a", "a")]) == [1.0]
+    (req,) = server.requests
+    assert req.path == "/v1/chat/completions"  # the trailing slash of the base URL is tolerated
+    assert "authorization" not in req.headers
+    assert req.body is not None and req.body["model"] == "qwen-judge"
+
+
+def test_azure_style_request(server: FakeJudgeServer) -> None:
+    with make_judge(server, url=server.url, api_key="azure-secret", api_version="2024-06-01") as judge:
+        assert judge.score([JudgeItem(QUESTION, "Blue", "BLUE")]) == [1.0]
+    (req,) = server.requests
+    parts = urllib.parse.urlsplit(req.path)
+    assert parts.path == "/openai/deployments/gpt-4o-2024-11-20/chat/completions"
+    assert urllib.parse.parse_qs(parts.query) == {"api-version": ["2024-06-01"]}
+    assert req.headers["api-key"] == "azure-secret"
+    assert "authorization" not in req.headers
+    assert req.body is not None and req.body["temperature"] == 0.0
+
+
+def test_retries_raise_temperature_then_succeed(server: FakeJudgeServer) -> None:
+    server.script = lambda req, n: Reply(status=500) if n < 2 else grade(req, n)
+    with make_judge(server) as judge:
+        assert judge.score([JudgeItem(QUESTION, "blue", "blue")]) == [1.0]
+    temps = [r.body["temperature"] for r in server.requests if r.body]
+    assert temps == pytest.approx([0.0, 0.2, 0.4])
+    stats = judge.stats
+    assert (stats.calls, stats.retries, stats.failures) == (3, 2, 0)
+
+
+def test_temperature_capped_at_one(server: FakeJudgeServer) -> None:
+    server.script = lambda req, n: Reply(status=503)
+    with make_judge(server, attempts=8) as judge:
+        assert judge.score([JudgeItem(QUESTION, "x", "x")]) == [None]
+    temps = [r.body["temperature"] for r in server.requests if r.body]
+    assert temps == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("status", [500, 429, 400, 401])
+def test_always_failing_gives_none_after_all_attempts(server: FakeJudgeServer, status: int) -> None:
+    server.script = lambda req, n: Reply(status=status, raw=b'{"error": {"message": "nope"}}')
+    with make_judge(server, attempts=5) as judge:
+        assert judge.score([JudgeItem(QUESTION, "blue", "blue")]) == [None]
+    assert len(server.requests) == 5
+    stats = judge.stats
+    assert (stats.calls, stats.retries, stats.failures) == (5, 4, 1)
+
+
+def test_reply_without_score_is_retried(server: FakeJudgeServer) -> None:
+    server.script = lambda req, n: Reply("Looks right to me!") if n == 0 else Reply("Score: 1")
+    with make_judge(server) as judge:
+        assert judge.score([JudgeItem(QUESTION, "blue", "navy")]) == [1.0]
+    assert len(server.requests) == 2
+
+
+def test_garbage_every_time_gives_none(server: FakeJudgeServer) -> None:
+    replies = [
+        Reply("no verdict"),
+        Reply(raw=b"<html>not json</html>"),
+        Reply(raw=b'{"choices": []}'),
+        Reply(None),
+    ]
+    server.script = lambda req, n: replies[n % len(replies)]
+    with make_judge(server, attempts=4) as judge:
+        assert judge.score([JudgeItem(QUESTION, "blue", "blue")]) == [None]
+    assert len(server.requests) == 4
+
+
+def test_slow_first_attempt_times_out_then_retries(server: FakeJudgeServer) -> None:
+    server.script = lambda req, n: Reply("Score: 1", delay=1.0 if n == 0 else 0.0)
+    start = time.monotonic()
+    with make_judge(server, timeout_s=0.3) as judge:
+        assert judge.score([JudgeItem(QUESTION, "blue", "blue")]) == [1.0]
+    assert time.monotonic() - start < 0.9  # gave up on the stalled request instead of waiting for it
+    assert len(server.requests) == 2
+    assert judge.stats.retries == 1
+
+
+def test_connection_refused_gives_none() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with LLMJudge(JudgeConfig(url=f"http://127.0.0.1:{port}/v1", attempts=3, backoff_s=0.0)) as judge:
+        assert judge.score([JudgeItem(QUESTION, "a", "a")]) == [None]
+    assert judge.stats.calls == 3 and judge.stats.failures == 1
+
+
+def test_missing_answer_scores_zero_without_request(server: FakeJudgeServer) -> None:
+    with make_judge(server) as judge:
+        assert judge.score([JudgeItem(QUESTION, "blue", None)]) == [0.0]
+        assert judge.score([]) == []
+    assert server.requests == []
+    assert judge.stats.calls == 0
+
+
+def test_identical_items_share_one_request(server: FakeJudgeServer) -> None:
+    server.script = lambda req, n: Reply("Score: 1", delay=0.1)
+    items = [JudgeItem(QUESTION, "blue", "blue")] * 4 + [JudgeItem(QUESTION, "blue", None)]
+    with make_judge(server) as judge:
+        assert judge.score(items) == [1.0, 1.0, 1.0, 1.0, 0.0]
+        assert judge.score(items[:1]) == [1.0]  # now from the in-memory cache
+    assert len(server.requests) == 1
+    assert judge.stats.deduped == 3 and judge.stats.cache_hits == 1
+
+
+def test_cache_survives_restart_and_skips_failures(server: FakeJudgeServer, tmp_path) -> None:
+    server.script = lambda req, n: Reply(status=500) if "flaky" in req.user else grade(req, n)
+    cache = tmp_path / "sub" / "judge.jsonl"
+    items = [
+        JudgeItem(QUESTION, "blue", "blue"),
+        JudgeItem(QUESTION, "blue", "red"),
+        JudgeItem("<image>\nflaky question", "x", "x"),
+    ]
+    with make_judge(server, cache_path=str(cache), attempts=2) as first:
+        assert first.score(items) == [1.0, 0.0, None]
+    assert len(server.requests) == 6 - 2  # 1 + 1 + 2 attempts
+    assert len(cache.read_text().splitlines()) == 2  # the failure is not cached
+
+    server.requests.clear()
+    with make_judge(server, cache_path=str(cache), attempts=2) as second:
+        assert second.score(items) == [1.0, 0.0, None]
+    assert len(server.requests) == 2  # only the failed item is asked again
+    assert all("flaky" in r.user for r in server.requests)
+    assert second.stats.cache_hits == 2
+
+    server.requests.clear()
+    with make_judge(server, cache_path=str(cache), model="another-judge") as third:
+        assert third.score(items[:1]) == [1.0]
+    assert len(server.requests) == 1  # the model is part of the key
+
+
+def test_corrupt_cache_lines_are_skipped(server: FakeJudgeServer, tmp_path) -> None:
+    cache = tmp_path / "judge.jsonl"
+    good, new = JudgeItem(QUESTION, "blue", "blue"), JudgeItem(QUESTION, "blue", "teal")
+    with make_judge(server, cache_path=str(cache)) as judge:
+        judge.score([good])
+    valid_line = cache.read_text()
+    # garbage, a record with a bad score, a valid record, then a line cut off mid-write (no newline)
+    cache.write_text('not json\n{"key": "k", "score": "yes"}\n\n' + valid_line + '{"key": "abc", "sco')
+    server.requests.clear()
+    with pytest.warns(RuntimeWarning, match="corrupt") as record:
+        judge = make_judge(server, cache_path=str(cache))
+    assert len(record) == 3
+    with judge:
+        assert judge.score([good, new]) == [1.0, 0.0]
+    assert len(server.requests) == 1  # only the new item
+    # The new record starts on its own line, so a third judge reads it back (and warns only about the old lines).
+    server.requests.clear()
+    with pytest.warns(RuntimeWarning, match="corrupt") as record:
+        again = make_judge(server, cache_path=str(cache))
+    assert len(record) == 3
+    with again:
+        assert again.score([good, new]) == [1.0, 0.0]
+    assert server.requests == []
+
+
+def test_submit_is_non_blocking_and_concurrent(server: FakeJudgeServer) -> None:
+    server.script = lambda req, n: Reply("Score: 1", delay=0.2)
+    items = [JudgeItem(QUESTION, f"answer {i}", f"answer {i}") for i in range(64)]
+    with make_judge(server, concurrency=16) as judge:
+        start = time.monotonic()
+        future = judge.submit(items)
+        assert isinstance(future, concurrent.futures.Future)
+        assert time.monotonic() - start < 0.15 and not future.done()  # returned before any reply came back
+        assert future.result(timeout=10) == [1.0] * 64
+        elapsed = time.monotonic() - start
+    assert len(server.requests) == 64
+    assert elapsed < 3.0  # serial would take 64 * 0.2 = 12.8 s; 16 at a time needs about 0.8 s
+    assert 8 <= server.max_in_flight <= 16  # concurrent, and bounded by config.concurrency
+
+
+def test_submit_after_close_is_an_error(server: FakeJudgeServer) -> None:
+    judge = make_judge(server)
+    judge.close()
+    judge.close()  # idempotent
+    with pytest.raises(RuntimeError, match="close"):
+        judge.submit([JudgeItem(QUESTION, "a", "a")])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# JudgeConfig
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({}, "url"),
+        ({"url": "localhost:8000/v1"}, "url"),
+        ({"url": "http://x/v1", "model": ""}, "model"),
+        ({"url": "http://x/v1", "attempts": 0}, "attempts"),
+        ({"url": "http://x/v1", "concurrency": 0}, "concurrency"),
+        ({"url": "http://x/v1", "timeout_s": 0}, "timeout_s"),
+    ],
+)
+def test_bad_config_raises_config_error(overrides: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        LLMJudge(JudgeConfig(**overrides))
+
+
+_ENV_NAMES = [
+    "MINI_O3_JUDGE_URL",
+    "MINI_O3_JUDGE_MODEL",
+    "MINI_O3_JUDGE_KEY",
+    "MINI_O3_JUDGE_API_VERSION",
+    "END_POINT",
+    "API_KEY",
+    "API_VERSION",
+]
+
+
+def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    assert JudgeConfig.from_env() == JudgeConfig()
+
+    # The released variable names: Azure.
+    monkeypatch.setenv("END_POINT", "https://example.openai.azure.com")
+    monkeypatch.setenv("API_KEY", "azure-key")
+    monkeypatch.setenv("API_VERSION", "2024-06-01")
+    cfg = JudgeConfig.from_env()
+    assert (cfg.url, cfg.api_key, cfg.api_version, cfg.model) == (
+        "https://example.openai.azure.com",
+        "azure-key",
+        "2024-06-01",
+        "gpt-4o-2024-11-20",
+    )
+
+    # Our own names win; a leftover API_VERSION does not make a local server Azure-style.
+    monkeypatch.setenv("MINI_O3_JUDGE_URL", "http://127.0.0.1:8000/v1")
+    monkeypatch.setenv("MINI_O3_JUDGE_MODEL", "Qwen2.5-72B-Instruct")
+    cfg = JudgeConfig.from_env()
+    assert (cfg.url, cfg.model, cfg.api_key, cfg.api_version) == (
+        "http://127.0.0.1:8000/v1",
+        "Qwen2.5-72B-Instruct",
+        "azure-key",
+        "",
+    )
+    monkeypatch.setenv("MINI_O3_JUDGE_KEY", "local-key")
+    monkeypatch.setenv("MINI_O3_JUDGE_API_VERSION", "2025-01-01")
+    cfg = JudgeConfig.from_env(concurrency=4, cache_path="/tmp/c.jsonl")
+    assert (cfg.api_key, cfg.api_version, cfg.concurrency, cfg.cache_path) == (
+        "local-key",
+        "2025-01-01",
+        4,
+        "/tmp/c.jsonl",
+    )
+    assert JudgeConfig.from_env(url="http://other/v1").url == "http://other/v1"  # overrides win
+
+    with pytest.raises(ConfigError, match="temprature"):
+        JudgeConfig.from_env(temprature=0.5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rule-based scorers
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "solution", "expected"),
+    [
+        ("B", "B", 1.0),
+        ("b", "B", 1.0),
+        ("(B)", "B", 1.0),
+        ("B.", "(B) red", 1.0),
+        ("B) a red car", "B", 1.0),
+        ("**C**", "C", 1.0),
+        ("The answer is B", "(B) red car", 1.0),
+        ("The answer is: (d).", "D", 1.0),
+        ("option b", "B", 1.0),
+        ("The correct choice is C because it is red.", "C", 1.0),
+        ("A", "B", 0.0),
+        ("(A) blue", "(B) red", 0.0),
+        ("A or B", "B", 0.0),  # no single letter
+        ("option A or option B", "B", 0.0),
+        ("the answer is a red car", "A", 0.0),  # 'a' is an article here, not an option
+        ("A red car", "A", 0.0),
+        ("red", "B", 0.0),
+        ("", "B", 0.0),
+        (None, "B", 0.0),
+        ("B", "a red car", 0.0),  # no letter in the solution either
+    ],
+)
+def test_score_choice(answer: str | None, solution: str, expected: float) -> None:
+    assert score_choice(answer, solution) == expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "solution", "expected"),
+    [
+        ("The Red Car", "red car", 1.0),
+        ("  red   car. ", "Red car", 1.0),
+        ("an apple", "Apple!", 1.0),
+        ("New-York", "newyork", 1.0),  # punctuation is removed, not turned into spaces (SQuAD)
+        ("theatre", "atre", 0.0),  # articles only as whole words
+        ("red car", "blue car", 0.0),
+        ("red", "red car", 0.0),
+        ("the", "a", 0.0),  # an answer that normalises to nothing is never rewarded
+        ("", "", 0.0),
+        (None, "red", 0.0),
+    ],
+)
+def test_score_exact(answer: str | None, solution: str, expected: float) -> None:
+    assert score_exact(answer, solution) == expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "solution", "expected"),
+    [
+        ("3", "3", 1.0),
+        ("There are 3 cars.", "3", 1.0),
+        ("3.0", "3", 1.0),
+        ("-2.5 degrees", "-2.50", 1.0),
+        ("1,234", "1234", 1.0),
+        ("1,234,567.5 m", "1234567.5", 1.0),
+        ("50%", "50", 1.0),
+        ("50%", "0.5", 1.0),
+        ("0.5", "50 %", 1.0),
+        (".5", "0.5", 1.0),
+        ("1000000.5", "1000000", 1.0),  # within rel_tol 1e-6
+        ("1000002", "1000000", 0.0),
+        ("4", "3", 0.0),
+        ("-3", "3", 0.0),
+        ("1,2", "12", 0.0),  # not a thousands separator: the first number is 1
+        ("2 or 3", "3", 0.0),  # the first number counts
+        ("three", "3", 0.0),
+        ("3", "unknown", 0.0),
+        (None, "3", 0.0),
+    ],
+)
+def test_score_numeric(answer: str | None, solution: str, expected: float) -> None:
+    assert score_numeric(answer, solution) == expected
+
+
+def test_score_numeric_tolerance() -> None:
+    assert score_numeric("10.1", "10", rel_tol=0.02) == 1.0
+    assert score_numeric("10.1", "10") == 0.0
+
+
+def test_rule_score_dispatch() -> None:
+    assert set(SCORERS) == {"choice", "exact", "numeric"}
+    assert rule_score("choice", "(B)", "B") == 1.0
+    assert rule_score("exact", "The cat", "cat") == 1.0
+    assert rule_score("numeric", "1,000", "1000") == 1.0
+    assert rule_score("numeric", None, "1000") == 0.0
+    with pytest.raises(ConfigError, match=r"fuzzy.*choice.*exact.*numeric"):
+        rule_score("fuzzy", "a", "a")
