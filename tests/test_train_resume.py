@@ -65,7 +65,8 @@ def test_killed_and_resumed_sft_matches_an_uninterrupted_run(tmp_path):
     assert len(a) == len(b)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
-    logged = [json.loads(line)["step"] for line in open(os.path.join(resumed, "logs", "metrics.jsonl"))]
+    with open(os.path.join(resumed, "logs", "metrics.jsonl"), encoding="utf-8") as f:
+        logged = [json.loads(line)["step"] for line in f]
     assert logged[-1] == 4 and set(logged) == set(range(1, 5))
 
 
