@@ -9,7 +9,6 @@ is that every stage runs and the two checkpoint formats give identical outputs.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Any
@@ -21,7 +20,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from mini_o3_jax.infer import infer
-from mini_o3_jax.model.presets import model_config
+from mini_o3_jax.model.presets import fit_to_tokenizer, model_config
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
 from mini_o3_jax.model.weights import load_hf, save_hf, save_orbax
 from mini_o3_jax.pipeline import Pipeline
@@ -66,17 +65,7 @@ def run_demo(out: str = "runs/demo", seed: int = 0) -> dict[str, Any]:
     stage("train_tokenizer", t0)
 
     t0 = time.time()
-    cfg = model_config("tiny")
-    vocab = -(-tokenizer.vocab_size // 64) * 64
-    cfg = cfg.replace(
-        text=dataclasses.replace(cfg.text, vocab_size=vocab),
-        image_token_id=tokenizer.image_pad_id,
-        video_token_id=tokenizer.video_pad_id,
-        vision_start_token_id=tokenizer.vision_start_id,
-        vision_end_token_id=tokenizer.vision_end_id,
-        bos_token_id=tokenizer.endoftext_id,
-        eos_token_id=tokenizer.im_end_id,
-    )
+    cfg = fit_to_tokenizer(model_config("tiny"), tokenizer)
     model = Qwen25VL(cfg, dtype="float32", rngs=nnx.Rngs(seed))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     stage("build_model", t0)

@@ -17,8 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.hf_reference import qwen_tokenizer_dir
-from tests.train_fixtures import write_sharegpt
+from tests.train_fixtures import write_sharegpt, write_small_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,9 +28,9 @@ def _env(**extra):
     return env
 
 
-def _sft_cmd(data, out, steps=4):
+def _sft_cmd(data, out, model, steps=4):
     return [sys.executable, "-m", "mini_o3_jax.cli", "sft", "--config", os.path.join(REPO, "configs/sft_tiny.py"),
-            f"--config.data.path={data}", f"--config.out_dir={out}", f"--config.tokenizer_path={qwen_tokenizer_dir()}",
+            f"--config.data.path={data}", f"--config.out_dir={out}", f"--config.model_path={model}",
             f"--config.train.steps={steps}", "--config.checkpoint.every=2", "--config.optim.schedule='cosine'"]
 
 
@@ -46,10 +45,12 @@ def _final_params(out):
 
 def test_killed_and_resumed_sft_matches_an_uninterrupted_run(tmp_path):
     data = write_sharegpt(str(tmp_path / "data"), 4)
+    model = write_small_checkpoint(str(tmp_path / "model"))
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    subprocess.run(_sft_cmd(data, straight), env=_env(), check=True, capture_output=True, timeout=600)
+    subprocess.run(_sft_cmd(data, straight, model), env=_env(), check=True, capture_output=True, timeout=600)
 
-    proc = subprocess.Popen(_sft_cmd(data, resumed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_sft_cmd(data, resumed, model), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     ckpt = os.path.join(resumed, "checkpoints", "2")
     deadline = time.time() + 300
     while not os.path.isdir(ckpt) and proc.poll() is None and time.time() < deadline:
@@ -58,7 +59,7 @@ def test_killed_and_resumed_sft_matches_an_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not os.path.isdir(os.path.join(resumed, "final"))
-    done = subprocess.run(_sft_cmd(data, resumed), env=_env(), check=True, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_sft_cmd(data, resumed, model), env=_env(), check=True, capture_output=True, text=True, timeout=600)
     assert "resumed from" in done.stdout + done.stderr
 
     a, b = _final_params(straight), _final_params(resumed)
@@ -72,33 +73,30 @@ def test_killed_and_resumed_sft_matches_an_uninterrupted_run(tmp_path):
 
 MESH_SCRIPT = r'''
 import json, sys
-import jax, numpy as np
+import jax, numpy as np, optax
 from flax import nnx
-from mini_o3_jax.model.presets import model_config
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
 from mini_o3_jax.parallel.mesh import make_mesh
-from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
 from mini_o3_jax.sft.data import read_sharegpt, sharegpt_trajectories
 from mini_o3_jax.train.batch import BatchSpec, examples_from_trajectories, micro_batches
-from mini_o3_jax.train.optim import OptimConfig, make_optimizer
 from mini_o3_jax.train.step import StepConfig, Trainer
-from tests.hf_reference import qwen_tokenizer_dir
+from tests.train_fixtures import small_model_config, small_tokenizer
 
 data = sys.argv[1]
 proc = ImageProcessor(min_pixels=3136, max_pixels=60000)
-tok = Tokenizer.from_pretrained(qwen_tokenizer_dir())
+tok = small_tokenizer()
 trajs = list(sharegpt_trajectories(read_sharegpt(data), tok, proc, min_pixels=3136, max_pixels=60000))
 out = {"devices": len(jax.devices())}
 for loss, agg, trainable in (("sft", "token-mean", "language_model"), ("ppo", "seq-mean-token-mean", "all")):
-    cfg = model_config("tiny")
+    cfg = small_model_config(tok)
     ex = examples_from_trajectories(trajs, proc, agg=agg, advantages=[0.7, -1.1, 0.4, -0.2])
-    batches, _ = micro_batches(ex, cfg, BatchSpec(micro_batch=2, min_length=16))
+    batches, _ = micro_batches(ex, cfg, BatchSpec(micro_batch=2, min_length=16, pad_id=tok.endoftext_id))
     params = {}
     for name, mesh in (("single", None), ("mesh", make_mesh({"data": 1, "fsdp": 4, "tensor": 2}))):
         model = Qwen25VL(cfg, rngs=nnx.Rngs(7))
-        tr = Trainer(model, make_optimizer(OptimConfig(lr=1e-3), 10), StepConfig(loss=loss, trainable=trainable),
-                     mesh=mesh)
+        # plain SGD: Adam's g/sqrt(v) turns last-bit differences of near-zero gradients into whole steps
+        tr = Trainer(model, optax.sgd(0.5), StepConfig(loss=loss, trainable=trainable), mesh=mesh)
         bs = batches
         if loss == "ppo":
             bs = [b._replace(old_logprobs=np.asarray(tr.logprobs(b)) - 0.05) for b in batches]
@@ -110,6 +108,10 @@ for loss, agg, trainable in (("sft", "token-mean", "language_model"), ("ppo", "s
             out[loss + "_sharded_leaves"] = sum(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated
                                                 for _, x in leaves)
         out[loss + "_" + name + "_loss"] = m["loss"]
+    first = Qwen25VL(cfg, rngs=nnx.Rngs(7))
+    init = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(
+        nnx.to_pure_dict(nnx.state(first)))}
+    out[loss + "_moved"] = max(float(np.abs(v - init[k]).max()) for k, v in params["single"].items() if k in init)
     diffs = {k: float(np.abs(params["single"][k] - params["mesh"][k]).max()) for k in params["single"]}
     out[loss + "_max_diff"] = max(diffs.values())
 print("RESULT " + json.dumps(out))
@@ -134,6 +136,6 @@ def test_train_step_on_8_devices_equals_one_device(mesh_result, loss):
     assert r["devices"] == 8
     assert r[loss + "_sharded_leaves"] >= 10  # the parameters really are split over the mesh
     assert r[loss + "_single_loss"] == pytest.approx(r[loss + "_mesh_loss"], rel=1e-5)
-    # after two AdamW steps of lr 1e-3: sharded reductions sum in another order, and Adam's m/sqrt(v)
-    # amplifies that for near-zero gradients; 1e-5 is 1% of one step's update
-    assert r[loss + "_max_diff"] < 1e-5, r
+    # two SGD steps; sharded reductions sum in another order, so equal up to fp32 rounding
+    assert r[loss + "_max_diff"] < 2e-6, r
+    assert r[loss + "_moved"] > 1e-4  # and the steps did change the parameters

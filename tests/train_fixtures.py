@@ -52,3 +52,35 @@ def write_prompts(directory: str, n: int = 4) -> str:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(records, f)
     return path
+
+
+def small_tokenizer():
+    """A Qwen-style BPE trained on the protocol and these fixtures' texts (~600 ids instead of 152k):
+    the LM head over Qwen's full vocabulary would dominate every CPU training test."""
+    from mini_o3_jax.processing.tokenizer_train import protocol_corpus, train_bpe_tokenizer
+
+    texts = protocol_corpus() + [GROUNDING, OBSERVATION] + [
+        f"Which letter is shown? (A) or (B). Case {i}. <think>it is A</think> <answer>B</answer>" for i in range(8)]
+    return train_bpe_tokenizer(texts, vocab_size=512)
+
+
+def small_model_config(tokenizer):
+    from mini_o3_jax.model.presets import fit_to_tokenizer, model_config
+
+    return fit_to_tokenizer(model_config("tiny"), tokenizer)
+
+
+def write_small_checkpoint(directory: str, seed: int = 0) -> str:
+    """An Orbax checkpoint of a random tiny model with the small tokenizer and an image processor
+    config beside it: what `mini-o3 sft --config.model_path=...` expects."""
+    from flax import nnx
+
+    from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
+    from mini_o3_jax.model.weights import save_orbax
+    from mini_o3_jax.processing.image import ImageProcessor
+
+    tok = small_tokenizer()
+    save_orbax(Qwen25VL(small_model_config(tok), rngs=nnx.Rngs(seed)), directory)
+    tok.save_pretrained(directory)
+    ImageProcessor(min_pixels=3136, max_pixels=60_000).save_pretrained(directory)
+    return directory

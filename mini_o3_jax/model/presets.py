@@ -51,3 +51,19 @@ def preset(name: str) -> dict[str, Any]:
 
 def model_config(name: str, **overrides: Any) -> ModelConfig:
     return ModelConfig.from_config_dict({**preset(name), **overrides})
+
+
+def fit_to_tokenizer(cfg: ModelConfig, tokenizer: Any) -> ModelConfig:
+    """`cfg` resized to a (small, trained) tokenizer: vocabulary rounded up to 64 rows and special
+    token ids taken from it, so toy models need not carry Qwen's 152k-row embedding."""
+    import dataclasses
+
+    return cfg.replace(
+        text=dataclasses.replace(cfg.text, vocab_size=-(-tokenizer.vocab_size // 64) * 64),
+        image_token_id=tokenizer.image_pad_id,
+        video_token_id=tokenizer.video_pad_id,
+        vision_start_token_id=tokenizer.vision_start_id,
+        vision_end_token_id=tokenizer.vision_end_id,
+        bos_token_id=tokenizer.endoftext_id,
+        eos_token_id=tokenizer.im_end_id,
+    )

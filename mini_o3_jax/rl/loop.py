@@ -99,7 +99,8 @@ def run_rl(
     position = int(session.meta.get("prompt_position", 0))
     rewarder = Rewarder(cfg.reward)
     engine = RolloutEngine(trainer.model(), tokenizer, processor, engine_config(cfg))
-    spec = BatchSpec(micro_batch=t.micro_batch, min_length=t.min_length, max_length=t.max_length)
+    spec = BatchSpec(micro_batch=t.micro_batch, min_length=t.min_length, max_length=t.max_length,
+                     pad_id=tokenizer.endoftext_id)
     metrics: dict = {}
     bar = tqdm(total=t.steps, initial=trainer.step // updates_per_step, desc="rl", unit="step",
                disable=console is None)

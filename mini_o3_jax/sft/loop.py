@@ -18,6 +18,7 @@ from mini_o3_jax.agent.trajectory import Trajectory
 from mini_o3_jax.model.config import ModelConfig
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
+from mini_o3_jax.processing.inputs import PAD_ID
 from mini_o3_jax.sft.data import read_sharegpt, sharegpt_trajectories
 from mini_o3_jax.train.batch import (
     BatchSpec,
@@ -50,8 +51,10 @@ def run_sft(
     model_config: ModelConfig | None = None,
     console=print,
     side_files_from: str | None = None,
+    pad_id: int = PAD_ID,
 ) -> dict:
-    """Train on examples fetched by index with `load(indices)`; returns the last step's metrics."""
+    """Train on examples fetched by index with `load(indices)`; returns the last step's metrics.
+    `pad_id`: the tokenizer's `<|endoftext|>` (padding must be a row of the embedding)."""
     t = cfg.train
     if num_examples < t.batch_size:
         raise ValueError(f"{num_examples} SFT examples is fewer than one batch ({t.batch_size})")
@@ -60,7 +63,7 @@ def run_sft(
     session = open_session(cfg, "sft", total, console=console)
     trainer = session.trainer
     mcfg = model_config or trainer.model_config
-    spec = BatchSpec(micro_batch=t.micro_batch, min_length=t.min_length, max_length=t.max_length)
+    spec = BatchSpec(micro_batch=t.micro_batch, min_length=t.min_length, max_length=t.max_length, pad_id=pad_id)
 
     def build(step: int) -> list[TrainBatch]:
         trajs = load(step_indices(num_examples, step, t.batch_size, cfg.seed))
@@ -113,4 +116,5 @@ def sft_from_file(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, processo
                                           max_length=cfg.train.max_length, min_pixels=d.min_pixels,
                                           max_pixels=d.max_pixels))
 
-    return run_sft(cfg, load, len(records), processor, console=console, side_files_from=side_files_from)
+    return run_sft(cfg, load, len(records), processor, console=console, side_files_from=side_files_from,
+                   pad_id=tokenizer.endoftext_id)
