@@ -114,6 +114,20 @@ for loss, agg, trainable in (("sft", "token-mean", "language_model"), ("ppo", "s
     out[loss + "_moved"] = max(float(np.abs(v - init[k]).max()) for k, v in params["single"].items() if k in init)
     diffs = {k: float(np.abs(params["single"][k] - params["mesh"][k]).max()) for k in params["single"]}
     out[loss + "_max_diff"] = max(diffs.values())
+# rollout from mesh-sharded weights (what the RL loop does between updates): the same tokens as on one device
+from mini_o3_jax.agent.environment import EnvConfig
+from mini_o3_jax.rollout.engine import EngineConfig, Episode, RolloutEngine
+from tests.test_model_golden import rand_image
+env = EnvConfig(max_turns=2, max_context=2000, context_guard=100, min_pixels=3136, max_pixels=60000)
+ecfg = EngineConfig(slots=4, max_len=2048, decode_chunk=8, max_turn_tokens=12, env=env)
+rolled = []
+for mesh in (None, make_mesh({"data": 1, "fsdp": 4, "tensor": 2})):
+    tr = Trainer(Qwen25VL(cfg, rngs=nnx.Rngs(1)), optax.sgd(0.1), StepConfig(loss="ppo"), mesh=mesh)
+    engine = RolloutEngine(tr.model(), tok, proc, ecfg)
+    rolled.append([t.token_ids.tolist() for t in engine.run([Episode(rand_image(120, 160, 0), "<image>\nWhat?")],
+                                                          samples=2, seed=0)])
+out["rollout_equal"] = rolled[0] == rolled[1]
+out["rollout_tokens"] = sum(len(t) for t in rolled[0])
 print("RESULT " + json.dumps(out))
 '''
 
@@ -139,3 +153,7 @@ def test_train_step_on_8_devices_equals_one_device(mesh_result, loss):
     # two SGD steps; sharded reductions sum in another order, so equal up to fp32 rounding
     assert r[loss + "_max_diff"] < 2e-6, r
     assert r[loss + "_moved"] > 1e-4  # and the steps did change the parameters
+
+
+def test_rollout_from_mesh_sharded_weights_equals_one_device(mesh_result):
+    assert mesh_result["rollout_equal"] and mesh_result["rollout_tokens"] > 0

@@ -49,7 +49,7 @@ class Rewarder:
             rule_score(self.kind, None, "")  # validates the kind now, not after the first rollout
 
     def submit(self, prompts: Sequence[Prompt], trajs: Sequence[Trajectory]) -> concurrent.futures.Future:
-        answers = [None if t.answer is None else t.answer.strip() for t in trajs]
+        answers = [None if t.answer is None else t.answer.strip() for t in trajs]  # as rewards.extract_answer
         out: concurrent.futures.Future = concurrent.futures.Future()
         if self.judge is None:
             rewards = np.array([rule_score(self.kind, a, p.solution) for a, p in zip(answers, prompts)], np.float32)

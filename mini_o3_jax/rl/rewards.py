@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from mini_o3_jax.agent import protocol
 from mini_o3_jax.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -61,19 +62,15 @@ __all__ = [
 # Answer extraction
 # --------------------------------------------------------------------------------------------------------------
 
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-
-
 def extract_answer(texts: Sequence[str] | str) -> str | None:
     """Return the stripped text of the first ``<answer>...</answer>`` span, or ``None`` when there is none.
 
     ``texts`` are the assistant turns of one trajectory (or one already-joined string). The turns are joined
-    with single spaces, as in the release, so an answer opened in one turn and closed in a later one still
-    counts. Only the first span is used: a model cannot hedge by emitting several answers.
+    with single spaces, as in the release (`agent.protocol.extract_answer`, the one parser of answers), so an
+    answer opened in one turn and closed in a later one still counts. Only the first span is used.
     """
-    joined = texts if isinstance(texts, str) else " ".join(texts)
-    match = _ANSWER_RE.search(joined)
-    return None if match is None else match.group(1).strip()
+    answer = protocol.extract_answer([texts] if isinstance(texts, str) else list(texts))
+    return None if answer is None else answer.strip()
 
 
 # --------------------------------------------------------------------------------------------------------------
