@@ -108,6 +108,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             n = len(srv.requests) - 1
             srv.in_flight += 1
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+        done = False
+
+        def leave() -> None:
+            # counted out *before* the reply goes out: once the client has the reply it may send its next
+            # request, which must not find this one still counted (that race made max_in_flight flaky)
+            nonlocal done
+            if not done:
+                done = True
+                with srv.lock:
+                    srv.in_flight -= 1
+
         try:
             reply = srv.script(rec, n)
             time.sleep(reply.delay)
@@ -117,6 +128,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 message = {"role": "assistant", "content": reply.content}
                 choice = {"index": 0, "message": message, "finish_reason": "stop"}
                 payload = json.dumps({"object": "chat.completion", "choices": [choice]}).encode()
+            leave()
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
@@ -125,8 +137,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout test)
         finally:
-            with srv.lock:
-                srv.in_flight -= 1
+            leave()
 
     def log_message(self, *args: object) -> None:
         pass
