@@ -16,9 +16,9 @@ betas 0.9/0.999, eps 1e-8) after global-norm clipping at 1.0, vision tower + mer
 
 One optimizer step covers `--sequences` sequences, cut into micro-batches of 1 (gradient accumulation)
 or of all of them. Each (config, micro-batch) case starts from freshly loaded weights on both sides: the
-first step of each side is untimed (ours: includes compilation, reported separately) and its loss and
-gradient norm are compared; then JAX and torch steps are timed interleaved (median of N after a warm-up
-step), and the losses after the same number of updates are compared again.
+first step of each side is untimed (ours: includes compilation, reported separately; it is also the
+warm-up) and its loss and gradient norm are compared; then JAX and torch steps are timed interleaved
+(median of N), and the losses after the same number of updates are compared again.
 
     python bench/train.py [--runs N] [--configs tiny,small] [--micro 1,2] [--write-results]
 """
@@ -107,10 +107,14 @@ def describe(hf) -> str:
     t, v = hf.config.text_config, hf.config.vision_config
     n_text = sum(p.numel() for n, p in hf.named_parameters() if not n.startswith("model.visual"))
     head = t.vocab_size * t.hidden_size
+    d, h, kv, f = t.hidden_size, t.num_attention_heads, t.num_key_value_heads, t.intermediate_size
+    hd = d // h
+    layers = t.num_hidden_layers * (d * h * hd + 2 * d * kv * hd + h * hd * d + 3 * d * f)  # q, k, v, o, MLP
+    share = head / (head + layers)  # of the decoder + head matmul FLOPs per token (attention is ~1% here)
     return (f"decoder {t.num_hidden_layers} layers, hidden {t.hidden_size}, intermediate {t.intermediate_size}, "
             f"{t.num_attention_heads}/{t.num_key_value_heads} heads, vocab {t.vocab_size:,} (untied head); "
             f"ViT depth {v.depth}, width {v.hidden_size}; trainable {n_text / 1e6:.1f}M params, of which "
-            f"embedding + LM head {2 * head / 1e6:.1f}M")
+            f"embedding + LM head {2 * head / 1e6:.1f}M; the LM head is {100 * share:.0f}% of the per-token matmul FLOPs")
 
 
 def make_examples(n: int, seq_len: int):
@@ -244,7 +248,7 @@ def run_case(name: str, hf, ckpt: str, data, micro: int, runs: int) -> dict:
     if loss_rel > 1e-4:
         raise SystemExit(f"first-step losses disagree by {loss_rel:.2e} relative (> 1e-4): not the same work")
 
-    t = timed_pair({"jax": ours, "torch": theirs}, runs, warmup=1)
+    t = timed_pair({"jax": ours, "torch": theirs}, runs, warmup=0)  # the first step was the warm-up
     final_rel = rel(ours_losses[-1], torch_losses[-1])
     j, tt = t["jax"]["median"], t["torch"]["median"]
     print(f"[{name}, micro-batch {micro}] step median: ours {j:.3f}s torch {tt:.3f}s -> ours/torch "
@@ -254,14 +258,14 @@ def run_case(name: str, hf, ckpt: str, data, micro: int, runs: int) -> dict:
                 first_ours=first_ours, first_torch=first_torch, compile_s=first_ours - j, setup_s=setup_s,
                 loss_ours=m_ours["loss"], loss_torch=m_torch["loss"], loss_rel=loss_rel,
                 gn_ours=m_ours["grad_norm"], gn_torch=m_torch["grad_norm"], gn_rel=gn_rel,
-                final_rel=final_rel, updates=len(ours_losses))
+                final_rel=final_rel, updates=len(ours_losses), load=load_average().split(" / ")[0])
 
 
 # ---------------------------------------------------------------------------------------------- report
 def table(rows: list[dict]) -> str:
     lines = ["| config | micro-batch x steps | tokens/step | ours s/step | torch s/step | ours tok/s | torch tok/s "
-             "| ours/torch | same, min times | ours 1st step (compile) | 1st-step loss ours / torch (rel) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| ours/torch | same, min times | ours 1st step (compile) | 1st-step loss ours / torch (rel) | load |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         j, t = r["jax"]["median"], r["torch"]["median"]
         accum = r["sequences"] // r["micro"]
@@ -269,7 +273,7 @@ def table(rows: list[dict]) -> str:
             f"| {r['config']} | {r['micro']} x {accum} | {r['tokens']:,} | {j:.3f} | {t:.3f} | {r['tokens'] / j:,.0f} | "
             f"{r['tokens'] / t:,.0f} | **{t / j:.2f}x** | {r['torch']['min'] / r['jax']['min']:.2f}x | "
             f"{r['first_ours']:.1f} s ({r['compile_s']:.1f} s) | {r['loss_ours']:.6f} / {r['loss_torch']:.6f} "
-            f"({r['loss_rel']:.1e}) |")
+            f"({r['loss_rel']:.1e}) | {r['load']} |")
     return "\n".join(lines)
 
 
@@ -329,9 +333,10 @@ def main(argv: list[str] | None = None) -> None:
         "(jit; LM head in `logits_chunk=512` rematerialised chunks; inputs put on device beforehand). torch: "
         f"HF `labels` loss, `backward`, `clip_grad_norm_`, `AdamW.step`, {torch.get_num_threads()} threads, "
         "sdpa, precomputed M-RoPE `position_ids`. Each case starts from fresh weights; first step untimed; "
-        f"then median of {args.runs} steps after 1 warm-up step, JAX and torch steps interleaved. tok/s = all "
+        f"then median of {args.runs} further steps, JAX and torch steps interleaved. tok/s = all "
         "sequence tokens (image + text) per optimizer step / step time; ours/torch > 1 means ours is faster. "
-        "`ours 1st step (compile)`: wall time of our first step from scratch, and that minus a steady step.",
+        "`ours 1st step (compile)`: wall time of our first step from scratch, and that minus a steady step. "
+        "`load`: 1-minute load average at the end of the case (2 cores: above ~2 means other jobs competed).",
         f"- Reproduce: `{cmd.strip()}`",
         "",
         tab,
