@@ -3,6 +3,7 @@ micro-batching does not change gradients, and GRPO runs, logs and checkpoints.""
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -50,6 +51,24 @@ def test_sft_data_masks_exactly_the_assistant_turns(parts):
     untrained = tok.decode(multi.token_ids[multi.loss_mask == 0])
     assert "the the zoom-in image (Observation 1)" in untrained and "<|image_pad|>" in untrained
     assert (multi.token_ids == tok.image_pad_id).sum() == int((multi.grids.prod(1) // 4).sum())
+
+
+def test_sft_data_with_the_real_qwen_tokenizer(tmp_path):
+    # LLaMA-Factory encodes message by message; the pieces must join into exactly the ids the chat
+    # template gives for the whole conversation (the boundaries fall on special tokens)
+    from mini_o3_jax.processing.chat import Tokenizer, encode_chat, replace_image_placeholders
+    from tests.hf_reference import qwen_tokenizer_dir
+
+    tok = Tokenizer.from_pretrained(qwen_tokenizer_dir())
+    proc = ImageProcessor(min_pixels=3136, max_pixels=60_000)
+    record = read_sharegpt(write_sharegpt(str(tmp_path), 1))[0]
+    traj = next(sharegpt_trajectories([record], tok, proc, min_pixels=3136, max_pixels=60_000))
+    conv = json.loads(json.dumps(record["conversations"]))
+    roles = {"system": "system", "human": "user", "gpt": "assistant"}
+    messages = [{"role": roles[m["from"]], "content": replace_image_placeholders(m["value"])} for m in conv]
+    whole = encode_chat(tok, messages, traj.grids, add_generation_prompt=False)
+    np.testing.assert_array_equal(traj.token_ids, whole)
+    assert tok.decode(traj.token_ids[traj.loss_mask == 1]).endswith("<answer>A</answer><|im_end|>\n")
 
 
 def test_logprobs_equal_the_full_forward_log_softmax(parts):

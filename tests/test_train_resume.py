@@ -28,7 +28,10 @@ def _env(**extra):
     return env
 
 
-def _sft_cmd(data, out, model, steps=4):
+STEPS = 12  # enough steps after the first checkpoint that the signal lands mid-run
+
+
+def _sft_cmd(data, out, model, steps=STEPS):
     return [sys.executable, "-m", "mini_o3_jax.cli", "sft", "--config", os.path.join(REPO, "configs/sft_tiny.py"),
             f"--config.data.path={data}", f"--config.out_dir={out}", f"--config.model_path={model}",
             f"--config.train.steps={steps}", "--config.checkpoint.every=2", "--config.optim.schedule='cosine'"]
@@ -43,32 +46,61 @@ def _final_params(out):
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(load_model(os.path.join(out, "final"))))]
 
 
-def test_killed_and_resumed_sft_matches_an_uninterrupted_run(tmp_path):
-    data = write_sharegpt(str(tmp_path / "data"), 4)
-    model = write_small_checkpoint(str(tmp_path / "model"))
-    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """Data, a small model checkpoint, and an uninterrupted SFT run to compare against."""
+    d = tmp_path_factory.mktemp("resume")
+    data = write_sharegpt(str(d / "data"), 4)
+    model = write_small_checkpoint(str(d / "model"))
+    straight = str(d / "straight")
     subprocess.run(_sft_cmd(data, straight, model), env=_env(), check=True, capture_output=True, timeout=600)
+    return data, model, _final_params(straight)
 
-    proc = subprocess.Popen(_sft_cmd(data, resumed, model), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    ckpt = os.path.join(resumed, "checkpoints", "2")
-    deadline = time.time() + 300
-    while not os.path.isdir(ckpt) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not os.path.isdir(os.path.join(resumed, "final"))
-    done = subprocess.run(_sft_cmd(data, resumed, model), env=_env(), check=True, capture_output=True, text=True, timeout=600)
+
+def _interrupt(data, out, model, sig, log):
+    """Start `mini-o3 sft`, send `sig` once its step-2 checkpoint exists, return the exit code."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(_sft_cmd(data, out, model), env=_env(), stdout=f, stderr=subprocess.STDOUT)
+        ckpt = os.path.join(out, "checkpoints", "2")
+        deadline = time.time() + 300
+        while not os.path.isdir(ckpt) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(sig)
+        return proc.wait(timeout=300)
+
+
+def _resume_and_compare(data, out, model, expected):
+    assert not os.path.isdir(os.path.join(out, "final"))
+    done = subprocess.run(_sft_cmd(data, out, model), env=_env(), check=True, capture_output=True, text=True,
+                          timeout=600)
     assert "resumed from" in done.stdout + done.stderr
-
-    a, b = _final_params(straight), _final_params(resumed)
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
+    got = _final_params(out)
+    assert len(got) == len(expected)
+    for x, y in zip(got, expected):
         np.testing.assert_array_equal(x, y)
-    with open(os.path.join(resumed, "logs", "metrics.jsonl"), encoding="utf-8") as f:
+    with open(os.path.join(out, "logs", "metrics.jsonl"), encoding="utf-8") as f:
         logged = [json.loads(line)["step"] for line in f]
-    assert logged[-1] == 4 and set(logged) == set(range(1, 5))
+    assert logged[-1] == STEPS and set(logged) == set(range(1, STEPS + 1))
+
+
+def test_killed_and_resumed_sft_matches_an_uninterrupted_run(straight_run, tmp_path):
+    data, model, expected = straight_run
+    out = str(tmp_path / "killed")
+    assert _interrupt(data, out, model, signal.SIGKILL, str(tmp_path / "log")) == -signal.SIGKILL
+    _resume_and_compare(data, out, model, expected)
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(straight_run, tmp_path):
+    data, model, expected = straight_run
+    out, log = str(tmp_path / "preempted"), str(tmp_path / "log")
+    assert _interrupt(data, out, model, signal.SIGTERM, log) == 0
+    with open(log, encoding="utf-8") as f:
+        text = f.read()
+    saved = int(text.split("SIGTERM: saved step ")[1].split(",")[0])
+    assert 2 <= saved < STEPS
+    assert str(saved) in os.listdir(os.path.join(out, "checkpoints"))  # the step it was at, not just step 2
+    _resume_and_compare(data, out, model, expected)
 
 
 MESH_SCRIPT = r'''

@@ -49,7 +49,6 @@ def head_logprobs(
     hs = hidden.reshape(b, n, chunk, d).swapaxes(0, 1)
     ts = targets.reshape(b, n, chunk).swapaxes(0, 1)
 
-    @jax.checkpoint
     def one(args):
         h, t = args
         logits = model.text.logits(h, jnp.float32)
@@ -63,6 +62,8 @@ def head_logprobs(
         ent = lse - jnp.sum(p * logits, axis=-1)
         return lp, ent
 
+    if n > 1:  # one chunk holds the same logits with or without remat: recomputing them would be pure cost
+        one = jax.checkpoint(one)
     lp, ent = jax.lax.map(one, (hs, ts))
     lp = lp.swapaxes(0, 1).reshape(b, n * chunk)[:, :length]
     ent = ent.swapaxes(0, 1).reshape(b, n * chunk)[:, :length]
