@@ -197,3 +197,24 @@ def test_kl_and_entropy_terms_enter_the_loss_only_when_enabled():
     assert float(with_kl) == pytest.approx(float(base) + 0.1 * expect_kl, rel=1e-5)
     with_ent, _ = ppo_loss(logp, batch, PPOConfig(entropy_coef=0.01), ent)
     assert float(with_ent) == pytest.approx(float(base) - 0.01 * 2.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_hand_written_head_gradient_equals_autodiff(temperature):
+    from mini_o3_jax.train.logprobs import target_logprobs
+
+    rng = np.random.default_rng(8)
+    h = jnp.asarray(rng.normal(size=(2, 7, 16)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(16, 50)) * 0.3, jnp.float32)
+    t = jnp.asarray(rng.integers(0, 50, (2, 7)), jnp.int32)
+    g = jnp.asarray(rng.normal(size=(2, 7)), jnp.float32)
+
+    def plain(h, w):
+        logits = jnp.einsum("bcd,dv->bcv", h, w) / temperature
+        return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), t[..., None], -1)[..., 0]
+
+    np.testing.assert_allclose(target_logprobs(h, w, t, temperature), plain(h, w), atol=1e-5)
+    got = jax.grad(lambda h, w: jnp.sum(g * target_logprobs(h, w, t, temperature)), argnums=(0, 1))(h, w)
+    ref = jax.grad(lambda h, w: jnp.sum(g * plain(h, w)), argnums=(0, 1))(h, w)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
