@@ -23,7 +23,7 @@ from mini_o3_jax.sft.loop import run_sft
 from mini_o3_jax.train.batch import BatchSpec, examples_from_trajectories, micro_batches
 from mini_o3_jax.train.metrics import read_jsonl_metrics, read_tensorboard_scalars
 from mini_o3_jax.train.optim import OptimConfig, make_optimizer
-from mini_o3_jax.train.step import StepConfig, Trainer, loss_and_grads
+from mini_o3_jax.train.step import StepConfig, Trainer
 from tests.train_fixtures import small_model_config, small_tokenizer, write_prompts, write_sharegpt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,7 +99,7 @@ def test_gradients_do_not_depend_on_micro_batch_size(parts):
             batches, _ = micro_batches(examples, model.config, spec)
             if loss == "ppo":  # behaviour policy = a perturbed copy, so ratios are not all 1
                 batches = [b._replace(old_logprobs=np.asarray(trainer.logprobs(b)) - 0.05) for b in batches]
-            results.append(loss_and_grads(trainer, batches))
+            results.append(trainer.grads(batches))
         (g1, m1), (g4, m4) = results
         assert m1["loss"] == pytest.approx(m4["loss"], rel=1e-5)
         for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):

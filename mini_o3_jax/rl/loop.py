@@ -184,13 +184,8 @@ def run_rl(
                 session.writer.write(rl_step + 1, metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", turns=f"{metrics['turns_mean']:.2f}")
-                done = rl_step + 1
-                if done % cfg.checkpoint.every == 0 or done == t.steps or guard.requested:
-                    session.save({"kind": "rl", "prompt_position": position, "rl_step": done})
-                if guard.requested:
-                    session.checkpointer.wait()
-                    if console:
-                        console(f"{guard.reason}: saved RL step {done}, exiting")
+                meta = {"kind": "rl", "prompt_position": position}
+                if session.checkpoint(rl_step + 1, t.steps, cfg.checkpoint.every, meta, guard, console):
                     return metrics
     finally:
         bar.close()

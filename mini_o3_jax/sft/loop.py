@@ -91,12 +91,7 @@ def run_sft(
                 session.writer.write(trainer.step, metrics)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                if trainer.step % cfg.checkpoint.every == 0 or trainer.step == total or guard.requested:
-                    session.save({"kind": "sft"})
-                if guard.requested:
-                    session.checkpointer.wait()
-                    if console:
-                        console(f"{guard.reason}: saved step {trainer.step}, exiting")
+                if session.checkpoint(trainer.step, total, cfg.checkpoint.every, {"kind": "sft"}, guard, console):
                     return metrics
     finally:
         bar.close()

@@ -69,6 +69,18 @@ class Session:
         return self.checkpointer.save(self.trainer.step, self.trainer.state(), {**meta, "step": self.trainer.step},
                                       force=force)
 
+    def checkpoint(self, done: int, total: int, every: int, meta: dict[str, Any], guard, console=print) -> bool:
+        """After step `done` of `total`: save every `every` steps, at the end, and on preemption.
+        Returns True when the run must stop now (preempted: saved, committed, caller returns)."""
+        if done % every == 0 or done == total or guard.requested:
+            self.save(meta)
+        if not guard.requested:
+            return False
+        self.checkpointer.wait()
+        if console:
+            console(f"{guard.reason}: saved step {done}, exiting")
+        return True
+
     def finish(self, side_files_from: str | None = None) -> str:
         """Wait for pending saves, write `final/` (model checkpoint + tokenizer/processor files)."""
         self.checkpointer.wait()

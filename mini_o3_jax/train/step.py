@@ -71,7 +71,7 @@ class Trainer:
             params = shard_state(nnx.to_pure_dict(params), state_shardings(params, mesh, rules))
         else:
             frozen, params = nnx.to_pure_dict(frozen), nnx.to_pure_dict(params)
-        self.graphdef, self._state_template = graphdef, nnx.state(model)
+        self.graphdef = graphdef
         self.frozen, self.params = frozen, params
         self.opt_state = jax.jit(optimizer.init)(params)
         self.step = 0
@@ -111,20 +111,24 @@ class Trainer:
         """(B, L) log-probs of the targets under the current parameters (no gradient)."""
         return self._logprob_fn(self.params, self.frozen, self.put(batch))
 
-    def train_step(self, batches: Sequence[TrainBatch]) -> dict[str, float]:
-        """One optimizer step over all micro-batches; returns summed metrics + grad norm and lr."""
+    def grads(self, batches: Sequence[TrainBatch]) -> tuple[Any, dict[str, float]]:
+        """Gradients and metrics summed over micro-batches (= the step's, as weights are global)."""
         if not batches:
-            raise ValueError("train_step needs at least one micro-batch")
+            raise ValueError("a train step needs at least one micro-batch")
         grads, metrics = None, None
         for b in batches:
             g, m = self._grad_fn(self.params, self.frozen, self.put(b))
             grads = g if grads is None else self._add(grads, g)
             metrics = m if metrics is None else jax.tree.map(jnp.add, metrics, m)
+        return grads, {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+    def train_step(self, batches: Sequence[TrainBatch]) -> dict[str, float]:
+        """One optimizer step over all micro-batches; returns summed metrics + grad norm."""
+        grads, metrics = self.grads(batches)
         self.params, self.opt_state, grad_norm = self._apply_fn(self.params, self.opt_state, grads)
         self.step += 1
-        out = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        out["grad_norm"] = float(grad_norm)
-        return out
+        metrics["grad_norm"] = float(grad_norm)
+        return metrics
 
     def learning_rate(self) -> float:
         """The learning rate the next update will use (nan if no schedule was attached)."""
@@ -141,9 +145,7 @@ class Trainer:
 
     def model(self) -> Qwen25VL:
         """A `Qwen25VL` holding the current weights (for rollout, eval and export)."""
-        model = nnx.merge(self.graphdef, self._state_template)
-        nnx.update(model, self.frozen, self.params)
-        return model
+        return _merged(self.graphdef, self.params, self.frozen)
 
 
 def _merged(graphdef, params, frozen) -> Qwen25VL:
@@ -176,14 +178,3 @@ def _apply(optimizer: optax.GradientTransformation, params, opt_state, grads):
     norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, norm
-
-
-def loss_and_grads(trainer: Trainer, batches: Sequence[TrainBatch]) -> tuple[Any, dict[str, float]]:
-    """Summed gradients and metrics without updating (tests and diagnostics)."""
-    grads, metrics = None, None
-    for b in batches:
-        g, m = trainer._grad_fn(trainer.params, trainer.frozen, trainer.put(b))
-        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-        metrics = m if metrics is None else jax.tree.map(jnp.add, metrics, m)
-    return grads, {k: float(v) for k, v in jax.device_get(metrics).items()}
-
