@@ -16,6 +16,11 @@ RUNTIME = [
     "tokenizers>=0.20",
     "tqdm>=4.60",
     "tensorboardX>=2.6",
+    "tensorflow-datasets>=4.9",  # array_record builders; TensorFlow itself is never needed
+    "array-record>=0.5",
+    "grain>=0.2",
+    "pyarrow>=14",  # the parquet files benchmarks are published in
+    "matplotlib>=3.7",  # eval and demo plots (PNG)
 ]
 
 EXTRAS = {

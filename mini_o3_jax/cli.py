@@ -7,6 +7,8 @@
   infer    image + question -> multi-turn visual search with zooms; streams turns, writes report.html
   sft      cold-start SFT (configs/sft_coldstart.py); --config.key=value overrides any field
   rl       GRPO with over-turn masking (configs/rl_grpo.py); resumes from its out_dir
+  data     prepare a downloaded benchmark as a TFDS dataset; write synthetic puzzles
+  eval     Avg@K over benchmarks (configs/eval.py): metrics.json, results.md, turn curve, HTML; resumes
   demo     the main job until the full recipe lands: build, convert, reload, run (no downloads)
 """
 
@@ -106,19 +108,24 @@ def cmd_infer(args) -> None:
     print(f"report: {os.path.join(args.out, 'report.html')}")
 
 
-def _train_parts(args):
-    """Config with `--config.key=value` overrides, multi-host init, tokenizer and image processor."""
+def _config(args):
     from mini_o3_jax.config_files import load_config
-    from mini_o3_jax.parallel.distributed import initialize
-    from mini_o3_jax.processing.chat import Tokenizer
-    from mini_o3_jax.processing.image import ImageProcessor
 
     overrides = []
     for extra in args.overrides:
         if not extra.startswith("--config."):
             raise MiniO3Error(f"unknown argument {extra!r}; expected --config.<field>=<value>")
         overrides.append(extra[len("--config."):])
-    cfg = load_config(args.config, overrides)
+    return load_config(args.config, overrides)
+
+
+def _train_parts(args):
+    """Config with `--config.key=value` overrides, multi-host init, tokenizer and image processor."""
+    from mini_o3_jax.parallel.distributed import initialize
+    from mini_o3_jax.processing.chat import Tokenizer
+    from mini_o3_jax.processing.image import ImageProcessor
+
+    cfg = _config(args)
     initialize()
     tok_dir = cfg.get("tokenizer_path") or cfg.get("model_path")
     if not tok_dir:
@@ -145,6 +152,61 @@ def cmd_rl(args) -> None:
     prompts = read_prompts(cfg.data.path, cfg.data.get("image_root") or None)
     metrics = run_rl(cfg, prompts, tok, proc, side_files_from=side)
     print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
+
+
+def cmd_eval(args) -> None:
+    import dataclasses
+
+    from mini_o3_jax.data import loader
+    from mini_o3_jax.eval.run import EvalConfig, run_eval
+    from mini_o3_jax.model.weights import load_model
+    from mini_o3_jax.processing.chat import Tokenizer
+    from mini_o3_jax.processing.image import ImageProcessor
+    from mini_o3_jax.rl.rewards import JudgeConfig
+
+    cfg = _config(args)
+    if not cfg.model_path:
+        raise MiniO3Error(f"{args.config}: set --config.model_path to a checkpoint directory")
+    fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    unknown = sorted(set(cfg.eval.keys()) - fields)
+    if unknown:
+        raise MiniO3Error(f"{args.config}: unknown eval settings {unknown}; known: {sorted(fields)}")
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.eval.items()}
+    if isinstance(kw.get("turn_limits"), int):
+        kw["turn_limits"] = (kw["turn_limits"],)
+    kw["system_prompt"] = kw.get("system_prompt") or None
+    ecfg = EvalConfig(**kw)
+    names = [b.strip() for b in str(cfg.benchmarks).split(",") if b.strip()]
+    benchmarks, bad = {}, {}
+    for name in names:
+        source = cfg.sources.get(name) or None
+        if source:
+            print(loader.prepare(name, source, cfg.data_dir, image_root=cfg.image_root or None).summary())
+        benchmarks[name] = loader.load(name, cfg.data_dir)  # lazy: images are read as episodes start
+        bad[name] = loader.bad_records(name, cfg.data_dir)
+        if bad[name]:
+            print(f"{name}: {len(bad[name])} bad record(s) left out, e.g. {bad[name][0]}", file=sys.stderr)
+    model = load_model(cfg.model_path, dtype=cfg.dtype or None)
+    tok, proc = Tokenizer.from_pretrained(cfg.model_path), ImageProcessor.from_pretrained(cfg.model_path)
+    judge = JudgeConfig.from_env(**dict(cfg.judge)) if ecfg.scorer == "judge" else None
+    label = cfg.label or os.path.basename(os.path.normpath(cfg.model_path))
+    run_eval(model, tok, proc, benchmarks, ecfg, cfg.out_dir, judge=judge, bad_records=bad, label=label)
+
+
+def cmd_data(args) -> None:
+    if args.action == "prepare":
+        from mini_o3_jax.data import loader
+
+        report = loader.prepare(args.benchmark, args.source, args.data_dir, image_root=args.image_root,
+                                strict=args.strict)
+        print(f"{args.benchmark}: {report.num_records} records in {report.path}; {len(report.bad)} bad")
+        for bad in report.bad[:20]:
+            print(f"  {bad}")
+    else:
+        from mini_o3_jax.data import synthetic
+
+        for path in synthetic.write_all(args.out, n=args.n, seed=args.seed, preset=args.preset):
+            print(f"wrote {path}")
 
 
 def cmd_demo(args) -> None:
@@ -213,6 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--config", default=default, help=f"ml-collections file (default {default})")
         s.set_defaults(fn=fn, overrides=[])
 
+    s = sub.add_parser("eval", help="Avg@K over benchmarks; --config.key=value overrides (configs/eval.py)")
+    s.add_argument("--config", default="configs/eval.py", help="ml-collections file (default configs/eval.py)")
+    s.set_defaults(fn=cmd_eval, overrides=[])
+
+    s = sub.add_parser("data", help="prepare a downloaded benchmark (TFDS) or write synthetic puzzles")
+    dsub = s.add_subparsers(dest="action", required=True)
+    d = dsub.add_parser("prepare", help="read a downloaded benchmark folder, validate, write a TFDS dataset")
+    d.add_argument("--benchmark", required=True, help="registry name, e.g. vstar, visualprobe_hard, hrbench_4k")
+    d.add_argument("--source", required=True, help="the folder downloaded from the Hugging Face hub")
+    d.add_argument("--data-dir", default="data/tfds")
+    d.add_argument("--image-root", default=None, help="$BASE_IMAGE_DIR for relative image paths")
+    d.add_argument("--strict", action="store_true", help="write nothing and fail, listing every bad record")
+    d = dsub.add_parser("synthetic", help="synthetic VisualProbe-style benchmarks and cold-start trajectories")
+    d.add_argument("--out", default="data/synthetic")
+    d.add_argument("--n", type=int, default=100, help="questions per level")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--preset", default="default", choices=["default", "tiny"])
+    s.set_defaults(fn=cmd_data)
+
     s = sub.add_parser("demo", help="build -> convert -> reload -> run on a generated image, offline")
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--seed", type=int, default=0)
@@ -222,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
-    if extra and args.command not in ("sft", "rl"):
+    if extra and args.command not in ("sft", "rl", "eval"):
         build_parser().parse_args(argv)  # reports the unknown arguments the usual way
     args.overrides = extra
     try:

@@ -38,6 +38,9 @@ from mini_o3_jax.rollout.stops import stop_table, truncate_at_stop
 class Episode:
     image: ImageSource
     question: str
+    # Samples draw from key(seed) when set, else from the run's seed and the episode's position:
+    # evaluation sets it per question so that a resumed run samples exactly what the first one would.
+    seed: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +107,15 @@ class RolloutEngine:
         samples: int = 1,
         seed: int = 0,
         on_turn: Callable[[int, int, StepResult], None] | None = None,
+        on_trajectory: Callable[[int, int, Trajectory], None] | None = None,
+        collect: bool = True,
     ) -> list[Trajectory]:
-        """All `samples` rollouts of every episode, in order [episode 0 sample 0, 0/1, ..., 1/0, ...]."""
+        """All `samples` rollouts of every episode, in order [episode 0 sample 0, 0/1, ..., 1/0, ...].
+
+        `on_turn(episode, sample, step)` sees each finished turn; `on_trajectory(episode, sample,
+        trajectory)` each finished episode, as it finishes (evaluation streams results to disk).
+        `collect=False` keeps nothing and returns []: a long evaluation need not hold every image.
+        """
         cfg, n_slots = self.config, self.config.slots
         cache = init_cache(self.model.config.text, n_slots, cfg.max_len, self.model.dtype)
         root = jax.random.key(seed)
@@ -160,9 +170,11 @@ class RolloutEngine:
                 while queue and queue[-1][0] == e and len(group) < len(free):
                     group.append(queue.pop())
                 mine, free = free[: len(group)], free[len(group):]
-                env = VisualSearchEnv(episodes[e].image, episodes[e].question, self.tokenizer, self.processor, cfg.env)
+                episode = episodes[e]  # read once: `episodes` may load lazily from disk
+                env = VisualSearchEnv(episode.image, episode.question, self.tokenizer, self.processor, cfg.env)
                 for i, (ee, ss) in zip(mine, group):
-                    k = jax.random.fold_in(jax.random.fold_in(root, ee), ss)
+                    base = jax.random.fold_in(root, ee) if episode.seed is None else jax.random.key(episode.seed)
+                    k = jax.random.fold_in(base, ss)
                     keys = keys.at[i].set(k)
                     slots[i] = _Slot(env if i == mine[0] else None, ee, ss, k, [])
                     host_len[i] = host_delta[i] = 0
@@ -211,8 +223,12 @@ class RolloutEngine:
                 if on_turn is not None:
                     on_turn(slot.episode, slot.sample, step)
                 if step.done:
-                    results[(slot.episode, slot.sample)] = slot.env.trajectory()
+                    traj = slot.env.trajectory()
+                    if collect:
+                        results[(slot.episode, slot.sample)] = traj
                     slots[i] = None
+                    if on_trajectory is not None:
+                        on_trajectory(slot.episode, slot.sample, traj)
                     continue
                 kept = turns[i]
                 written = len(slot.turn) - 1  # every sampled id but the pending one is in the cache
@@ -221,4 +237,6 @@ class RolloutEngine:
                 start_turn(i, first)
             refill()
         stats.wall_s = time.perf_counter() - t_run
+        if not collect:
+            return []
         return [results[(e, s)] for e in range(len(episodes)) for s in range(samples)]

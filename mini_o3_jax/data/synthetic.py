@@ -1,0 +1,1104 @@
+"""Procedurally generated VisualProbe-style puzzles and a scripted expert that solves them by zooming.
+
+Why: tests, benchmarks, notebooks and the CPU demo need visual-search data whose difficulty is known
+by construction, that a tiny model can learn in minutes, and that needs no download. A scene is a
+textured background with many coloured shapes, some carrying a glyph; the question asks for the
+glyph on one of them ("What number is written on the red triangle?" -> "7").
+
+Difficulty is geometry measured against the model's per-view pixel budget (`SceneConfig.view_pixels`:
+the original is shrunk to it, and so is every raw full-resolution crop). With `s` the per-side scale
+a view applies (`view_scale`; 1 when the region already fits the budget, upscaling adds nothing):
+
+* a glyph (5x7 bitmap font, one font pixel = `glyph_cell` raw px) is **legible** in a view when a
+  stroke spans >= 2 view px (`glyph_cell * s >= 2`) and **illegible** when it spans < 1 view px;
+* an object can be **localised** in a view when its side spans >= 6 view px, and **cannot be
+  localised precisely** when it spans <= 4 view px (under a third of a 14-px ViT patch);
+* the hard level's dot (`mark_px` wide) is visible at >= 2 view px and invisible under 1.
+
+Levels (checked for every puzzle by `check_geometry`, and for a config by `level_geometry`):
+
+* easy: the target is localisable in the original view; its glyph is illegible there and legible in
+  one tight zoom around it.
+* medium: the target cannot be localised precisely in the original view; it is localisable in a
+  coarse zoom (a half-width, half-height window) whose glyph is still illegible; a second zoom into
+  that observation (`source: "observation_1"`) reads it.
+* hard: 2+ candidates share the target's colour and shape; only the target carries a dot, invisible
+  in the original and visible in a tight zoom; they must be checked in turn.
+
+Determinism: every random draw comes from `random.Random(...).random()` (stable across Python
+versions) or an integer hash, and pixels are rasterised with integer or IEEE-exact arithmetic in
+numpy (no fonts, no PIL resampling), so a seed gives the same pixels and text on any machine. PNG
+file bytes additionally depend on the zlib build.
+
+    puzzle = make_puzzle(7, "medium", SceneConfig.tiny())
+    expert = expert_trajectory(puzzle, seed=0)          # cold-start conversation + images
+    write_benchmark("data", "hard", 100, seed=0, config=SceneConfig.tiny())
+    write_coldstart("data/coldstart", 500, seed=0, config=SceneConfig.tiny())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mini_o3_jax.agent import protocol
+from mini_o3_jax.agent.prompts import OBSERVATION_TEMPLATE, SYSTEM_PROMPT_TOOL_CROP
+from mini_o3_jax.errors import ConfigError
+from mini_o3_jax.processing.chat import DATASET_IMAGE_PLACEHOLDER, IM_END, IM_START, IMAGE_PLACEHOLDER
+
+__all__ = [
+    "COLORS",
+    "DEFAULT_PATTERN_WEIGHTS",
+    "FONT_5X7",
+    "LEVELS",
+    "PATTERNS",
+    "SHAPES",
+    "ExpertTrajectory",
+    "LevelGeometry",
+    "Puzzle",
+    "SceneConfig",
+    "SceneObject",
+    "check_geometry",
+    "expert_trajectory",
+    "glyph_illegible",
+    "glyph_legible",
+    "level_geometry",
+    "make_puzzle",
+    "observation_text",
+    "tokenizer_texts",
+    "view_scale",
+    "write_all",
+    "write_benchmark",
+    "write_coldstart",
+]
+
+LEVELS = ("easy", "medium", "hard")
+PATTERNS = ("direct", "trial_and_error", "depth_first", "goal_maintenance")
+DEFAULT_PATTERN_WEIGHTS: Mapping[str, float] = {
+    "direct": 0.4, "trial_and_error": 0.2, "depth_first": 0.2, "goal_maintenance": 0.2}
+
+# The legibility and localisation rules (module docstring), in view pixels.
+LEGIBLE_STROKE = 2.0
+ILLEGIBLE_STROKE = 1.0
+LOCALISABLE_PX = 6.0
+HIDDEN_PX = 4.0
+MAX_TURNS = 6  # Mini-o3's training turn limit: every expert trajectory fits it
+
+# Saturated object colours; the background and clutter are low-chroma greys, so colour is a clean cue.
+COLORS: Mapping[str, tuple[int, int, int]] = {
+    "red": (215, 38, 38), "green": (30, 160, 60), "blue": (40, 80, 215), "yellow": (240, 205, 30),
+    "purple": (140, 60, 185), "orange": (245, 135, 25), "cyan": (30, 190, 205), "pink": (240, 110, 185),
+}
+# Glyphs and dots are drawn in the ink that contrasts with the object's colour.
+INK: Mapping[str, str] = {
+    "red": "white", "green": "white", "blue": "white", "purple": "white",
+    "yellow": "black", "orange": "black", "cyan": "black", "pink": "black",
+}
+INK_RGB = {"white": (255, 255, 255), "black": (0, 0, 0)}
+SHAPES = ("square", "circle", "triangle", "diamond")
+
+# A 5x7 bitmap font for digits and the letters that are not confusable with them (no I, O, Q).
+FONT_5X7: Mapping[str, tuple[str, ...]] = {
+    "0": (" ### ", "#   #", "#  ##", "# # #", "##  #", "#   #", " ### "),
+    "1": ("  #  ", " ##  ", "  #  ", "  #  ", "  #  ", "  #  ", " ### "),
+    "2": (" ### ", "#   #", "    #", "   # ", "  #  ", " #   ", "#####"),
+    "3": ("#####", "   # ", "  #  ", "   # ", "    #", "#   #", " ### "),
+    "4": ("   # ", "  ## ", " # # ", "#  # ", "#####", "   # ", "   # "),
+    "5": ("#####", "#    ", "#### ", "    #", "    #", "#   #", " ### "),
+    "6": ("  ## ", " #   ", "#    ", "#### ", "#   #", "#   #", " ### "),
+    "7": ("#####", "    #", "   # ", "  #  ", " #   ", " #   ", " #   "),
+    "8": (" ### ", "#   #", "#   #", " ### ", "#   #", "#   #", " ### "),
+    "9": (" ### ", "#   #", "#   #", " ####", "    #", "   # ", " ##  "),
+    "A": (" ### ", "#   #", "#   #", "#####", "#   #", "#   #", "#   #"),
+    "B": ("#### ", "#   #", "#   #", "#### ", "#   #", "#   #", "#### "),
+    "C": (" ### ", "#   #", "#    ", "#    ", "#    ", "#   #", " ### "),
+    "D": ("#### ", "#   #", "#   #", "#   #", "#   #", "#   #", "#### "),
+    "E": ("#####", "#    ", "#    ", "#### ", "#    ", "#    ", "#####"),
+    "F": ("#####", "#    ", "#    ", "#### ", "#    ", "#    ", "#    "),
+    "G": (" ### ", "#   #", "#    ", "# ###", "#   #", "#   #", " ####"),
+    "H": ("#   #", "#   #", "#   #", "#####", "#   #", "#   #", "#   #"),
+    "J": ("  ###", "   # ", "   # ", "   # ", "   # ", "#  # ", " ##  "),
+    "K": ("#   #", "#  # ", "# #  ", "##   ", "# #  ", "#  # ", "#   #"),
+    "L": ("#    ", "#    ", "#    ", "#    ", "#    ", "#    ", "#####"),
+    "M": ("#   #", "## ##", "# # #", "# # #", "#   #", "#   #", "#   #"),
+    "N": ("#   #", "#   #", "##  #", "# # #", "#  ##", "#   #", "#   #"),
+    "P": ("#### ", "#   #", "#   #", "#### ", "#    ", "#    ", "#    "),
+    "R": ("#### ", "#   #", "#   #", "#### ", "# #  ", "#  # ", "#   #"),
+    "S": (" ####", "#    ", "#    ", " ### ", "    #", "    #", "#### "),
+    "T": ("#####", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ", "  #  "),
+    "U": ("#   #", "#   #", "#   #", "#   #", "#   #", "#   #", " ### "),
+    "V": ("#   #", "#   #", "#   #", "#   #", "#   #", " # # ", "  #  "),
+    "W": ("#   #", "#   #", "#   #", "# # #", "# # #", "# # #", " # # "),
+    "X": ("#   #", "#   #", " # # ", "  #  ", " # # ", "#   #", "#   #"),
+    "Y": ("#   #", "#   #", " # # ", "  #  ", "  #  ", "  #  ", "  #  "),
+    "Z": ("#####", "    #", "   # ", "  #  ", " #   ", "#    ", "#####"),
+}
+GLYPH_W, GLYPH_H = 5, 7
+
+# 3x3 names for where something is in an image (and for the half-size zoom windows).
+_POSITIONS = (("top left", "top", "top right"), ("left", "center", "right"),
+              ("bottom left", "bottom", "bottom right"))
+_WINDOW_OFFSETS = (0.0, 0.25, 0.5)  # half-width/half-height windows: 3x3 overlapping grid
+_CROP_MARGIN = 0.15  # a tight zoom keeps at least this fraction of the object's side around it
+
+
+# --------------------------------------------------------------------------------------------------
+# Config and the level rules
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneConfig:
+    """How scenes look, and the model's per-view pixel budget the level geometry is measured against.
+
+    Defaults: a 4096x3072 photo-sized scene seen at ~0.4 Mpx per view (512 visual tokens). Object
+    sizes are not configured in pixels: they follow from the level rules and the budget, so any
+    image size / budget pair that admits the three levels works (`level_geometry` says why not).
+    """
+
+    width: int = 4096
+    height: int = 3072
+    view_pixels: int = 401_408  # the original and every crop are shrunk to at most this many pixels
+    min_pixels: int = 40_000  # crops below this are enlarged by the environment (Mini-o3's value)
+    distractors: int = 60
+    glyph_fraction: float = 0.5  # share of distractors carrying a glyph
+    mark_fraction: float = 0.15  # share of hard-level distractors carrying a dot
+    colors: tuple[str, ...] = tuple(COLORS)
+    shapes: tuple[str, ...] = SHAPES
+    glyphs: str = "0123456789ABCDEFGHJKLMNPRSTUVWXYZ"
+    glyph_cell: int = 2  # raw pixels per font pixel: strokes are this wide at full resolution
+    mark_px: int = 4  # diameter of the hard level's dot
+    hard_candidates: tuple[int, int] = (2, 3)  # min/max look-alikes (target included)
+    clutter: int = 300  # background strokes
+    box_decimals: int = 2  # decimals of the expert's boxes (3 where 2 cannot keep a rule)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> SceneConfig:
+        """The CPU-demo preset: 896x896 scenes, 112x112 views (16 visual tokens), 3 colours, 3 shapes
+        and 4 digits, so a model with a few layers can learn to find, zoom and read in minutes."""
+        base = dict(width=896, height=896, view_pixels=112 * 112, min_pixels=3136, distractors=8,
+                    colors=("red", "green", "blue"), shapes=("square", "circle", "triangle"),
+                    glyphs="1234", clutter=40)
+        base.update(overrides)
+        return cls(**base)
+
+    def __post_init__(self) -> None:
+        for name in ("width", "height", "view_pixels", "min_pixels", "glyph_cell", "mark_px", "box_decimals"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"SceneConfig.{name} = {value!r}; expected a positive integer")
+        if self.distractors < 0 or self.clutter < 0:
+            raise ConfigError(f"SceneConfig.distractors = {self.distractors}, clutter = {self.clutter}; "
+                              "expected non-negative counts")
+        if self.min_pixels > self.view_pixels:
+            raise ConfigError(f"SceneConfig.min_pixels = {self.min_pixels} > view_pixels = {self.view_pixels}")
+        if self.glyph_cell < 2:
+            raise ConfigError(f"SceneConfig.glyph_cell = {self.glyph_cell}; a glyph is legible only when a "
+                              f"stroke spans >= {LEGIBLE_STROKE:g} view px, so it needs >= 2 raw px")
+        unknown = [c for c in self.colors if c not in COLORS] + [s for s in self.shapes if s not in SHAPES]
+        if unknown:
+            raise ConfigError(f"SceneConfig: unknown colours/shapes {unknown}; known: {list(COLORS)}, {list(SHAPES)}")
+        if len(set(self.colors)) < 2 or len(set(self.shapes)) < 2:
+            raise ConfigError("SceneConfig needs >= 2 colours and >= 2 shapes (decoys share one with the target)")
+        bad = [g for g in self.glyphs if g not in FONT_5X7]
+        if bad or len(set(self.glyphs)) < 3:
+            raise ConfigError(f"SceneConfig.glyphs = {self.glyphs!r}; expected >= 3 distinct characters of "
+                              f"{''.join(FONT_5X7)} (not {bad})")
+        lo, hi = self.hard_candidates
+        if not 2 <= lo <= hi <= 3:
+            raise ConfigError(f"SceneConfig.hard_candidates = {self.hard_candidates}; expected 2 <= min <= max <= 3 "
+                              f"so that checking them all fits {MAX_TURNS} turns")
+        for name in ("glyph_fraction", "mark_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"SceneConfig.{name} = {getattr(self, name)}; expected a fraction in [0, 1]")
+        level_geometry(self)  # raises ConfigError when a level cannot be built at this budget
+
+    def env_config(self, **overrides: Any):
+        """The `EnvConfig` that shows the model what these puzzles assume (budget and crop floor)."""
+        from mini_o3_jax.agent.environment import EnvConfig
+
+        return EnvConfig(**{"min_pixels": self.min_pixels, "max_pixels": self.view_pixels, **overrides})
+
+
+def view_scale(width: int, height: int, view_pixels: int) -> float:
+    """Per-side scale of Mini-o3's budget rule for a `width` x `height` region: sqrt(budget / area)
+    with int-truncated sides when it is too big, else 1 (enlarging a small crop adds no detail)."""
+    if width * height <= view_pixels:
+        return 1.0
+    f = math.sqrt(view_pixels / (width * height))
+    return min(int(width * f) / width, int(height * f) / height)
+
+
+def glyph_legible(cell: int, scale: float) -> bool:
+    """A stroke of `cell` raw px spans >= 2 pixels of a view at `scale`."""
+    return cell * scale >= LEGIBLE_STROKE
+
+
+def glyph_illegible(cell: int, scale: float) -> bool:
+    """A stroke spans under one view pixel: downsampling merges the strokes."""
+    return cell * scale < ILLEGIBLE_STROKE
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelGeometry:
+    """Object sizes (raw px) a level draws its targets from, and the scales that justify them."""
+
+    level: str
+    original_scale: float  # per-side scale of the original view
+    window_scale: tuple[float, float]  # min/max scale of the half-size coarse windows
+    size_range: tuple[int, int]  # target side in raw px
+    target_shapes: tuple[str, ...]  # shapes whose label fits inside at a size in the range
+    label: tuple[int, int]  # label block (w, h) in raw px: the glyph, plus the dot row on hard
+    tight_side: int  # the largest tight zoom (raw px, square) that keeps a glyph legible
+
+
+@functools.lru_cache(maxsize=64)
+def level_geometry(config: SceneConfig) -> dict[str, LevelGeometry]:
+    """The size ranges that make each level what it claims at `config.view_pixels`.
+
+    Raises:
+        ConfigError: a level is impossible (e.g. the scene is too small for the budget), with the
+            rule that fails and what to change.
+    """
+    w, h, v, c = config.width, config.height, config.view_pixels, config.glyph_cell
+    s0 = view_scale(w, h, v)
+    windows = [protocol.pixel_box((ox, oy, ox + 0.5, oy + 0.5), (w, h))
+               for oy in _WINDOW_OFFSETS for ox in _WINDOW_OFFSETS]
+    ws = [view_scale(x1 - x0, y1 - y0, v) for x0, y0, x1, y1 in windows]
+    w_lo, w_hi = min(ws), max(ws)
+    hint = "use a larger scene (width/height) or a smaller view_pixels"
+    if not glyph_illegible(c, w_hi):
+        raise ConfigError(
+            f"SceneConfig: a glyph stroke of {c} px spans {c * w_hi:.2f} view px in a half-size window of a "
+            f"{w}x{h} scene at view_pixels={v}; medium needs < {ILLEGIBLE_STROKE:g} there; {hint}")
+    if config.mark_px < LEGIBLE_STROKE:
+        raise ConfigError(f"SceneConfig.mark_px = {config.mark_px}; the dot must span >= {LEGIBLE_STROKE:g} px at "
+                          "full resolution to be visible when zoomed")
+    if config.mark_px * s0 >= ILLEGIBLE_STROKE:
+        raise ConfigError(f"SceneConfig.mark_px = {config.mark_px} spans {config.mark_px * s0:.2f} view px in the "
+                          f"original; hard needs < {ILLEGIBLE_STROKE:g}; lower mark_px or {hint}")
+    # Largest square crop whose view keeps strokes >= 2 px, less the outward snapping of 2-decimal boxes.
+    legible_side = math.isqrt(v * c * c // 4)
+    snap = 2 * math.ceil(max(w, h) / 10 ** config.box_decimals) + 2
+    tight = legible_side - snap
+    glyph = (GLYPH_W * c, GLYPH_H * c)
+    marked = (GLYPH_W * c, GLYPH_H * c + c + config.mark_px)
+    out = {}
+    for level in LEVELS:
+        if level == "medium":
+            lo, hi = math.ceil(LOCALISABLE_PX / w_lo), math.floor(HIDDEN_PX / s0)
+            why = (f"localisable in a window (>= {LOCALISABLE_PX:g} view px at scale {w_lo:.3f}) yet not in the "
+                   f"original (<= {HIDDEN_PX:g} px at scale {s0:.3f})")
+        else:
+            lo = math.ceil(LOCALISABLE_PX / s0)
+            hi = min(math.floor(1.5 * lo), math.floor(tight / (1 + 2 * _CROP_MARGIN)))
+            why = (f"localisable in the original (>= {LOCALISABLE_PX:g} view px at scale {s0:.3f}) and inside a "
+                   f"legible zoom of <= {tight} px")
+        label = marked if level == "hard" else glyph
+        shapes = tuple(s for s in config.shapes if _fitting_sizes(s, lo, hi, *label))
+        if lo > hi or not shapes:
+            raise ConfigError(
+                f"SceneConfig: no {level} target fits: it must be {lo}..{hi} px to be {why}, and carry a "
+                f"{label[0]}x{label[1]} px label inside one of {list(config.shapes)}; {hint}")
+        out[level] = LevelGeometry(level, s0, (w_lo, w_hi), (lo, hi), shapes, label, tight)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Randomness and rasterisation (deterministic on any machine)
+# --------------------------------------------------------------------------------------------------
+
+
+class _Rng:
+    """Seeded draws built only on `random.Random.random()`, whose stream Python guarantees."""
+
+    def __init__(self, *key: Any):
+        digest = hashlib.sha256(repr(key).encode()).digest()
+        self._r = random.Random(int.from_bytes(digest[:8], "big"))
+
+    def random(self) -> float:
+        return self._r.random()
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self._r.random()
+
+    def randint(self, lo: int, hi: int) -> int:
+        """Inclusive on both ends."""
+        return lo + min(int(self._r.random() * (hi - lo + 1)), hi - lo)
+
+    def choice(self, seq: Sequence[Any]) -> Any:
+        return seq[self.randint(0, len(seq) - 1)]
+
+    def shuffle(self, items: list[Any]) -> list[Any]:
+        for i in range(len(items) - 1, 0, -1):
+            j = self.randint(0, i)
+            items[i], items[j] = items[j], items[i]
+        return items
+
+    def weighted(self, names: Sequence[str], weights: Sequence[float]) -> str:
+        x = self._r.random() * sum(weights)
+        for name, wt in zip(names, weights):
+            x -= wt
+            if x < 0:
+                return name
+        return names[-1]
+
+    def u64(self) -> int:
+        return int(self._r.random() * 2**53)
+
+
+def _derive(*key: Any) -> int:
+    """A 63-bit seed for a named sub-stream (split, index, ...)."""
+    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "big") >> 1
+
+
+_M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), 0x9E3779B97F4A7C15
+
+
+def _hash(idx: np.ndarray, seed: int) -> np.ndarray:
+    """splitmix64 of `idx` under `seed`: integer noise, identical on every platform."""
+    z = idx.astype(np.uint64) + np.uint64((seed * _GOLDEN) & (2**64 - 1))
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def _smooth_field(width: int, height: int, k: int, seed: int, lo: int, hi: int) -> np.ndarray:
+    """Value noise in [lo, hi] on a 2**k-px grid, bilinearly interpolated with integer shifts."""
+    cell = 1 << k
+    gw, gh = (width >> k) + 2, (height >> k) + 2
+    grid = (_hash(np.arange(gw * gh), seed) % np.uint64(hi - lo + 1)).astype(np.int32).reshape(gh, gw) + lo
+    x = np.arange(width)
+    ix, fx = x >> k, (x & (cell - 1)).astype(np.int32)
+    rows = (grid[:, ix] << k) + (grid[:, ix + 1] - grid[:, ix]) * fx  # (gh, width), times cell
+    out = np.empty((height, width), np.uint8)
+    fy = np.arange(cell, dtype=np.int32)[:, None]
+    for j in range((height + cell - 1) >> k):  # one grid band at a time: no (height, width) gathers
+        y0, y1 = j << k, min((j + 1) << k, height)
+        out[y0:y1] = ((rows[j] << k) + (rows[j + 1] - rows[j]) * fy[: y1 - y0]) >> (2 * k)
+    return out
+
+
+def _smooth_1d(n: int, k: int, seed: int, lo: int, hi: int) -> np.ndarray:
+    knots = (_hash(np.arange((n >> k) + 2), seed) % np.uint64(hi - lo + 1)).astype(np.int16) + lo
+    x = np.arange(n)
+    i, f = x >> k, (x & ((1 << k) - 1)).astype(np.int16)
+    return ((knots[i] << k) + (knots[i + 1] - knots[i]) * f) >> k
+
+
+@functools.lru_cache(maxsize=512)
+def _shape_mask(shape: str, size: int) -> np.ndarray:
+    """The shape inside a size x size box, tested at doubled pixel centres (integer-exact)."""
+    u = 2 * np.arange(size, dtype=np.int64) + 1
+    dx, dy = np.abs(u[None, :] - size), u[:, None]
+    if shape == "square":
+        return np.ones((size, size), bool)
+    if shape == "circle":
+        return dx * dx + (dy - size) ** 2 <= size * size
+    if shape == "triangle":  # apex up, base along the bottom
+        return 2 * dx <= dy
+    if shape == "diamond":
+        return dx + np.abs(dy - size) <= size
+    raise ConfigError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def _label_origin(shape: str, size: int, lw: int, lh: int) -> tuple[int, int]:
+    """Top-left of the label block inside the shape's box (low in a triangle, centred elsewhere)."""
+    if shape == "triangle":
+        return (size - lw) // 2, size - lh - max(2, size // 10)
+    return (size - lw) // 2, (size - lh) // 2
+
+
+@functools.lru_cache(maxsize=4096)
+def _label_fits(shape: str, size: int, lw: int, lh: int) -> bool:
+    x, y = _label_origin(shape, size, lw, lh)
+    if x < 1 or y < 1 or x + lw + 1 > size or y + lh + 1 > size:
+        return False
+    return bool(_shape_mask(shape, size)[y - 1:y + lh + 1, x - 1:x + lw + 1].all())
+
+
+@functools.lru_cache(maxsize=1024)
+def _fitting_sizes(shape: str, lo: int, hi: int, lw: int, lh: int) -> tuple[int, ...]:
+    return tuple(s for s in range(max(lo, 1), hi + 1) if _label_fits(shape, s, lw, lh))
+
+
+@functools.lru_cache(maxsize=64)
+def _glyph_bitmap(char: str, cell: int) -> np.ndarray:
+    rows = np.array([[ch == "#" for ch in row] for row in FONT_5X7[char]], bool)
+    return np.repeat(np.repeat(rows, cell, axis=0), cell, axis=1)
+
+
+def _draw_stroke(img: np.ndarray, p0: tuple[int, int], p1: tuple[int, int], width: int,
+                 color: tuple[int, int, int]) -> None:
+    """A straight stroke: pixels whose centre is within width/2 of the segment (IEEE-exact ops)."""
+    h, w = img.shape[:2]
+    r = width / 2
+    x0, x1 = max(0, int(min(p0[0], p1[0]) - r)), min(w, int(max(p0[0], p1[0]) + r) + 1)
+    y0, y1 = max(0, int(min(p0[1], p1[1]) - r)), min(h, int(max(p0[1], p1[1]) + r) + 1)
+    if x0 >= x1 or y0 >= y1:
+        return
+    px = np.arange(x0, x1, dtype=np.float64)[None, :] + (0.5 - p0[0])
+    py = np.arange(y0, y1, dtype=np.float64)[:, None] + (0.5 - p0[1])
+    dx, dy = float(p1[0] - p0[0]), float(p1[1] - p0[1])
+    t = np.minimum(np.maximum((px * dx + py * dy) / max(dx * dx + dy * dy, 1.0), 0.0), 1.0)
+    ex, ey = px - t * dx, py - t * dy
+    img[y0:y1, x0:x1][ex * ex + ey * ey <= r * r] = color
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenes and puzzles
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneObject:
+    shape: str
+    color: str
+    size: int  # side of its square box in raw px
+    box: tuple[int, int, int, int]  # pixel box on the full-resolution image, x1/y1 exclusive
+    glyph: str | None = None
+    mark: bool = False  # carries the dot (hard level)
+    role: str = "distractor"  # "target", "candidate" (a look-alike of the target), "decoy", "distractor"
+
+    @property
+    def center(self) -> tuple[float, float]:
+        x0, y0, x1, y1 = self.box
+        return (x0 + x1) / 2, (y0 + y1) / 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Puzzle:
+    """One question about one generated image, with everything the expert needs to solve it."""
+
+    doc_id: str
+    seed: int
+    level: str
+    image: Image.Image  # RGB, full resolution
+    question: str
+    answer: str
+    target_box: tuple[float, float, float, float]  # relative to the image, [0, 1]
+    candidate_boxes: tuple[tuple[float, float, float, float], ...]  # every object of the target's colour+shape
+    objects: tuple[SceneObject, ...]
+    target: int  # index into objects
+    candidates: tuple[int, ...]  # the target and its look-alikes (hard), in reading order
+    decoys: tuple[int, ...]  # same colour, different shape
+    config: SceneConfig
+    kind: str  # "number" or "letter"
+    ink: str  # colour of glyphs and dots on the target ("white" / "black")
+
+    @property
+    def problem(self) -> str:
+        """The user text of Mini-o3's JSON records."""
+        return f"{DATASET_IMAGE_PLACEHOLDER}\n{self.question}"
+
+    @property
+    def target_object(self) -> SceneObject:
+        return self.objects[self.target]
+
+    @property
+    def description(self) -> str:
+        o = self.target_object
+        return f"{o.color} {o.shape}" + (f" with a {self.ink} dot" if self.level == "hard" else "")
+
+
+def _relative(box: Sequence[float], size: tuple[int, int]) -> tuple[float, float, float, float]:
+    w, h = size
+    return (box[0] / w, box[1] / h, box[2] / w, box[3] / h)
+
+
+def _gap(a: Sequence[int], b: Sequence[int]) -> int:
+    """Chebyshev gap between two boxes (negative when they overlap)."""
+    return max(a[0] - b[2], b[0] - a[2], a[1] - b[3], b[1] - a[3])
+
+
+def make_puzzle(seed: int, level: str, config: SceneConfig | None = None) -> Puzzle:
+    """A scene and question of `level` ("easy", "medium", "hard"), fully determined by the arguments.
+
+    Raises:
+        ConfigError: unknown level, or a scene too crowded to place the target and its look-alikes.
+    """
+    if level not in LEVELS:
+        raise ConfigError(f"level = {level!r}; expected one of {LEVELS}")
+    config = config or SceneConfig()
+    geo = level_geometry(config)
+    g = geo[level]
+    rng = _Rng("puzzle", seed, level)
+    w, h = config.width, config.height
+    margin = max(4, min(w, h) // 32)
+    min_gap = max(4, geo["easy"].size_range[0] // 3)
+    placed: list[SceneObject] = []
+
+    def place(size: int, far: Sequence[SceneObject] = (), far_gap: int = 0, tries: int = 400) -> tuple | None:
+        for _ in range(tries):
+            x, y = rng.randint(margin, w - margin - size), rng.randint(margin, h - margin - size)
+            box = (x, y, x + size, y + size)
+            if all(_gap(box, o.box) >= min_gap for o in placed) and all(_gap(box, o.box) >= far_gap for o in far):
+                return box
+        return None
+
+    t_color = rng.choice(config.colors)
+    t_shape = rng.choice(g.target_shapes)
+    glyphs = list(config.glyphs)
+    answer = rng.choice(glyphs)
+    label = g.label
+    n_cand = rng.randint(*config.hard_candidates) if level == "hard" else 1
+    cand_glyphs = [answer] + rng.shuffle([x for x in glyphs if x != answer])[: n_cand - 1]
+    while len(cand_glyphs) < n_cand:
+        cand_glyphs.append(rng.choice(glyphs))
+    # Look-alikes are at least a legible zoom apart, so a tight zoom never shows two of them.
+    far_gap = g.tight_side + 2 * math.ceil(max(w, h) / 10**config.box_decimals)
+    cands: list[SceneObject] = []
+    for i in range(n_cand):
+        size = rng.choice(_fitting_sizes(t_shape, *g.size_range, *label))
+        box = place(size, cands, far_gap)
+        if box is None:
+            raise ConfigError(f"SceneConfig: could not place {n_cand} {level} look-alikes {far_gap} px apart in a "
+                              f"{w}x{h} scene; use a larger scene")
+        obj = SceneObject(t_shape, t_color, size, box, cand_glyphs[i], mark=(level == "hard" and i == 0),
+                          role="target" if i == 0 else "candidate")
+        cands.append(obj)
+        placed.append(obj)
+    # At least one same-colour decoy (trial and error zooms it) and one same-shape object of another colour.
+    decoy_level = "medium" if level == "medium" else "easy"
+    other_shapes = [s for s in config.shapes if s != t_shape]
+    other_colors = [col for col in config.colors if col != t_color]
+    extra: list[tuple[str, str, str]] = [(rng.choice(other_shapes), t_color, "decoy"),
+                                         (t_shape, rng.choice(other_colors), "distractor")]
+    combos = [(s, col) for s in config.shapes for col in config.colors if (s, col) != (t_shape, t_color)]
+    extra += [(*rng.choice(combos), "distractor") for _ in range(config.distractors)]
+    for i, (shape, color, role) in enumerate(extra):
+        has_glyph = role == "decoy" or rng.random() < config.glyph_fraction
+        lvl = decoy_level if role == "decoy" else rng.choice(("easy", "medium"))
+        fits = _fitting_sizes(shape, *geo[lvl].size_range, *label)
+        if has_glyph and not fits:
+            has_glyph = False
+        size = rng.choice(fits) if has_glyph else rng.randint(*geo[lvl].size_range)
+        # the decoy is a look-alike's distance from them too: zooming it must not show the target
+        box = place(size, cands if role == "decoy" else (), far_gap, tries=400 if i < 2 else 60)
+        if box is None:
+            if i < 2:
+                raise ConfigError(f"SceneConfig: no room for the {role} in a {w}x{h} scene; use a larger scene")
+            continue
+        mark = level == "hard" and has_glyph and rng.random() < config.mark_fraction
+        placed.append(SceneObject(shape, color, size, box, rng.choice(glyphs) if has_glyph else None, mark, role))
+
+    image = _render(config, placed, level, rng.u64())
+    target = placed[0]
+    kind = "number" if answer.isdigit() else "letter"
+    ink = INK[t_color]
+    desc = f"{t_color} {t_shape}" + (f" with a {ink} dot" if level == "hard" else "")
+    question = rng.choice((f"What {kind} is written on the {desc}?", f"Which {kind} is on the {desc}?"))
+    candidates = tuple(sorted(range(n_cand), key=lambda i: (placed[i].box[1], placed[i].box[0])))
+    return Puzzle(
+        doc_id=f"synthetic_{level}_{seed}", seed=seed, level=level, image=image, question=question,
+        answer=answer, target_box=_relative(target.box, (w, h)),
+        candidate_boxes=tuple(_relative(placed[i].box, (w, h)) for i in candidates),
+        objects=tuple(placed), target=0, candidates=candidates,
+        decoys=tuple(i for i, o in enumerate(placed) if o.role == "decoy"),
+        config=config, kind=kind, ink=ink)
+
+
+def _render(config: SceneConfig, objects: Sequence[SceneObject], level: str, seed: int) -> Image.Image:
+    w, h, c = config.width, config.height, config.glyph_cell
+    k = max(4, (min(w, h) // 10).bit_length() - 1)  # blotches about a tenth of the scene
+    lum = _smooth_field(w, h, k, seed, 100, 165)
+    tint = (_smooth_1d(w, k, seed + 2, -8, 8)[None, :] + _smooth_1d(h, k, seed + 3, -8, 8)[:, None]).astype(np.uint8)
+    img = np.empty((h, w, 3), np.uint8)
+    np.add(lum, tint, out=img[..., 0])  # uint8 wrap-around undoes the negative tints: 100 - 16 >= 0
+    np.copyto(img[..., 1], lum)
+    np.subtract(lum, tint, out=img[..., 2])
+    rng = _Rng("clutter", seed)
+    span = level_geometry(config)["easy"].size_range[0]
+    for _ in range(config.clutter):  # low-chroma strokes about an object long: texture no question is about
+        x, y = rng.randint(0, w - 1), rng.randint(0, h - 1)
+        p1 = (x + rng.randint(-span, span), y + rng.randint(-span, span))
+        g = rng.randint(60, 200)
+        d = rng.randint(-12, 12)
+        _draw_stroke(img, (x, y), p1, rng.randint(1, 3), (g + d, g, g - d))
+    for o in objects:
+        x0, y0, x1, y1 = o.box
+        region = img[y0:y1, x0:x1]
+        region[_shape_mask(o.shape, o.size)] = COLORS[o.color]
+        if o.glyph is None:
+            continue
+        ink = INK_RGB[INK[o.color]]
+        lw, lh = GLYPH_W * c, GLYPH_H * c
+        if level == "hard":  # dot row above the glyph, present or not, so look-alikes differ only by the dot
+            lh += c + config.mark_px
+        lx, ly = _label_origin(o.shape, o.size, lw, lh)
+        if level == "hard":
+            m = config.mark_px
+            if o.mark:
+                mx = lx + (lw - m) // 2
+                region[ly:ly + m, mx:mx + m][_shape_mask("circle", m)] = ink
+            ly += m + c
+        region[ly:ly + GLYPH_H * c, lx:lx + lw][_glyph_bitmap(o.glyph, c)] = ink
+    return Image.fromarray(img, "RGB")
+
+
+# --------------------------------------------------------------------------------------------------
+# The scripted expert
+# --------------------------------------------------------------------------------------------------
+
+
+def observation_text(action: int) -> str:
+    """The human turn the environment appends after zoom `action` (0-based), in the sharegpt form:
+    the user content of `OBSERVATION_TEMPLATE` with the dataset `<image>` placeholder."""
+    full = OBSERVATION_TEMPLATE.format(action=action, observation=action + 1)
+    content = full.split(f"{IM_START}user\n", 1)[1].split(IM_END, 1)[0]
+    return content.replace(IMAGE_PLACEHOLDER, DATASET_IMAGE_PLACEHOLDER)
+
+
+@dataclasses.dataclass
+class ExpertTrajectory:
+    """A solved puzzle in the cold-start format, with the images the environment would produce."""
+
+    conversations: list[dict[str, str]]  # system, human question, then gpt / human-observation turns
+    images: list[Image.Image]  # the original, then each raw full-resolution crop in order
+    pattern: str
+    boxes: list[tuple[tuple[float, float, float, float], str]]  # per zoom: relative box as written, source
+
+    @property
+    def gpt_turns(self) -> list[str]:
+        return [m["value"] for m in self.conversations if m["from"] == "gpt"]
+
+
+@dataclasses.dataclass
+class _View:
+    image: Image.Image
+    ox: int  # offset of this observation in the original image (raw crops keep the pixel scale)
+    oy: int
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.ox, self.oy, self.ox + self.image.width, self.oy + self.image.height)
+
+
+class _Expert:
+    """Plans zooms on the puzzle and writes the turns; crops exactly as `VisualSearchEnv` would."""
+
+    def __init__(self, puzzle: Puzzle, rng: _Rng):
+        self.p, self.rng, self.cfg = puzzle, rng, puzzle.config
+        self.views = [_View(puzzle.image, 0, 0)]
+        self.turns: list[str] = []  # gpt turn texts
+        self.boxes: list[tuple[tuple[float, float, float, float], str]] = []
+        t = puzzle.target_object
+        self.color, self.shape, self.kind = t.color, t.shape, puzzle.kind
+        self.desc = puzzle.description
+        self.goal = f"the {self.kind} on the {self.desc}"
+
+    # -- geometry -----------------------------------------------------------------------------------
+
+    def _crop(self, src: int, want: Sequence[float], decimals: int) -> tuple[str, tuple[float, ...], tuple]:
+        """`want` (original coords) snapped outward to `decimals` on view `src`: (text, values, pixel box
+        in original coords)."""
+        v = self.views[src]
+        sw, sh = v.image.size
+        q = 10**decimals
+        rel = ((want[0] - v.ox) / sw, (want[1] - v.oy) / sh, (want[2] - v.ox) / sw, (want[3] - v.oy) / sh)
+        snapped = (math.floor(rel[0] * q), math.floor(rel[1] * q), math.ceil(rel[2] * q), math.ceil(rel[3] * q))
+        return self._written(src, [f"{min(max(n, 0), q) / q:.{decimals}f}" for n in snapped])
+
+    def _written(self, src: int, texts: Sequence[str]) -> tuple[str, tuple[float, ...], tuple]:
+        v = self.views[src]
+        values = tuple(float(x) for x in texts)  # what the environment parses
+        pb = protocol.pixel_box(values, v.image.size)
+        return ", ".join(texts), values, (pb[0] + v.ox, pb[1] + v.oy, pb[2] + v.ox, pb[3] + v.oy)
+
+    def _zoom(self, src: int, want: Sequence[float], accept) -> tuple[str, int] | None:
+        """Snap `want` (original coords) to a box on view `src`; None unless `accept(pixel box)`."""
+        for decimals in dict.fromkeys((self.cfg.box_decimals, 3)):
+            text, values, box = self._crop(src, want, decimals)
+            if accept(box):
+                return self._commit(src, text, values, box)
+        return None
+
+    def _commit(self, src: int, text: str, values: tuple[float, ...], box: tuple) -> tuple[str, int]:
+        v = self.views[src]
+        source = protocol.ORIGINAL_IMAGE if src == 0 else f"observation_{src}"
+        local = (box[0] - v.ox, box[1] - v.oy, box[2] - v.ox, box[3] - v.oy)
+        self.views.append(_View(v.image.crop(local), box[0], box[1]))
+        self.boxes.append((values, source))  # type: ignore[arg-type]
+        call = f'<grounding>{{"bbox_2d": [{text}], "source": "{source}"}}</grounding>'
+        return call, len(self.views) - 1
+
+    def _inside(self, obj: SceneObject, box: Sequence[int], pad: int = 1) -> bool:
+        return (box[0] + pad <= obj.box[0] and box[1] + pad <= obj.box[1]
+                and obj.box[2] + pad <= box[2] and obj.box[3] + pad <= box[3])
+
+    def tight(self, obj: SceneObject, src: int) -> tuple[str, int]:
+        """A zoom around `obj` whose view shows its glyph (and dot) legibly and no other look-alike."""
+        v = self.views[src]
+        vx0, vy0, vx1, vy1 = v.box
+        c, budget = self.cfg.glyph_cell, self.cfg.view_pixels
+        others = [self.p.objects[i] for i in self.p.candidates if self.p.objects[i] is not obj]
+
+        def accept(box: Sequence[int]) -> bool:
+            scale = view_scale(box[2] - box[0], box[3] - box[1], budget)
+            return (self._inside(obj, box) and glyph_legible(c, scale)
+                    and (self.p.level != "hard" or self.cfg.mark_px * scale >= LEGIBLE_STROKE)
+                    and all(_gap(box, o.box) > 0 for o in others))
+
+        limit = level_geometry(self.cfg)[self.p.level].tight_side
+        for attempt in range(8):
+            shrink = 1.0 - 0.1 * attempt
+            side = min(limit * shrink, obj.size * self.rng.uniform(1.6, 3.5))
+            side = max(side, obj.size * (1 + 2 * _CROP_MARGIN))
+            slack = max(0.0, (side - obj.size) / 2 - obj.size * _CROP_MARGIN)
+            cx = obj.center[0] + self.rng.uniform(-slack, slack) * shrink
+            cy = obj.center[1] + self.rng.uniform(-slack, slack) * shrink
+            want = self._fit((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), (vx0, vy0, vx1 - 1, vy1 - 1))
+            found = self._zoom(src, want, accept)
+            if found:
+                return found
+        raise AssertionError(f"{self.p.doc_id}: no legible zoom on {obj} from view {src}")  # a bug, not bad input
+
+    def wide(self, obj: SceneObject, src: int) -> tuple[str, int] | None:
+        """A zoom around `obj` too large to read it (goal maintenance zooms out-of-reach first)."""
+        v = self.views[src]
+        c, budget = self.cfg.glyph_cell, self.cfg.view_pixels
+        base = math.isqrt(budget * c * c // 4)
+
+        def accept(box: Sequence[int]) -> bool:
+            scale = view_scale(box[2] - box[0], box[3] - box[1], budget)
+            return self._inside(obj, box, pad=2) and not glyph_legible(c, scale)
+
+        for attempt in range(6):
+            side = min(base * self.rng.uniform(1.5, 2.2), 0.9 * min(v.image.size)) * (1 + 0.05 * attempt)
+            slack = max(0.0, side / 2 - obj.size)
+            cx = obj.center[0] + self.rng.uniform(-slack, slack) * 0.5
+            cy = obj.center[1] + self.rng.uniform(-slack, slack) * 0.5
+            want = self._fit((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2),
+                             (v.ox, v.oy, v.box[2] - 1, v.box[3] - 1))
+            found = self._zoom(src, want, accept)
+            if found:
+                return found
+        return None
+
+    def window(self, src: int, obj: SceneObject | None = None, avoid: SceneObject | None = None,
+               prefer: Sequence[SceneObject] = ()) -> tuple[str, int, str]:
+        """A half-size window of view `src` that holds `obj` (best centred), or that misses `avoid`."""
+        options = []
+        for j, oy in enumerate(_WINDOW_OFFSETS):
+            for i, ox in enumerate(_WINDOW_OFFSETS):
+                written = self._written(src, [f"{x:.2f}" for x in (ox, oy, ox + 0.5, oy + 0.5)])
+                box = written[2]
+                if obj is not None and self._inside(obj, box, pad=2):
+                    room = min(obj.box[0] - box[0], obj.box[1] - box[1], box[2] - obj.box[2], box[3] - obj.box[3])
+                    options.append((-room, self.rng.random(), written, _POSITIONS[j][i]))
+                elif obj is None and avoid is not None and _gap(box, avoid.box) > 0:
+                    score = -sum(self._inside(o, box) for o in prefer)
+                    options.append((score, self.rng.random(), written, _POSITIONS[j][i]))
+        if not options:
+            raise AssertionError(f"{self.p.doc_id}: no window for {obj or avoid}")  # a bug, not bad input
+        _, _, written, name = min(options)
+        call, k = self._commit(src, *written)
+        return call, k, name
+
+    @staticmethod
+    def _fit(box: Sequence[float], bounds: Sequence[float]) -> tuple[float, float, float, float]:
+        """Shift (then clip) `box` into `bounds`."""
+        x0, y0, x1, y1 = box
+        dx = max(0.0, bounds[0] - x0) - max(0.0, x1 - bounds[2])
+        dy = max(0.0, bounds[1] - y0) - max(0.0, y1 - bounds[3])
+        return (max(bounds[0], x0 + dx), max(bounds[1], y0 + dy), min(bounds[2], x1 + dx), min(bounds[3], y1 + dy))
+
+    def where(self, obj: SceneObject) -> str:
+        cx, cy = obj.center
+        w, h = self.p.image.size
+        return _POSITIONS[min(int(3 * cy / h), 2)][min(int(3 * cx / w), 2)]
+
+    # -- text ---------------------------------------------------------------------------------------
+
+    def say(self, *variants: str) -> str:
+        return self.rng.choice(variants)
+
+    def turn(self, thought: str, call: str) -> None:
+        self.turns.append(f"<think>{thought}</think>\n{call}")
+
+    def answer(self, reaction: str) -> None:
+        a = self.p.answer
+        self.turns.append(f"<think>{reaction}</think>\n<answer>{a}</answer>")
+
+    def read(self, obj: SceneObject) -> str:
+        if self.p.level == "hard":
+            return self.say(f"This {self.color} {self.shape} has a {self.p.ink} dot, and its {self.kind} is "
+                            f"{obj.glyph}.", f"Found it: this {self.color} {self.shape} has the {self.p.ink} dot. "
+                            f"The {self.kind} on it is {obj.glyph}.")
+        return self.say(f"Now I can read it: the {self.kind} on the {self.desc} is {obj.glyph}.",
+                        f"The {self.desc} shows the {self.kind} {obj.glyph}.")
+
+    def still(self) -> str:
+        return self.say(f"I still need {self.goal}.", f"My goal is still {self.goal}.")
+
+
+def expert_trajectory(puzzle: Puzzle, seed: int = 0, pattern: str | None = None,
+                      weights: Mapping[str, float] | None = None) -> ExpertTrajectory:
+    """A correct multi-turn trajectory for `puzzle`: think, zoom (one or more times), answer.
+
+    `pattern` (default: drawn with `weights`, `DEFAULT_PATTERN_WEIGHTS` if None):
+    "direct" zooms straight at the target (medium: a coarse window, then into observation_1);
+    "trial_and_error" first zooms a wrong place (a same-colour decoy, or a window without the target)
+    and says so; "depth_first" zooms a coarse window, then into it (medium: one level deeper);
+    "goal_maintenance" zooms too wide first, then tight from the same source, restating the goal.
+    Hard puzzles check the look-alikes in turn (seeded order) until the one with the dot.
+
+    Raises:
+        ConfigError: unknown pattern or bad weights.
+    """
+    if pattern is None:
+        weights = dict(DEFAULT_PATTERN_WEIGHTS if weights is None else weights)
+        if set(weights) - set(PATTERNS) or any(x < 0 for x in weights.values()) or sum(weights.values()) <= 0:
+            raise ConfigError(f"pattern weights {weights}; expected non-negative weights over {PATTERNS}")
+        names = [p for p in PATTERNS if weights.get(p, 0) > 0]
+        pattern = _Rng("pattern", puzzle.doc_id, puzzle.seed, seed).weighted(names, [weights[p] for p in names])
+    if pattern not in PATTERNS:
+        raise ConfigError(f"pattern = {pattern!r}; expected one of {PATTERNS}")
+    ex = _Expert(puzzle, _Rng("expert", puzzle.doc_id, puzzle.seed, seed, pattern))
+    {"easy": _solve_easy, "medium": _solve_medium, "hard": _solve_hard}[puzzle.level](ex, pattern)
+    conv = [{"from": "system", "value": SYSTEM_PROMPT_TOOL_CROP}, {"from": "human", "value": puzzle.problem}]
+    for i, text in enumerate(ex.turns):
+        conv.append({"from": "gpt", "value": text})
+        if i < len(ex.turns) - 1:
+            conv.append({"from": "human", "value": observation_text(i)})
+    if len(ex.turns) > MAX_TURNS:
+        raise AssertionError(f"{puzzle.doc_id}: {len(ex.turns)} turns > {MAX_TURNS}")
+    return ExpertTrajectory(conv, [v.image for v in ex.views], pattern, ex.boxes)
+
+
+def _solve_easy(ex: _Expert, pattern: str) -> None:
+    p, t = ex.p, ex.p.target_object
+    pos = ex.where(t)
+    if pattern == "trial_and_error":
+        d = p.objects[p.decoys[0]]
+        call, _ = ex.tight(d, 0)
+        ex.turn(ex.say(f"I need {ex.goal}. There is a {ex.color} object at the {ex.where(d)}; let me check it.",
+                       f"I am looking for the {ex.desc}. Let me zoom in on the {ex.color} object at the "
+                       f"{ex.where(d)}."), call)
+        call, _ = ex.tight(t, 0)
+        ex.turn(f"This is a {ex.color} {d.shape}, not a {ex.color} {ex.shape}. {ex.still()} The {ex.desc} is at "
+                f"the {pos}. Let me zoom in there.", call)
+    elif pattern == "depth_first":
+        call, k, region = ex.window(0, t)
+        ex.turn(ex.say(f"I need {ex.goal}. It is in the {region} region; let me zoom in on that region first.",
+                       f"The {ex.desc} is somewhere in the {region} region. Let me look at that region."), call)
+        call, _ = ex.tight(t, k)
+        ex.turn(f"I can see the {ex.desc} here, but the {ex.kind} is still too small. Let me zoom in on it.", call)
+    elif pattern == "goal_maintenance" and (wide := ex.wide(t, 0)) is not None:
+        call, k = wide
+        ex.turn(f"I need {ex.goal}. Let me zoom in on the area around the {ex.desc} at the {pos}.", call)
+        call, _ = ex.tight(t, 0)
+        ex.turn(f"The {ex.desc} is here, but its {ex.kind} is still too small to read. {ex.still()} Let me zoom in "
+                "closer on the original image.", call)
+    else:
+        call, _ = ex.tight(t, 0)
+        ex.turn(ex.say(f"I need {ex.goal}. The {ex.desc} is at the {pos}, but its {ex.kind} is too small to read. "
+                       "Let me zoom in on it.",
+                       f"I can see the {ex.desc} at the {pos}. Let me zoom in to read its {ex.kind}."), call)
+    ex.answer(ex.read(t))
+
+
+def _solve_medium(ex: _Expert, pattern: str) -> None:
+    p, t = ex.p, ex.p.target_object
+    first = f"I need {ex.goal}. It is too small to make out here"
+    if pattern == "trial_and_error":
+        decoys = [p.objects[i] for i in p.decoys]
+        call, _, wrong = ex.window(0, avoid=t, prefer=decoys)
+        ex.turn(f"{first}; it may be in the {wrong} region. Let me zoom in there.", call)
+        seen = [d for d in decoys if ex._inside(d, ex.views[-1].box)]
+        call, k, region = ex.window(0, t)
+        miss = (f"There is only a {ex.color} {seen[0].shape} here, not a {ex.color} {ex.shape}." if seen
+                else f"There is no {ex.color} {ex.shape} in this region.")
+        ex.turn(f"{miss} {ex.still()} It may be in the {region} region instead. Let me zoom in there.", call)
+    else:
+        call, k, region = ex.window(0, t)
+        ex.turn(ex.say(f"{first}; it seems to be in the {region} region. Let me zoom in there first.",
+                       f"{first}. Let me zoom in on the {region} region, where it seems to be."), call)
+    seen = f"I can see the {ex.desc} in this region, but the {ex.kind} is still too small to read."
+    if pattern == "depth_first":
+        call, k2, _ = ex.window(k, t)
+        ex.turn(f"{seen} Let me zoom in on the part of this view around it.", call)
+        call, _ = ex.tight(t, k2)
+        ex.turn(f"The {ex.desc} is bigger now, but I need to zoom in once more to read it.", call)
+    elif pattern == "goal_maintenance" and (wide := ex.wide(t, k)) is not None:
+        call, _ = wide
+        ex.turn(f"{seen} {ex.still()} Let me zoom in around it.", call)
+        call, _ = ex.tight(t, k)
+        ex.turn(f"It is still too small to read. {ex.still()} Let me zoom in closer on observation {k}.", call)
+    else:
+        call, _ = ex.tight(t, k)
+        ex.turn(f"{seen} Let me zoom in on it.", call)
+    ex.answer(ex.read(t))
+
+
+def _solve_hard(ex: _Expert, pattern: str) -> None:
+    p = ex.p
+    order = ex.rng.shuffle(list(p.candidates))
+    visits = [p.objects[i] for i in order[: order.index(p.target) + 1]]
+    n = len(p.candidates)
+    plural = f"{n} {ex.color} {ex.shape}s"
+    reaction = ""
+    if pattern == "trial_and_error":
+        d = p.objects[p.decoys[0]]
+        call, _ = ex.tight(d, 0)
+        ex.turn(f"I need {ex.goal}. Let me start with the {ex.color} object at the {ex.where(d)}.", call)
+        reaction = f"This is a {ex.color} {d.shape}, not a {ex.color} {ex.shape}. {ex.still()} I see {plural}."
+    for j, obj in enumerate(visits):
+        pos = ex.where(obj)
+        if j == 0 and pattern == "depth_first":
+            call, k, region = ex.window(0, obj)
+            ex.turn(f"I need {ex.goal}. I see {plural}, and the dots are too small to see here. Let me first zoom "
+                    f"in on the {region} region.", call)
+            call, _ = ex.tight(obj, k)
+            ex.turn(f"There is a {ex.color} {ex.shape} in this region. Let me zoom in on it to look for the dot.",
+                    call)
+        else:
+            call, _ = ex.tight(obj, 0)
+            if j == 0 and not reaction:
+                intent = ex.say(f"I need {ex.goal}. I see {plural}, and the dots are too small to see here. Let me "
+                                f"check the one at the {pos} first.",
+                                f"There are {plural}. I need the one with a {p.ink} dot. Let me check the one at the "
+                                f"{pos} first.")
+            else:
+                intent = f"Let me check the {ex.color} {ex.shape} at the {pos}."
+            ex.turn(f"{reaction} {intent}".strip(), call)
+        if obj is not p.target_object:
+            reaction = f"This {ex.color} {ex.shape} has no {p.ink} dot; it shows {obj.glyph}."
+            if pattern == "goal_maintenance" or ex.rng.random() < 0.5:
+                reaction += f" {ex.still()}"
+    ex.answer(ex.read(p.target_object))
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry checks (the level claims, per puzzle)
+# --------------------------------------------------------------------------------------------------
+
+
+def check_geometry(puzzle: Puzzle) -> dict[str, float]:
+    """Measure the level's claims on this puzzle; raise AssertionError if one does not hold.
+
+    Returns the measurements (view px of the target and of a stroke in each view) for reports.
+    """
+    cfg, t, c = puzzle.config, puzzle.target_object, puzzle.config.glyph_cell
+    g = level_geometry(cfg)[puzzle.level]
+    s0 = g.original_scale
+    m = {"original_scale": s0, "target_view_px": t.size * s0, "stroke_view_px": c * s0,
+         "window_scale_max": g.window_scale[1], "tight_side": float(g.tight_side)}
+    assert glyph_illegible(c, s0), m
+    if puzzle.level == "medium":
+        assert t.size * s0 <= HIDDEN_PX and t.size * g.window_scale[0] >= LOCALISABLE_PX, m
+        assert glyph_illegible(c, g.window_scale[1]), m
+    else:
+        assert t.size * s0 >= LOCALISABLE_PX, m
+    if puzzle.level == "hard":
+        marked = [i for i in puzzle.candidates if puzzle.objects[i].mark]
+        assert len(puzzle.candidates) >= 2 and marked == [puzzle.target], m
+        assert cfg.mark_px * s0 < ILLEGIBLE_STROKE and cfg.mark_px >= LEGIBLE_STROKE, m
+        assert all(puzzle.objects[i].size * s0 >= LOCALISABLE_PX for i in puzzle.candidates), m
+    same = [o for o in puzzle.objects if (o.color, o.shape) == (t.color, t.shape)]
+    assert len(same) == len(puzzle.candidates), "the target's colour+shape must be unique outside the look-alikes"
+    return m
+
+
+# --------------------------------------------------------------------------------------------------
+# Files in Mini-o3's released formats
+# --------------------------------------------------------------------------------------------------
+
+
+def _puzzles_for(split: str, n: int, seed: int, config: SceneConfig) -> list[Puzzle]:
+    levels = (split,) if split in LEVELS else LEVELS  # other splits take the levels in turn
+    out = []
+    for i in range(n):
+        level = levels[i % len(levels)]
+        p = make_puzzle(_derive("synthetic", split, seed, i), level, config)
+        out.append(dataclasses.replace(p, doc_id=f"{split}_{i:05d}"))
+    return out
+
+
+def write_benchmark(out_dir: str | os.PathLike, level_or_split: str, n: int, seed: int = 0,
+                    config: SceneConfig | None = None) -> str:
+    """Write `n` puzzles as Mini-o3's RL/val JSON (`read_prompts` reads it) plus PNG images.
+
+    `level_or_split`: "easy" / "medium" / "hard" -> `out_dir/synthetic_<level>/val.json`
+    (data_source `synthetic_<level>`); "train" -> `out_dir/synthetic_train/train.json`, levels in
+    turn (data_source `synthetic_train`). Image paths are relative to the JSON's folder. Returns the
+    JSON path.
+    """
+    if level_or_split not in (*LEVELS, "train"):
+        raise ConfigError(f"level_or_split = {level_or_split!r}; expected one of {(*LEVELS, 'train')}")
+    config = config or SceneConfig()
+    name = f"synthetic_{level_or_split}"
+    root = os.path.join(os.fspath(out_dir), name)
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    records = []
+    for p in _puzzles_for(level_or_split, n, seed, config):
+        rel = f"images/{p.doc_id}.png"
+        p.image.save(os.path.join(root, rel))
+        records.append({"images": [rel], "doc_id": p.doc_id, "problem": p.problem, "solution": p.answer,
+                        "data_source": name})
+    path = os.path.join(root, "train.json" if level_or_split == "train" else "val.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(records, f, indent=1)
+    return path
+
+
+def write_coldstart(out_dir: str | os.PathLike, puzzles_or_n: Sequence[Puzzle] | int, seed: int = 0,
+                    config: SceneConfig | None = None, weights: Mapping[str, float] | None = None) -> str:
+    """Write expert trajectories as `out_dir/Mini-o3-Coldstart.json` (LLaMA-Factory sharegpt:
+    `conversations` as a JSON string, relative image paths) with PNGs under
+    `out_dir/images/minio3_coldstart_<i>/`. An int draws that many puzzles, levels in turn."""
+    config = config or SceneConfig()
+    puzzles = _puzzles_for("coldstart", puzzles_or_n, seed, config) if isinstance(puzzles_or_n, int) \
+        else list(puzzles_or_n)
+    root = os.fspath(out_dir)
+    records = []
+    for i, p in enumerate(puzzles):
+        traj = expert_trajectory(p, seed=_derive("coldstart-expert", seed, i), weights=weights)
+        folder = f"images/minio3_coldstart_{i}"
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+        paths = []
+        for k, im in enumerate(traj.images):
+            rel = f"{folder}/{'original_image' if k == 0 else f'observation_{k}'}.png"
+            im.save(os.path.join(root, rel))
+            paths.append(rel)
+        records.append({"conversations": json.dumps(traj.conversations), "images": paths})
+    path = os.path.join(root, "Mini-o3-Coldstart.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(records, f, indent=1)
+    return path
+
+
+PRESETS = {"default": SceneConfig, "tiny": SceneConfig.tiny}
+
+
+def write_all(out_dir: str | os.PathLike, n: int = 100, seed: int = 0, preset: str = "default") -> list[str]:
+    """Everything `mini-o3 data synthetic` writes: `n` test questions per level, a training split of
+    `3 n` (levels in turn) and `n` cold-start trajectories, all from one preset. Returns the paths."""
+    if preset not in PRESETS:
+        raise ConfigError(f"preset = {preset!r}; expected one of {sorted(PRESETS)}")
+    config = PRESETS[preset]()
+    paths = [write_benchmark(out_dir, level, n, seed, config) for level in LEVELS]
+    paths.append(write_benchmark(out_dir, "train", 3 * n, seed, config))
+    paths.append(write_coldstart(os.path.join(os.fspath(out_dir), "coldstart"), n, seed, config))
+    return paths
+
+
+def tokenizer_texts(config: SceneConfig | None = None, n: int = 24, seed: int = 0) -> list[str]:
+    """Questions, expert turns and observation texts of `n` puzzles (every level and pattern): a corpus
+    for training a small BPE (`processing.tokenizer_train`) that encodes this data compactly."""
+    config = config or SceneConfig.tiny()
+    texts: list[str] = []
+    for i, p in enumerate(_puzzles_for("tokenizer", n, seed, config) if n else []):
+        traj = expert_trajectory(p, seed=i, pattern=PATTERNS[i % len(PATTERNS)])
+        texts += [m["value"] for m in traj.conversations[1:]]
+    return texts

@@ -1,0 +1,345 @@
+"""`mini-o3 eval`: K samples per question over benchmarks, scored, streamed to disk, resumable.
+
+    metrics = run_eval(model, tokenizer, processor, {"vstar": records}, EvalConfig(k=32), "runs/eval")
+
+A run directory holds, per benchmark, `results.jsonl` (one line per finished question: every sample's
+answer, score, turns, flags and per-turn text/boxes/crop paths) and the saved images; then
+`metrics.json`, `results.md`, `turn_curve.png`, `index.html` and one browser page per benchmark.
+Each question's line is written as soon as its K samples are scored, and a re-run skips the questions
+already written, so an interrupted run loses at most the questions in flight. Sampling keys depend only
+on (seed, benchmark, doc_id, sample), so the resumed run samples what the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import queue
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from mini_o3_jax.agent.environment import EnvConfig
+from mini_o3_jax.agent.trajectory import Trajectory
+from mini_o3_jax.data.records import BadRecord, Record
+from mini_o3_jax.errors import ConfigError
+from mini_o3_jax.eval.metrics import QuestionResult, SampleResult, summarize_benchmark
+from mini_o3_jax.eval.report import write_reports
+from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
+from mini_o3_jax.processing.chat import Tokenizer
+from mini_o3_jax.processing.image import MINI_O3_MAX_PIXELS, MINI_O3_MIN_PIXELS, ImageProcessor
+from mini_o3_jax.rl.rewards import SCORERS, JudgeConfig, JudgeItem, LLMJudge, rule_score
+from mini_o3_jax.rollout.engine import EngineConfig, Episode, RolloutEngine
+from mini_o3_jax.rollout.sampler import Sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The released eval (spec §5): Avg@32 at T=1.0, top-p 1, 12 turns, 12 images, 32k context."""
+
+    k: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    max_turns: int = 12
+    max_images: int = 0  # 0: as many as turns (the released 12/12); a tool call beyond it is over-turn
+    max_context: int = 32768
+    context_guard: int = 2000
+    min_pixels: int = MINI_O3_MIN_PIXELS
+    max_pixels: int = MINI_O3_MAX_PIXELS
+    max_turn_tokens: int = 8192
+    system_prompt: str | None = EnvConfig.system_prompt
+    scorer: str = "auto"  # "auto" (choice for multiple choice, else exact), "judge", or a rule scorer
+    turn_limits: tuple[int, ...] = (4, 8, 12, 16, 24, 32)  # the accuracy-vs-turns curve (<= max_turns)
+    limit: int = 0  # questions per benchmark (0: all)
+    save_crops: int = 4  # samples per question whose crops are saved as images (-1: all)
+    slots: int = 64
+    decode_chunk: int = 64
+    workers: int = 4
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.max_turns < 1:
+            raise ConfigError(f"EvalConfig: k={self.k}, max_turns={self.max_turns}; expected both >= 1")
+        if self.scorer not in ("auto", "judge", *SCORERS):
+            raise ConfigError(f"EvalConfig.scorer = {self.scorer!r}; expected 'auto', 'judge' or one of {sorted(SCORERS)}")
+
+    @property
+    def curve_limits(self) -> list[int]:
+        return sorted({t for t in self.turn_limits if 1 <= t <= self.max_turns} | {self.max_turns})
+
+    def env(self) -> EnvConfig:
+        return EnvConfig(max_turns=self.max_turns, max_images=self.max_images or self.max_turns,
+                         max_context=self.max_context, context_guard=self.context_guard,
+                         min_pixels=self.min_pixels, max_pixels=self.max_pixels, system_prompt=self.system_prompt)
+
+    def engine(self) -> EngineConfig:
+        return EngineConfig(slots=self.slots, max_len=self.max_context, decode_chunk=self.decode_chunk,
+                            max_turn_tokens=self.max_turn_tokens, env=self.env(), workers=self.workers,
+                            sampling=Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a finished question's samples depend on: a resumed run must match them."""
+        skip = {"limit", "save_crops", "slots", "decode_chunk", "workers", "turn_limits"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+def question_seed(seed: int, benchmark: str, doc_id: str) -> int:
+    digest = hashlib.sha256(f"{seed}\x00{benchmark}\x00{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def _safe(doc_id: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", doc_id)[:60]
+    return f"{stem}-{hashlib.sha1(doc_id.encode()).hexdigest()[:8]}"
+
+
+def _save_image(img: Image.Image, path_no_ext: str, run_dir: str) -> str:
+    """PNG for small images (synthetic glyphs stay sharp), JPEG q90 for large ones; returns the relative path."""
+    w, h = img.size
+    path = path_no_ext + (".png" if w * h <= 512 * 512 else ".jpg")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if path.endswith(".png"):
+        img.save(path)
+    else:
+        img.convert("RGB").save(path, quality=90)
+    return os.path.relpath(path, run_dir)
+
+
+def read_results(path: str) -> list[QuestionResult]:
+    """The finished questions of a results.jsonl; a line cut by a crash is removed from the file."""
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        data = f.read()
+    out, good = [], 0
+    for line in data.splitlines(keepends=True):
+        try:
+            if not line.endswith(b"\n"):
+                raise ValueError("incomplete line")
+            out.append(QuestionResult.from_json(json.loads(line)))
+        except (ValueError, KeyError, TypeError):
+            break
+        good += len(line)
+    if good < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return out
+
+
+class _Scorer:
+    """Rule scorers inline; the LLM judge asynchronously (results arrive on `ready`)."""
+
+    def __init__(self, kind: str, judge: JudgeConfig | None):
+        self.kind = kind
+        self.judge = LLMJudge(judge or JudgeConfig.from_env()) if kind == "judge" else None
+        self.ready: queue.Queue = queue.Queue()
+
+    def submit(self, record: Record, answers: Sequence[str | None], done: Callable[[list[float | None]], None]) -> None:
+        if self.judge is None:
+            kind = record.scorer if self.kind == "auto" else self.kind
+            done([rule_score(kind, a, record.solution) for a in answers])
+            return
+        solution = f"({record.solution}) {record.answer_text}" if record.options else record.solution
+        items = [JudgeItem(record.problem, solution, a) for a in answers]
+        future = self.judge.submit(items)
+        future.add_done_callback(lambda f: self.ready.put((done, f.result())))
+
+    def drain(self, block: bool = False) -> int:
+        n = 0
+        while True:
+            try:
+                done, scores = self.ready.get(block=block and n == 0, timeout=600 if block else None)
+            except queue.Empty:
+                return n
+            done(scores)
+            n += 1
+
+    def close(self) -> None:
+        if self.judge is not None:
+            self.judge.close()
+
+
+class _Episodes(Sequence):
+    """Episodes read from the benchmark only when the engine starts them (a benchmark may not fit in memory)."""
+
+    def __init__(self, benchmarks: Mapping[str, Sequence[Record]], todo: Sequence[tuple[str, int, Record]], seed: int):
+        self.benchmarks, self.todo, self.seed = benchmarks, todo, seed
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, e: int) -> Episode:
+        b, i, light = self.todo[e]
+        rec = self.benchmarks[b][i]
+        return Episode(rec.image, rec.problem, seed=question_seed(self.seed, b, light.doc_id))
+
+
+def _sample(traj: Trajectory, crops: dict[int, str]) -> SampleResult:
+    detail = []
+    for t in traj.turns:
+        d = {"text": t.text, "outcome": t.outcome}
+        if t.box is not None:
+            d.update(source=t.source, box=list(t.box), pixel_box=list(t.pixel_box) if t.pixel_box else None)
+        if t.observation is not None and t.observation in crops:
+            d["crop"] = crops[t.observation]
+        if t.error:
+            d["error"] = t.error
+        detail.append(d)
+    return SampleResult(score=None, answer=traj.answer, turns=traj.num_turns, over_turn=traj.over_turn,
+                        over_length=traj.over_length, void=traj.void, tokens=len(traj),
+                        response_tokens=int(traj.loss_mask.sum()), detail=detail)
+
+
+def run_eval(
+    model: Qwen25VL,
+    tokenizer: Tokenizer,
+    processor: ImageProcessor,
+    benchmarks: Mapping[str, Sequence[Record]],
+    config: EvalConfig,
+    out_dir: str | os.PathLike,
+    *,
+    judge: JudgeConfig | None = None,
+    bad_records: Mapping[str, Sequence[BadRecord]] | None = None,
+    label: str = "this run",
+    console: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Evaluate (or finish evaluating) every benchmark into `out_dir`; returns the metrics dict."""
+    run_dir = os.fspath(out_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    _check_run(run_dir, config)
+    files = {b: os.path.join(run_dir, b, "results.jsonl") for b in benchmarks}
+    results: dict[str, list[QuestionResult]] = {}
+    # (benchmark, index, the record without its image): the images stay on disk until a slot needs them
+    todo: list[tuple[str, int, Record]] = []
+    for b, records in benchmarks.items():
+        os.makedirs(os.path.join(run_dir, b), exist_ok=True)
+        results[b] = read_results(files[b])
+        finished = {r.doc_id for r in results[b]}
+        n = min(len(records), config.limit) if config.limit else len(records)
+        for i in range(n):
+            rec = records[i]
+            if rec.doc_id not in finished:
+                todo.append((b, i, dataclasses.replace(rec, image=b"")))
+        if bad_records is not None and b in bad_records:
+            with open(os.path.join(run_dir, b, "bad_records.jsonl"), "w", encoding="utf-8") as f:
+                for bad in bad_records[b]:
+                    f.write(json.dumps(dataclasses.asdict(bad), default=str) + "\n")
+    if console and any(results.values()):
+        console(f"resuming {run_dir}: {sum(map(len, results.values()))} questions already done, {len(todo)} to go")
+
+    t_start = time.perf_counter()
+    scorer = _Scorer("judge" if config.scorer == "judge" else config.scorer, judge)
+    engine = RolloutEngine(model, tokenizer, processor, config.engine()) if todo else None
+    k = config.k
+    samples: dict[int, dict[int, SampleResult]] = {}
+    images: dict[int, str] = {}
+    correct = total = 0
+    bar = tqdm(total=len(todo) * k, desc="eval", unit="sample", disable=console is None, smoothing=0.05)
+
+    def finish(e: int, scores: list[float | None]) -> None:
+        nonlocal correct, total
+        b, _, rec = todo[e]
+        res = QuestionResult(b, rec.doc_id, rec.category, [samples[e][s] for s in range(k)], rec.problem,
+                             rec.solution, rec.answer_text, config.scorer if config.scorer != "auto" else rec.scorer,
+                             images.get(e, ""))
+        for s, v in zip(res.samples, scores):
+            s.score = v
+        with open(files[b], "a", encoding="utf-8") as f:
+            f.write(json.dumps(res.to_json(), ensure_ascii=False) + "\n")
+        results[b].append(res)
+        del samples[e]
+        correct += sum(v == 1.0 for v in scores)
+        total += len(scores)
+        bar.set_postfix(acc=f"{correct / max(total, 1):.3f}")
+
+    def on_trajectory(e: int, s: int, traj: Trajectory) -> None:
+        b, _, rec = todo[e]
+        folder = os.path.join(run_dir, b, "images", _safe(rec.doc_id))
+        if e not in images:
+            images[e] = _save_image(traj.images[0], os.path.join(folder, "original"), run_dir)
+        crops = {}
+        if config.save_crops < 0 or s < config.save_crops:
+            for t in traj.turns:
+                if t.observation is not None and t.observation < len(traj.images):
+                    crops[t.observation] = _save_image(traj.images[t.observation],
+                                                       os.path.join(folder, f"s{s}_obs{t.observation}"), run_dir)
+        samples.setdefault(e, {})[s] = _sample(traj, crops)
+        bar.update(1)
+        if len(samples[e]) == k:
+            answers = [samples[e][i].answer for i in range(k)]
+            scorer.submit(rec, answers, lambda scores, e=e: finish(e, scores))
+        scorer.drain()
+
+    try:
+        if engine is not None:
+            episodes = _Episodes(benchmarks, todo, config.seed)
+            engine.run(episodes, samples=k, seed=config.seed, on_trajectory=on_trajectory, collect=False)
+            while samples:
+                if not scorer.drain(block=True):
+                    raise RuntimeError("the judge returned no result within 600 s")
+        sampled = engine.stats.sampled_tokens if engine is not None else 0
+    finally:
+        bar.close()
+        if engine is not None:
+            engine.close()
+        scorer.close()
+    wall = time.perf_counter() - t_start
+    with open(os.path.join(run_dir, "runs.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"questions": len(todo), "samples": len(todo) * k, "sampled_tokens": sampled,
+                            "wall_s": wall, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+    metrics = compute_metrics(run_dir, config, {b: results[b] for b in benchmarks}, bad_records)
+    write_reports(run_dir, metrics, results, label=label)
+    if console:
+        for b, m in metrics["benchmarks"].items():
+            console(f"{b}: Avg@{k} {m.get('avg_at_k', float('nan')):.1f} over {m['questions']} questions, "
+                    f"mean turns {m.get('mean_turns', 0):.2f}")
+        console(f"wrote {os.path.join(run_dir, 'metrics.json')}, results.md, turn_curve.png, index.html")
+    return metrics
+
+
+def compute_metrics(run_dir: str, config: EvalConfig, results: Mapping[str, Sequence[QuestionResult]],
+                    bad_records: Mapping[str, Sequence[BadRecord]] | None = None) -> dict[str, Any]:
+    """metrics.json from the results files (and the runs log for wall time and sampled tokens)."""
+    runs = []
+    path = os.path.join(run_dir, "runs.jsonl")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            runs = [json.loads(x) for x in f if x.strip()]
+    benches = {}
+    for b, rs in results.items():
+        m = summarize_benchmark(rs, config.curve_limits)
+        m["bad_records"] = len(bad_records.get(b, [])) if bad_records else 0
+        benches[b] = m
+    metrics = {
+        "config": {**dataclasses.asdict(config), "max_images": config.max_images or config.max_turns},
+        "benchmarks": benches,
+        "wall_s": sum(r["wall_s"] for r in runs),
+        "sampled_tokens": sum(r["sampled_tokens"] for r in runs),
+        "invocations": len(runs),
+    }
+    with open(os.path.join(run_dir, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=1)
+    return metrics
+
+
+def _check_run(run_dir: str, config: EvalConfig) -> None:
+    """Refuse to mix samples drawn under different settings in one run directory."""
+    path = os.path.join(run_dir, "run.json")
+    mine = json.loads(json.dumps(config.fingerprint()))
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            theirs = json.load(f)
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if diff:
+            raise ConfigError(f"{run_dir} holds results from other settings {diff} (saved, now); "
+                              "use another --config.out_dir or the same settings to resume")
+        return
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(mine, f, indent=1)

@@ -1,0 +1,110 @@
+"""`mini-o3 eval` end to end on a tiny model over synthetic benchmarks: every artefact, and a run killed
+mid-way resumes to the same metrics as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.train_fixtures import write_small_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEVELS = ("synthetic_easy", "synthetic_hard")
+N = 6  # questions per level
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from mini_o3_jax.data import synthetic
+
+    root = tmp_path_factory.mktemp("eval")
+    ckpt = write_small_checkpoint(str(root / "ckpt"))
+    cfg = synthetic.SceneConfig.tiny()
+    sources = {name: os.path.dirname(synthetic.write_benchmark(str(root / "src"), name.split("_")[1], N, seed=1,
+                                                                config=cfg)) for name in LEVELS}
+    return root, ckpt, sources
+
+
+def _cmd(root, ckpt, sources, out):
+    args = [sys.executable, "-m", "mini_o3_jax.cli", "eval", "--config", os.path.join(REPO, "configs", "eval.py"),
+            f"--config.model_path={ckpt}", f"--config.out_dir={out}", f"--config.data_dir={root / 'tfds'}",
+            f"--config.benchmarks={','.join(LEVELS)}", "--config.label=tiny-random",
+            "--config.eval.k=4", "--config.eval.max_turns=3", "--config.eval.turn_limits=(1,2,3)",
+            "--config.eval.max_context=4000", "--config.eval.context_guard=400", "--config.eval.min_pixels=3136",
+            "--config.eval.max_pixels=20000", "--config.eval.max_turn_tokens=40", "--config.eval.slots=4",
+            "--config.eval.decode_chunk=8", "--config.eval.workers=2"]
+    return args + [f"--config.sources.{name}={path}" for name, path in sources.items()]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+
+
+def _lines(path):
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as f:
+        return f.read().count(b"\n")
+
+
+def test_eval_writes_every_artefact_and_resumes_after_a_kill(setup):
+    root, ckpt, sources = setup
+    full, resumed = root / "full", root / "resumed"
+    subprocess.run(_cmd(root, ckpt, sources, full), env=_env(), check=True, capture_output=True, timeout=600)
+
+    metrics = json.loads((full / "metrics.json").read_text())
+    for name in LEVELS:
+        m = metrics["benchmarks"][name]
+        assert m["questions"] == N and m["samples"] == 4 * N and m["samples_per_question"] == 4
+        assert set(m["pass_at_k"]) == {"1", "2", "4"} and set(m["turn_curve"]) == {"1", "2", "3"}
+        assert 0.0 <= m["avg_at_k"] <= 100.0 and m["mean_turns"] >= 1.0
+        lines = (full / name / "results.jsonl").read_text().splitlines()
+        assert len(lines) == N
+        q = json.loads(lines[0])
+        assert len(q["samples"]) == 4 and q["solution"] and q["image"]
+        assert (full / q["image"]).exists()
+        assert (full / f"browser_{name}.html").exists()
+    table = (full / "results.md").read_text()
+    assert "| Mini-o3 (paper) | 48.0 |" in table and "| synthetic_easy |" in table and "tiny-random" in table
+    png = (full / "turn_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    page = (full / "browser_synthetic_easy.html").read_text()
+    assert "show('overturn')" in page and "show('correct')" in page and page.count("class='q'") == N
+    assert (full / "index.html").exists()
+    assert metrics["wall_s"] > 0 and metrics["invocations"] == 1
+
+    # kill a second run after its first finished question, then run it again to the end
+    results = resumed / LEVELS[0] / "results.jsonl"
+    proc = subprocess.Popen(_cmd(root, ckpt, sources, resumed), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while _lines(results) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = _lines(results)
+    assert 1 <= done < N, f"the kill landed after {done} of {N} questions"
+    out = subprocess.run(_cmd(root, ckpt, sources, resumed), env=_env(), check=True, capture_output=True,
+                         text=True, timeout=600)
+    assert f"{done} questions already done" in out.stdout
+    again = json.loads((resumed / "metrics.json").read_text())
+    assert again["benchmarks"] == metrics["benchmarks"]
+    for name in LEVELS:
+        a = [json.loads(x) for x in (full / name / "results.jsonl").read_text().splitlines()]
+        b = [json.loads(x) for x in (resumed / name / "results.jsonl").read_text().splitlines()]
+        assert sorted(a, key=lambda q: q["doc_id"]) == sorted(b, key=lambda q: q["doc_id"])
+
+
+def test_resume_with_other_settings_is_refused(setup):
+    root, ckpt, sources = setup
+    out = root / "refused"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"k": 8}))
+    res = subprocess.run(_cmd(root, ckpt, sources, out), env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "holds results from other settings" in res.stderr and "'k': (8, 4)" in res.stderr
