@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # Mini-o3-Coldstart.json (LLaMA-Factory sharegpt: conversations + images)
     c.data.image_root = ""  # default: the JSON file's folder
+    # set to read the prepared TFDS copy (then `path` may be the downloaded Mini-o3-Coldstart-Dataset
+    # folder with its parquet files; it is prepared on first use)
+    c.data.tfds_dir = ""
     c.data.min_pixels = 40_000
     c.data.max_pixels = 2_000_000
 

@@ -145,11 +145,14 @@ def cmd_sft(args) -> None:
 
 
 def cmd_rl(args) -> None:
-    from mini_o3_jax.rl.data import read_prompts
+    from mini_o3_jax.rl.data import DatasetPrompts, read_prompts
     from mini_o3_jax.rl.loop import run_rl
 
     cfg, tok, proc, side = _train_parts(args)
-    prompts = read_prompts(cfg.data.path, cfg.data.get("image_root") or None)
+    if cfg.data.get("sets"):  # prepared registry sets, e.g. visualprobe_train,deepeyes_train_4k
+        prompts = DatasetPrompts([n.strip() for n in cfg.data.sets.split(",") if n.strip()], cfg.data.tfds_dir)
+    else:
+        prompts = read_prompts(cfg.data.path, cfg.data.get("image_root") or None)
     metrics = run_rl(cfg, prompts, tok, proc, side_files_from=side)
     print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
 

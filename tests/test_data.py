@@ -538,3 +538,24 @@ def test_coldstart_dicts_feed_sft_like_read_sharegpt(tmp_path):
         np.testing.assert_array_equal(a.token_ids, b.token_ids)
         np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
         np.testing.assert_array_equal(a.grids, b.grids)
+
+
+def test_rl_prompts_from_prepared_sets_equal_the_json_files(tmp_path):
+    """`mini-o3 rl --config.data.sets=a,b` reads prepared sets lazily; the prompts are those of the JSON files."""
+    from mini_o3_jax.data import synthetic
+    from mini_o3_jax.rl.data import DatasetPrompts, read_prompts
+
+    cfg = synthetic.SceneConfig.tiny()
+    files = [synthetic.write_benchmark(str(tmp_path / "src"), level, 3, seed=7, config=cfg) for level in ("easy", "hard")]
+    for name, path in zip(("synthetic_easy", "synthetic_hard"), files):
+        loader.prepare(name, Path(path).parent, tmp_path / "tfds")
+    prompts = DatasetPrompts(["synthetic_easy", "synthetic_hard"], tmp_path / "tfds")
+    expected = [p for f in files for p in read_prompts(f)]
+    assert len(prompts) == 6
+    for got, want in zip(prompts, expected):
+        with open(want.image, "rb") as fh:
+            assert got.image == fh.read()
+        assert (got.problem, got.solution, got.data_source, got.doc_id) == (
+            want.problem, want.solution, want.data_source, want.doc_id)
+    with pytest.raises(IndexError):
+        prompts[6]

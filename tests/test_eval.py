@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tests.test_rewards import grade, server  # noqa: F401 - the fake judge and its fixture
 from tests.train_fixtures import write_small_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,3 +109,33 @@ def test_resume_with_other_settings_is_refused(setup):
     (out / "run.json").write_text(json.dumps({"k": 8}))
     res = subprocess.run(_cmd(root, ckpt, sources, out), env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 2 and "holds results from other settings" in res.stderr and "'k': (8, 4)" in res.stderr
+
+
+def test_judge_failures_are_judged_again_on_resume_without_rollouts(tmp_path, server):  # noqa: F811
+    """A run whose judge failed on some samples keeps them (score null); the next invocation asks the judge
+    again for exactly those, rewrites the line, and recomputes the metrics. No model is needed."""
+    from mini_o3_jax.data.records import Record
+    from mini_o3_jax.eval.metrics import QuestionResult, SampleResult
+    from mini_o3_jax.eval.run import EvalConfig, run_eval
+    from mini_o3_jax.rl.rewards import JudgeConfig
+
+    cfg = EvalConfig(k=3, max_turns=2, scorer="judge", turn_limits=(1, 2))
+    recs = [Record("vstar", "q0", b"", "<image>\nColor? (A) red (B) blue", "B", "vstar_bench", ("red", "blue")),
+            Record("vstar", "q1", b"", "<image>\nHow many?", "3", "vstar_bench")]
+    done = [QuestionResult("vstar", "q0", "", [SampleResult(None, "(B) blue", 1), SampleResult(0.0, "red", 1),
+                                               SampleResult(None, "(A) red", 2)], recs[0].problem, "B", "blue", "judge"),
+            QuestionResult("vstar", "q1", "", [SampleResult(1.0, "3", 1), SampleResult(0.0, "4", 1),
+                                               SampleResult(0.0, None, 2, void=True)], recs[1].problem, "3", "3", "judge")]
+    (tmp_path / "vstar").mkdir()
+    (tmp_path / "vstar" / "results.jsonl").write_text("".join(json.dumps(q.to_json()) + "\n" for q in done))
+    (tmp_path / "run.json").write_text(json.dumps(cfg.fingerprint()))
+    server.script = grade  # 1 when the prediction equals the ground truth the judge was shown
+    judge = JudgeConfig(url=server.url + "/v1", backoff_s=0.0)
+    metrics = run_eval(None, None, None, {"vstar": recs}, cfg, tmp_path, judge=judge, console=None)
+    assert len(server.requests) == 2  # only the two failed samples
+    lines = [json.loads(x) for x in (tmp_path / "vstar" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r.body["messages"][1]["content"].count("Ground-truth answer: (B) blue") for r in server.requests) == [1, 1]
+    assert [s["score"] for s in lines[0]["samples"]] == [1.0, 0.0, 0.0]
+    assert [s["score"] for s in lines[1]["samples"]] == [1.0, 0.0, 0.0]
+    m = metrics["benchmarks"]["vstar"]
+    assert m["judge_failed"] == 0 and m["avg_at_k"] == pytest.approx(100 * (1 / 3 + 1 / 3) / 2)

@@ -147,8 +147,12 @@ class _Scorer:
             done([rule_score(kind, a, record.solution) for a in answers])
             return
         solution = f"({record.solution}) {record.answer_text}" if record.options else record.solution
-        items = [JudgeItem(record.problem, solution, a) for a in answers]
-        future = self.judge.submit(items)
+        self.submit_text(record, solution, answers, done)
+
+    def submit_text(self, record: Record, solution: str, answers: Sequence[str | None],
+                    done: Callable[[list[float | None]], None]) -> None:
+        """Judge `answers` against `solution` (the text the judge sees as ground truth)."""
+        future = self.judge.submit([JudgeItem(record.problem, solution, a) for a in answers])
         future.add_done_callback(lambda f: self.ready.put((done, f.result())))
 
     def drain(self, block: bool = False) -> int:
@@ -164,6 +168,40 @@ class _Scorer:
     def close(self) -> None:
         if self.judge is not None:
             self.judge.close()
+
+
+def _rejudge(scorer: _Scorer, results: Mapping[str, list[QuestionResult]], files: Mapping[str, str],
+             console: Callable[[str], None] | None) -> None:
+    """Ask the judge again for samples it failed on in an earlier invocation (no re-rollout), then
+    rewrite those results files in one atomic replace."""
+    for b, rs in results.items():
+        failed = [r for r in rs if any(s.score is None for s in r.samples)]
+        if not failed:
+            continue
+        if console:
+            console(f"{b}: asking the judge again for {len(failed)} question(s) it failed on before")
+        pending = len(failed)
+
+        def done(scores: list[float | None], redo: list[SampleResult]) -> None:
+            nonlocal pending
+            for smp, v in zip(redo, scores):
+                smp.score = v
+            pending -= 1
+
+        for r in failed:
+            rec = Record(b, r.doc_id, b"", r.problem, r.solution, "", (), r.category)
+            mc = r.answer_text and r.answer_text != r.solution  # multiple choice: letter and text, as at first
+            truth = f"({r.solution}) {r.answer_text}" if mc else r.solution
+            redo = [x for x in r.samples if x.score is None]
+            scorer.submit_text(rec, truth, [x.answer for x in redo], lambda scores, redo=redo: done(scores, redo))
+        while pending:
+            if not scorer.drain(block=True):
+                raise RuntimeError("the judge returned no result within 600 s")
+        tmp = files[b] + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in rs:
+                f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+        os.replace(tmp, files[b])
 
 
 class _Episodes(Sequence):
@@ -236,6 +274,8 @@ def run_eval(
 
     t_start = time.perf_counter()
     scorer = _Scorer("judge" if config.scorer == "judge" else config.scorer, judge)
+    if config.scorer == "judge":
+        _rejudge(scorer, results, files, console)
     engine = RolloutEngine(model, tokenizer, processor, config.engine()) if todo else None
     k = config.k
     samples: dict[int, dict[int, SampleResult]] = {}

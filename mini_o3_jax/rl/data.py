@@ -47,6 +47,27 @@ def read_prompts(path: str | os.PathLike, image_root: str | os.PathLike | None =
     return out
 
 
+class DatasetPrompts(Sequence):
+    """Prompts from prepared registry question sets (`mini-o3 data prepare`), concatenated and read
+    lazily: 8k RL prompts with high-resolution images need not sit in memory."""
+
+    def __init__(self, names: Sequence[str], data_dir: str | os.PathLike):
+        from mini_o3_jax.data import loader
+
+        self.sets = [loader.load(n, data_dir) for n in names]
+        self.offsets = np.cumsum([0] + [len(s) for s in self.sets])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> Prompt:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        r = self.sets[k][i - int(self.offsets[k])]
+        return Prompt(r.image, r.problem, r.solution, r.data_source, r.doc_id)
+
+
 def prompt_indices(n: int, start: int, count: int, seed: int) -> list[int]:
     """Prompts `start .. start+count` of an endless stream of seeded per-epoch permutations, so the
     stream position saved in a checkpoint resumes the exact same prompts."""

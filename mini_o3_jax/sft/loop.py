@@ -102,9 +102,16 @@ def run_sft(
 
 def sft_from_file(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, processor: ImageProcessor,
                   console=print, side_files_from: str | None = None) -> dict:
-    """SFT on a LLaMA-Factory sharegpt file (`cfg.data.path`), e.g. Mini-o3-Coldstart.json."""
+    """SFT on a LLaMA-Factory sharegpt file (`cfg.data.path`, e.g. Mini-o3-Coldstart.json) or, with
+    `cfg.data.tfds_dir`, on the prepared cold-start set (`cfg.data.path` then names the downloaded
+    folder to prepare from when it is not prepared yet: the published parquet or the JSON)."""
     d = cfg.data
-    records = read_sharegpt(d.path, d.get("image_root") or None)
+    if d.get("tfds_dir"):
+        from mini_o3_jax.data import loader
+
+        records = loader.coldstart_records(d.tfds_dir, source_dir=d.path or None, image_root=d.get("image_root") or None)
+    else:
+        records = read_sharegpt(d.path, d.get("image_root") or None)
 
     def load(indices):
         return list(sharegpt_trajectories([records[i] for i in indices], tokenizer, processor,
