@@ -94,3 +94,38 @@ def test_per_category_summary_and_table():
     assert "| Mini-o3 (paper) | 48.0 | 50.4 | 67.0 | 88.2 | 77.5 | 73.3 | 65.5 |" in table
     assert "| synthetic_hard | 33.3 |" in table
     assert not math.isnan(m["avg_at_k"])
+
+
+def test_browser_shows_crops_and_filters(tmp_path):
+    from mini_o3_jax.eval.report import write_browser
+
+    turn = {"text": "<think>zoom</think><grounding>...</grounding>", "outcome": "crop", "source": "original_image",
+            "box": [0.1, 0.2, 0.3, 0.4], "crop": "b/images/q1/s0_obs1.png"}
+    q = QuestionResult("b", "q1", "easy", [S(1.0, 2, detail=[turn, {"text": "<answer>x</answer>", "outcome": "final"}]),
+                                           S(0.0, 6, over_turn=True)], "<image>\nWhat?", "x", image="b/images/q1/original.png")
+    page = write_browser([q], str(tmp_path / "b.html"), "t")
+    with open(page, encoding="utf-8") as f:
+        text = f.read()
+    assert "src='b/images/q1/s0_obs1.png'" in text and "src='b/images/q1/original.png'" in text
+    assert "class='s correct'" in text and "class='s wrong overturn'" in text
+    assert "correct (1)" in text and "wrong (1)" in text and "over-turn (1)" in text
+
+
+def test_cli_data_synthetic_then_prepare(tmp_path, capsys):
+    from mini_o3_jax.cli import main
+
+    assert main(["data", "synthetic", "--out", str(tmp_path / "syn"), "--n", "2", "--preset", "tiny"]) == 0
+    assert main(["data", "prepare", "--benchmark", "synthetic_hard", "--source", str(tmp_path / "syn" / "synthetic_hard"),
+                 "--data-dir", str(tmp_path / "tfds")]) == 0
+    assert "synthetic_hard: 2 records" in capsys.readouterr().out
+    # a source with a broken row: reported by name, the good row kept
+    import json
+
+    path = tmp_path / "syn" / "synthetic_easy" / "val.json"
+    rows = json.loads(path.read_text())
+    rows[1]["problem"] = rows[1]["problem"].replace("<image>", "")
+    path.write_text(json.dumps(rows))
+    assert main(["data", "prepare", "--benchmark", "synthetic_easy", "--source", str(path.parent),
+                 "--data-dir", str(tmp_path / "tfds")]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic_easy: 1 records" in out and "1 bad" in out and rows[1]["doc_id"] in out and "<image>" in out
