@@ -209,6 +209,10 @@ def test_sampling_distribution_and_filters():
     assert (np.asarray(sample_tokens(logits, keys, GREEDY)) == 0).all()
     with pytest.raises(ValueError):
         Sampling(top_p=0.0)
+    # banned ids (the vision placeholders) are never drawn, greedy or not; the rest renormalise
+    banned = np.bincount(np.asarray(sample_tokens(logits, keys, Sampling(banned_ids=(0, 2)))), minlength=4) / 4000
+    np.testing.assert_allclose(banned, [0, 0.857, 0, 0.143], atol=0.03)
+    assert (np.asarray(sample_tokens(logits, keys, Sampling(temperature=0, banned_ids=(0,)))) == 1).all()
 
 
 def test_stop_string_ends_a_slot_across_tokens_and_calls(setup):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -34,6 +35,7 @@ from mini_o3_jax.sft.data import read_sharegpt, sharegpt_trajectories
 
 TINY = SceneConfig.tiny()
 DEFAULT = SceneConfig()
+DEMO = SceneConfig.demo()
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,14 @@ def tokenizer():
     from mini_o3_jax.processing.tokenizer_train import protocol_corpus, train_bpe_tokenizer
 
     return train_bpe_tokenizer(protocol_corpus() + syn.tokenizer_texts(TINY, n=12), vocab_size=700)
+
+
+@pytest.fixture(scope="module")
+def demo_tokenizer():
+    """The BPE the from-scratch demo trains on the grid preset's texts."""
+    from mini_o3_jax.processing.tokenizer_train import protocol_corpus, train_bpe_tokenizer
+
+    return train_bpe_tokenizer(protocol_corpus() + syn.tokenizer_texts(DEMO, n=12), vocab_size=700)
 
 
 def pixels(image: Image.Image) -> bytes:
@@ -299,3 +309,168 @@ def test_coldstart_file_trains(tmp_path, tokenizer):
     assert rec["conversations"][1]["value"] == puzzles[0].problem
     with Image.open(rec["images"][0]) as im:
         assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(puzzles[0].image))
+
+
+# --- the grid preset (SceneConfig.demo) -------------------------------------------------------------------
+
+
+def test_demo_preset_is_deterministic_and_pinned():
+    for level in LEVELS:
+        a, b, c = make_puzzle(3, level, DEMO), make_puzzle(3, level, DEMO), make_puzzle(4, level, DEMO)
+        assert pixels(a.image) == pixels(b.image) and a.objects == b.objects and a.question == b.question
+        assert pixels(a.image) != pixels(c.image)
+        ea, eb = expert_trajectory(a, seed=1), expert_trajectory(b, seed=1)
+        assert ea.conversations == eb.conversations and [pixels(x) for x in ea.images] == [pixels(x) for x in eb.images]
+    p = make_puzzle(0, "medium", DEMO)
+    e = expert_trajectory(p, seed=0, pattern="trial_and_error")
+    digest = hashlib.sha256(pixels(p.image) + json.dumps(e.conversations).encode()).hexdigest()
+    assert (p.question, p.answer) == ("Which number is on the green triangle?", "1")
+    assert digest == "8a26a3fd113990eceb221254caef813e09dc50d2b1011df66f56db3f2c80895f"
+    # the other presets keep the free layout and verbose thoughts
+    assert (TINY.layout, TINY.thoughts, DEFAULT.layout) == ("free", "verbose", "free")
+    assert SceneConfig.demo(distractors=6).distractors == 6 and DEMO.width == TINY.width
+
+
+def test_demo_level_geometry():
+    geo = level_geometry(DEMO)
+    cell, s0, c = 112, 0.125, DEMO.glyph_cell
+    assert all(g.cell == cell and g.decimals == 3 and g.original_scale == s0 for g in geo.values())
+    assert view_scale(cell, cell, DEMO.view_pixels) == 1.0  # a cell is seen 1:1 ...
+    assert c * 1.0 >= syn.LEGIBLE_STROKE and DEMO.mark_px >= syn.LEGIBLE_STROKE  # ... glyph and dot legible
+    assert c * s0 < syn.ILLEGIBLE_STROKE and DEMO.mark_px * s0 < syn.ILLEGIBLE_STROKE  # not in the original
+    w_lo, w_hi = geo["medium"].window_scale  # the quadrants (447 or 448 px: pixel_box clamps the last one)
+    assert 0.248 < w_lo <= w_hi < 0.251 and c * w_hi < syn.ILLEGIBLE_STROKE
+    assert geo["easy"].size_range == geo["hard"].size_range == (48, 72)  # 6-9 view px: localisable
+    lo, hi = geo["medium"].size_range  # 3.1-4 view px in the original, 6.2-8 in its quadrant
+    assert (lo, hi) == (25, 32) and hi * s0 <= syn.HIDDEN_PX and lo * w_lo >= syn.LOCALISABLE_PX
+
+
+def test_demo_objects_sit_alone_in_one_cell():
+    cell = 112
+    for level in LEVELS:
+        for seed in range(6):
+            p = make_puzzle(seed, level, DEMO)
+            check_geometry(p)
+            assert 9 <= len(p.objects) <= 13
+            cells = []
+            for o in p.objects:
+                x0, y0, x1, y1 = o.box
+                assert (x0 // cell, y0 // cell) == ((x1 - 1) // cell, (y1 - 1) // cell) == o.cell, o
+                cells.append(o.cell)
+            assert len(set(cells)) == len(cells)
+            if level == "hard":
+                assert len({p.objects[i].cell for i in p.candidates}) == len(p.candidates) >= 2
+            # clutter stays off the objects: the ring just outside each box is smooth background (a stroke
+            # there would jump; on the free layout of tiny() about 1 ring in 4 does)
+            img = np.asarray(p.image).astype(int)
+            for o in p.objects:
+                x0, y0, x1, y1 = o.box
+                for ring in (img[y0 - 1, x0 - 1:x1 + 1], img[y1, x0 - 1:x1 + 1],
+                             img[y0 - 1:y1 + 1, x0 - 1], img[y0 - 1:y1 + 1, x1]):
+                    assert np.abs(np.diff(ring, axis=0)).max() <= 8, o
+
+
+def _grid_of(expert):
+    """Replay the expert's boxes on the 8x8 cell grid: each box must be an exact, aligned block of cells
+    of its source (multiples of 0.125 on the original, of 0.25 on a quadrant)."""
+    views = [(0, 0, 8, 8)]
+    for values, source in expert.boxes:
+        x0, y0, x1, y1 = views[0 if source == "original_image" else int(source.split("_")[1])]
+        n = x1 - x0
+        units = [v * n for v in values]
+        assert all(u == round(u) for u in units), (values, source)  # exact: 3 decimals, a multiple of 1/n
+        bx0, by0, bx1, by1 = (round(u) for u in units)
+        side = bx1 - bx0
+        assert side == by1 - by0 and side in (n // 2, n // 4, 1) and bx0 % side == 0 and by0 % side == 0
+        views.append((x0 + bx0, y0 + by0, x0 + bx1, y0 + by1))
+    return views[1:]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_demo_expert_boxes_are_cells(level):
+    for seed in range(4):
+        p = make_puzzle(seed, level, DEMO)
+        for pattern in PATTERNS:
+            e = expert_trajectory(p, seed=seed, pattern=pattern)
+            blocks = _grid_of(e)
+            for text in e.gpt_turns[:-1]:
+                assert re.search(r'"bbox_2d": \[[01]\.\d{3}, [01]\.\d{3}, [01]\.\d{3}, [01]\.\d{3}\]', text), text
+            for values, source in e.boxes:
+                src = blocks[int(source.split("_")[1]) - 1] if source != "original_image" else (0, 0, 8, 8)
+                if src[2] - src[0] in (8, 4):  # the original, or a quadrant observation
+                    step = 0.125 if src[2] - src[0] == 8 else 0.25
+                    assert all(v / step == round(v / step) for v in values), (values, source)
+            tx, ty = p.target_object.cell
+            assert blocks[-1] == (tx, ty, tx + 1, ty + 1)  # the last zoom is the target's cell
+            holds = [b[0] <= tx < b[2] and b[1] <= ty < b[3] for b in blocks]
+            if level != "hard":  # every zoom holds the target's cell, except trial and error's first one
+                assert holds == [pattern != "trial_and_error"] + [True] * (len(blocks) - 1)
+            # the last zoom shows the glyph 1:1 (the expert asserts a cell zoom shows one object)
+            final = e.images[-1]
+            assert view_scale(*final.size, DEMO.view_pixels) == 1.0 and min(final.size) >= 110
+            if level == "medium":
+                assert e.boxes[0][0] in [(x, y, x + 0.5, y + 0.5) for x in (0, 0.5) for y in (0, 0.5)]
+                assert e.boxes[-1][1].startswith("observation_")
+            if level == "hard":
+                cells = {p.objects[i].cell for i in (*p.candidates, *p.decoys)}
+                assert all((b[0], b[1]) in cells for b in blocks if b[2] - b[0] == 1)
+
+
+def test_demo_thoughts_are_terse_and_keep_the_patterns():
+    texts = {}
+    for level in LEVELS:
+        for seed in range(3):
+            p = make_puzzle(seed, level, DEMO)
+            for pattern in PATTERNS:
+                turns = expert_trajectory(p, seed=seed, pattern=pattern).gpt_turns
+                thoughts = [re.match(r"<think>(.*)</think>\n", t)[1] for t in turns]
+                assert all(len(x.split()) <= 24 for x in thoughts), thoughts
+                texts[level, pattern] = " ".join(thoughts)
+                assert thoughts[-1].endswith(f"It shows {p.answer}.")
+    assert "not a" in texts["easy", "trial_and_error"] and "not a" in texts["hard", "trial_and_error"]
+    assert "No " in texts["medium", "trial_and_error"] and "here. Try this part." in texts["medium", "trial_and_error"]
+    assert all("Goal:" in texts[lv, "goal_maintenance"] for lv in ("easy", "medium"))
+    assert all("this part" in texts[lv, "depth_first"] for lv in LEVELS)
+    assert "the one with a" in texts["hard", "direct"]
+    verbose = expert_trajectory(make_puzzle(0, "medium", SceneConfig.demo(thoughts="verbose")), seed=0)
+    assert len(" ".join(verbose.gpt_turns)) > len(" ".join(expert_trajectory(make_puzzle(0, "medium", DEMO),
+                                                                           seed=0).gpt_turns))
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_demo_expert_replays_through_the_environment(level, pattern, demo_tokenizer):
+    for seed in (0, 5):
+        p = make_puzzle(seed, level, DEMO)
+        e = expert_trajectory(p, seed=seed, pattern=pattern)
+        assert len(e.gpt_turns) <= syn.MAX_TURNS and e.pattern == pattern
+        replay(p, e, demo_tokenizer, DEMO)
+
+
+def test_demo_generation_is_fast():
+    import time
+
+    make_puzzle(0, "medium", DEMO)
+    t = time.perf_counter()
+    for i in range(12):
+        expert_trajectory(make_puzzle(200 + i, LEVELS[i % 3], DEMO), seed=i)
+    per = (time.perf_counter() - t) / 12
+    assert per < 0.04, per  # the budget is 20 ms per puzzle + trajectory; 2x headroom
+
+
+def test_grid_config_errors():
+    with pytest.raises(ConfigError, match="terse"):
+        SceneConfig.tiny(thoughts="terse")
+    with pytest.raises(ConfigError, match="layout"):
+        SceneConfig.tiny(layout="hex")
+    with pytest.raises(ConfigError, match="multiple of 4 cells"):
+        SceneConfig.demo(width=1008, height=1008)  # 9 cells per side
+    with pytest.raises(ConfigError, match="half-size window"):
+        SceneConfig.demo(width=448, height=448)  # a quadrant is 2x2 cells: the glyph shows there
+
+
+def test_demo_files(tmp_path):
+    paths = syn.write_all(tmp_path, n=1, seed=0, preset="demo")
+    (rec,) = read_sharegpt(paths[4])
+    assert '"source": "original_image"' in rec["conversations"][2]["value"]
+    assert len(read_prompts(paths[3])) == 3

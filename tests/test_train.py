@@ -177,3 +177,6 @@ def test_rl_smoke_grpo_steps_log_and_checkpoint(parts, tmp_path):
     moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(nnx.state(before)),
                                                          jax.tree.leaves(nnx.state(after)))]
     assert max(moved) > 0  # the policy was updated, vision tower included (trainable="all")
+    # the RL step count lives in the checkpoint: a finished run, started again, has nothing left to do
+    assert run_rl(cfg, prompts, tok, proc, console=None) == {}
+    assert [r["step"] for r in read_jsonl_metrics(os.path.join(cfg.out_dir, "logs"))] == [1, 2]

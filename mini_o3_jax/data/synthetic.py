@@ -25,6 +25,13 @@ Levels (checked for every puzzle by `check_geometry`, and for a config by `level
 * hard: 2+ candidates share the target's colour and shape; only the target carries a dot, invisible
   in the original and visible in a tight zoom; they must be checked in turn.
 
+Grid layout (`SceneConfig.demo()`, `layout="grid"`): the scene is cut into cells of side
+isqrt(view_pixels) (112 px: one 14-px ViT patch of the 8x-down original, seen 1:1 when zoomed), every
+object sits alone and whole inside one cell, and every expert zoom is a quadrant of its source, a
+quarter of one, or an object's cell, so a box is one of a few exact values (multiples of 0.125 on the
+original) that a model trained from scratch can learn as "which cell". `thoughts="terse"` writes one
+short fixed sentence per step kind (`_TERSE`).
+
 Determinism: every random draw comes from `random.Random(...).random()` (stable across Python
 versions) or an integer hash, and pixels are rasterised with integer or IEEE-exact arithmetic in
 numpy (no fonts, no PIL resampling), so a seed gives the same pixels and text on any machine. PNG
@@ -34,6 +41,7 @@ file bytes additionally depend on the zlib build.
     expert = expert_trajectory(puzzle, seed=0)          # cold-start conversation + images
     write_benchmark("data", "hard", 100, seed=0, config=SceneConfig.tiny())
     write_coldstart("data/coldstart", 500, seed=0, config=SceneConfig.tiny())
+    expert_trajectory(make_puzzle(7, "hard", SceneConfig.demo()), seed=0)  # grid boxes, terse thoughts
 """
 
 from __future__ import annotations
@@ -181,6 +189,8 @@ class SceneConfig:
     hard_candidates: tuple[int, int] = (2, 3)  # min/max look-alikes (target included)
     clutter: int = 300  # background strokes
     box_decimals: int = 2  # decimals of the expert's boxes (3 where 2 cannot keep a rule)
+    layout: str = "free"  # "free": objects anywhere; "grid": one object per cell of side isqrt(view_pixels)
+    thoughts: str = "verbose"  # "terse": one short fixed template per step kind (grid layout only)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> SceneConfig:
@@ -191,6 +201,19 @@ class SceneConfig:
                     glyphs="1234", clutter=40)
         base.update(overrides)
         return cls(**base)
+
+    @classmethod
+    def demo(cls, **overrides: Any) -> SceneConfig:
+        """The from-scratch CPU-demo preset: `tiny()` on an 8x8 grid of 112-px cells with terse thoughts.
+
+        Why: a model trained from random init on ~1k trajectories cannot learn to localise a small
+        object and write arbitrary coordinates; here every object sits alone in one cell (one ViT patch
+        of the original view), so a zoom is "which quadrant / which cell" and every box is a multiple
+        of 0.125 (0.25 on a quadrant), and each thought is one short fixed sentence per step.
+        """
+        base = dict(layout="grid", thoughts="terse", box_decimals=3)
+        base.update(overrides)
+        return cls.tiny(**base)
 
     def __post_init__(self) -> None:
         for name in ("width", "height", "view_pixels", "min_pixels", "glyph_cell", "mark_px", "box_decimals"):
@@ -218,6 +241,12 @@ class SceneConfig:
         if not 2 <= lo <= hi <= 3:
             raise ConfigError(f"SceneConfig.hard_candidates = {self.hard_candidates}; expected 2 <= min <= max <= 3 "
                               f"so that checking them all fits {MAX_TURNS} turns")
+        if self.layout not in ("free", "grid") or self.thoughts not in ("verbose", "terse"):
+            raise ConfigError(f"SceneConfig.layout = {self.layout!r}, thoughts = {self.thoughts!r}; expected "
+                              "layout 'free' or 'grid' and thoughts 'verbose' or 'terse'")
+        if self.thoughts == "terse" and self.layout != "grid":
+            raise ConfigError("SceneConfig.thoughts = 'terse' needs layout = 'grid': free-layout boxes are "
+                              "arbitrary, so their thoughts name positions in words")
         for name in ("glyph_fraction", "mark_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"SceneConfig.{name} = {getattr(self, name)}; expected a fraction in [0, 1]")
@@ -260,6 +289,8 @@ class LevelGeometry:
     target_shapes: tuple[str, ...]  # shapes whose label fits inside at a size in the range
     label: tuple[int, int]  # label block (w, h) in raw px: the glyph, plus the dot row on hard
     tight_side: int  # the largest tight zoom (raw px, square) that keeps a glyph legible
+    cell: int = 0  # grid layout: cell side in raw px (a cell is seen 1:1); 0 for the free layout
+    decimals: int = 0  # grid layout: decimals that write every cell-aligned box exactly
 
 
 @functools.lru_cache(maxsize=64)
@@ -272,8 +303,10 @@ def level_geometry(config: SceneConfig) -> dict[str, LevelGeometry]:
     """
     w, h, v, c = config.width, config.height, config.view_pixels, config.glyph_cell
     s0 = view_scale(w, h, v)
-    windows = [protocol.pixel_box((ox, oy, ox + 0.5, oy + 0.5), (w, h))
-               for oy in _WINDOW_OFFSETS for ox in _WINDOW_OFFSETS]
+    grid = config.layout == "grid"
+    cell, decimals = (_grid_cell(config) if grid else (0, 0))
+    offsets = (0.0, 0.5) if grid else _WINDOW_OFFSETS  # grid: the coarse windows are the four quadrants
+    windows = [protocol.pixel_box((ox, oy, ox + 0.5, oy + 0.5), (w, h)) for oy in offsets for ox in offsets]
     ws = [view_scale(x1 - x0, y1 - y0, v) for x0, y0, x1, y1 in windows]
     w_lo, w_hi = min(ws), max(ws)
     hint = "use a larger scene (width/height) or a smaller view_pixels"
@@ -290,7 +323,7 @@ def level_geometry(config: SceneConfig) -> dict[str, LevelGeometry]:
     # Largest square crop whose view keeps strokes >= 2 px, less the outward snapping of 2-decimal boxes.
     legible_side = math.isqrt(v * c * c // 4)
     snap = 2 * math.ceil(max(w, h) / 10 ** config.box_decimals) + 2
-    tight = legible_side - snap
+    tight = cell if grid else legible_side - snap  # grid: a cell zoom is exact (no snapping) and seen 1:1
     glyph = (GLYPH_W * c, GLYPH_H * c)
     marked = (GLYPH_W * c, GLYPH_H * c + c + config.mark_px)
     out = {}
@@ -304,14 +337,37 @@ def level_geometry(config: SceneConfig) -> dict[str, LevelGeometry]:
             hi = min(math.floor(1.5 * lo), math.floor(tight / (1 + 2 * _CROP_MARGIN)))
             why = (f"localisable in the original (>= {LOCALISABLE_PX:g} view px at scale {s0:.3f}) and inside a "
                    f"legible zoom of <= {tight} px")
+        if grid:  # with its margin inside a cell, whose nested boxes' pixel edges may move by a few px
+            hi = min(hi, math.floor((cell - 8) / (1 + 2 * _CROP_MARGIN)))
+            why += f", inside a {cell}-px cell"
         label = marked if level == "hard" else glyph
         shapes = tuple(s for s in config.shapes if _fitting_sizes(s, lo, hi, *label))
         if lo > hi or not shapes:
             raise ConfigError(
                 f"SceneConfig: no {level} target fits: it must be {lo}..{hi} px to be {why}, and carry a "
                 f"{label[0]}x{label[1]} px label inside one of {list(config.shapes)}; {hint}")
-        out[level] = LevelGeometry(level, s0, (w_lo, w_hi), (lo, hi), shapes, label, tight)
+        out[level] = LevelGeometry(level, s0, (w_lo, w_hi), (lo, hi), shapes, label, tight, cell, decimals)
     return out
+
+
+def _grid_cell(config: SceneConfig) -> tuple[int, int]:
+    """Cell side (the largest square a view shows 1:1) and box decimals of the grid layout.
+
+    Raises:
+        ConfigError: the scene is not a whole number of quadrants of 2x2-cell blocks, or a multiple of
+            one cell is not exact in a few decimals.
+    """
+    cell = math.isqrt(config.view_pixels)
+    gx, gy = config.width // cell, config.height // cell
+    if config.width % (4 * cell) or config.height % (4 * cell):
+        raise ConfigError(f"SceneConfig(layout='grid'): {config.width}x{config.height} is not a multiple of "
+                          f"4 cells of {cell} px (isqrt(view_pixels)) per side; quadrants and their quarters "
+                          "must be whole cells")
+    for decimals in range(config.box_decimals, 7):
+        if 10**decimals % gx == 0 and 10**decimals % gy == 0:
+            return cell, decimals
+    raise ConfigError(f"SceneConfig(layout='grid'): a {gx}x{gy} grid needs more than 6 decimals per box; "
+                      "use 8, 20 or 40 cells per side")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,6 +525,7 @@ class SceneObject:
     glyph: str | None = None
     mark: bool = False  # carries the dot (hard level)
     role: str = "distractor"  # "target", "candidate" (a look-alike of the target), "decoy", "distractor"
+    cell: tuple[int, int] | None = None  # grid layout: (column, row) of the one cell it sits in
 
     @property
     def center(self) -> tuple[float, float]:
@@ -511,6 +568,11 @@ class Puzzle:
         return f"{o.color} {o.shape}" + (f" with a {self.ink} dot" if self.level == "hard" else "")
 
 
+def _quadrant(cell: tuple[int, int] | None, gx: int, gy: int) -> tuple[int, int]:
+    assert cell is not None
+    return 2 * cell[0] // gx, 2 * cell[1] // gy
+
+
 def _relative(box: Sequence[float], size: tuple[int, int]) -> tuple[float, float, float, float]:
     w, h = size
     return (box[0] / w, box[1] / h, box[2] / w, box[3] / h)
@@ -537,6 +599,21 @@ def make_puzzle(seed: int, level: str, config: SceneConfig | None = None) -> Puz
     margin = max(4, min(w, h) // 32)
     min_gap = max(4, geo["easy"].size_range[0] // 3)
     placed: list[SceneObject] = []
+    cell = g.cell
+    free_cells = rng.shuffle([(i, j) for j in range(h // cell) for i in range(w // cell)]) if cell else []
+
+    def place_cell(size: int, avoid_quadrant: tuple[int, int] | None = None) -> tuple | None:
+        """Grid layout: the next free cell (outside `avoid_quadrant`), the object centred with a jitter
+        that keeps its crop margin."""
+        for k, (i, j) in enumerate(free_cells):
+            if avoid_quadrant is not None and _quadrant((i, j), w // cell, h // cell) == avoid_quadrant:
+                continue
+            del free_cells[k]
+            slack = (cell - size) // 2
+            jit = max(0, min(cell // 16, slack - math.ceil(size * _CROP_MARGIN)))
+            x, y = i * cell + slack + rng.randint(-jit, jit), j * cell + slack + rng.randint(-jit, jit)
+            return (x, y, x + size, y + size), (i, j)
+        return None
 
     def place(size: int, far: Sequence[SceneObject] = (), far_gap: int = 0, tries: int = 400) -> tuple | None:
         for _ in range(tries):
@@ -560,12 +637,12 @@ def make_puzzle(seed: int, level: str, config: SceneConfig | None = None) -> Puz
     cands: list[SceneObject] = []
     for i in range(n_cand):
         size = rng.choice(_fitting_sizes(t_shape, *g.size_range, *label))
-        box = place(size, cands, far_gap)
+        box, where = place_cell(size) or (None, None) if cell else (place(size, cands, far_gap), None)
         if box is None:
             raise ConfigError(f"SceneConfig: could not place {n_cand} {level} look-alikes {far_gap} px apart in a "
                               f"{w}x{h} scene; use a larger scene")
         obj = SceneObject(t_shape, t_color, size, box, cand_glyphs[i], mark=(level == "hard" and i == 0),
-                          role="target" if i == 0 else "candidate")
+                          role="target" if i == 0 else "candidate", cell=where)
         cands.append(obj)
         placed.append(obj)
     # At least one same-colour decoy (trial and error zooms it) and one same-shape object of another colour.
@@ -584,13 +661,18 @@ def make_puzzle(seed: int, level: str, config: SceneConfig | None = None) -> Puz
             has_glyph = False
         size = rng.choice(fits) if has_glyph else rng.randint(*geo[lvl].size_range)
         # the decoy is a look-alike's distance from them too: zooming it must not show the target
-        box = place(size, cands if role == "decoy" else (), far_gap, tries=400 if i < 2 else 60)
+        if cell:  # medium: the decoy is in another quadrant, so trial and error has a wrong quadrant to zoom
+            avoid = _quadrant(cands[0].cell, w // cell, h // cell) if role == "decoy" and level == "medium" else None
+            box, where = place_cell(size, avoid) or (None, None)
+        else:
+            box, where = place(size, cands if role == "decoy" else (), far_gap, tries=400 if i < 2 else 60), None
         if box is None:
             if i < 2:
                 raise ConfigError(f"SceneConfig: no room for the {role} in a {w}x{h} scene; use a larger scene")
             continue
         mark = level == "hard" and has_glyph and rng.random() < config.mark_fraction
-        placed.append(SceneObject(shape, color, size, box, rng.choice(glyphs) if has_glyph else None, mark, role))
+        placed.append(SceneObject(shape, color, size, box, rng.choice(glyphs) if has_glyph else None, mark, role,
+                                  where))
 
     image = _render(config, placed, level, rng.u64())
     target = placed[0]
@@ -618,13 +700,19 @@ def _render(config: SceneConfig, objects: Sequence[SceneObject], level: str, see
     np.copyto(img[..., 1], lum)
     np.subtract(lum, tint, out=img[..., 2])
     rng = _Rng("clutter", seed)
+    grid = config.layout == "grid"
     span = level_geometry(config)["easy"].size_range[0]
     for _ in range(config.clutter):  # low-chroma strokes about an object long: texture no question is about
         x, y = rng.randint(0, w - 1), rng.randint(0, h - 1)
         p1 = (x + rng.randint(-span, span), y + rng.randint(-span, span))
         g = rng.randint(60, 200)
         d = rng.randint(-12, 12)
-        _draw_stroke(img, (x, y), p1, rng.randint(1, 3), (g + d, g, g - d))
+        width = rng.randint(1, 3)
+        if grid:  # background only: a stroke touching an object would blur its silhouette at 8x down
+            sb = (min(x, p1[0]) - width, min(y, p1[1]) - width, max(x, p1[0]) + width, max(y, p1[1]) + width)
+            if any(_gap(sb, o.box) < 2 for o in objects):
+                continue
+        _draw_stroke(img, (x, y), p1, width, (g + d, g, g - d))
     for o in objects:
         x0, y0, x1, y1 = o.box
         region = img[y0:y1, x0:x1]
@@ -678,6 +766,7 @@ class _View:
     image: Image.Image
     ox: int  # offset of this observation in the original image (raw crops keep the pixel scale)
     oy: int
+    cells: tuple[int, int, int, int] | None = None  # grid layout: the cells it shows (x0, y0, x1, y1), x1 excl.
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -696,6 +785,10 @@ class _Expert:
         self.color, self.shape, self.kind = t.color, t.shape, puzzle.kind
         self.desc = puzzle.description
         self.goal = f"the {self.kind} on the {self.desc}"
+        g = level_geometry(self.cfg)[puzzle.level]
+        if g.cell:
+            self.views[0].cells = (0, 0, puzzle.image.width // g.cell, puzzle.image.height // g.cell)
+        self.decimals = g.decimals
 
     # -- geometry -----------------------------------------------------------------------------------
 
@@ -723,11 +816,12 @@ class _Expert:
                 return self._commit(src, text, values, box)
         return None
 
-    def _commit(self, src: int, text: str, values: tuple[float, ...], box: tuple) -> tuple[str, int]:
+    def _commit(self, src: int, text: str, values: tuple[float, ...], box: tuple,
+                cells: tuple[int, int, int, int] | None = None) -> tuple[str, int]:
         v = self.views[src]
         source = protocol.ORIGINAL_IMAGE if src == 0 else f"observation_{src}"
         local = (box[0] - v.ox, box[1] - v.oy, box[2] - v.ox, box[3] - v.oy)
-        self.views.append(_View(v.image.crop(local), box[0], box[1]))
+        self.views.append(_View(v.image.crop(local), box[0], box[1], cells))
         self.boxes.append((values, source))  # type: ignore[arg-type]
         call = f'<grounding>{{"bbox_2d": [{text}], "source": "{source}"}}</grounding>'
         return call, len(self.views) - 1
@@ -805,6 +899,50 @@ class _Expert:
         call, k = self._commit(src, *written)
         return call, k, name
 
+    def block(self, src: int, span: tuple[int, int], obj: SceneObject | None = None,
+              avoid: SceneObject | None = None, prefer: Sequence[SceneObject] = ()) -> tuple[str, int]:
+        """Grid layout: zoom the `span` (cells per side) block of view `src`, aligned to `span` within it,
+        that holds `obj`, or (obj None) one that misses `avoid`, most `prefer` objects first."""
+        v = self.views[src]
+        assert v.cells is not None, "grid zooms need a cell-aligned source"
+        x0, y0, x1, y1 = v.cells
+        options = []
+        for by in range(y0, y1, span[1]):
+            for bx in range(x0, x1, span[0]):
+                cells = (bx, by, bx + span[0], by + span[1])
+                ids = {id(o) for o in self.p.objects
+                       if o.cell and cells[0] <= o.cell[0] < cells[2] and cells[1] <= o.cell[1] < cells[3]}
+                if obj is not None and id(obj) in ids:
+                    options.append((0, 0.0, cells))
+                elif obj is None and id(avoid) not in ids:
+                    options.append((-sum(id(o) in ids for o in prefer), self.rng.random(), cells))
+        _, _, cells = min(options)
+        d, nx, ny = self.decimals, x1 - x0, y1 - y0
+        rel = ((cells[0] - x0) / nx, (cells[1] - y0) / ny, (cells[2] - x0) / nx, (cells[3] - y0) / ny)
+        text, values, box = self._written(src, [f"{r:.{d}f}" for r in rel])
+        if obj is not None and not self._inside(obj, box):
+            raise AssertionError(f"{self.p.doc_id}: {obj} is not inside the block {box}")  # a bug, not bad input
+        if span == (1, 1) and any(_gap(box, o.box) <= 0 for o in self.p.objects if o is not obj):
+            raise AssertionError(f"{self.p.doc_id}: the cell zoom {box} shows a second object")
+        return self._commit(src, text, values, box, cells)
+
+    def cell(self, obj: SceneObject, src: int) -> str:
+        """Grid layout: the zoom onto `obj`'s cell, seen 1:1 (glyph and dot legible, nothing else)."""
+        return self.block(src, (1, 1), obj)[0]
+
+    def half(self, src: int, obj: SceneObject | None = None, **kw: Any) -> tuple[str, int]:
+        """Grid layout: a quadrant of view `src` (the one holding `obj`)."""
+        x0, y0, x1, y1 = self.views[src].cells  # type: ignore[misc]
+        return self.block(src, ((x1 - x0) // 2, (y1 - y0) // 2), obj, **kw)
+
+    def phrase(self, kind: str, **fields: Any) -> str:
+        """Grid layout: the thought of one step kind, terse or verbose as the config says."""
+        book = _TERSE if self.cfg.thoughts == "terse" else _VERBOSE_GRID
+        t = self.p.target_object
+        base = dict(d=f"{t.color} {t.shape}", c=t.color, s=t.shape, k=self.kind, goal=self.goal, ink=self.p.ink,
+                    n=len(self.p.candidates), g=t.glyph)
+        return self.say(*book[kind]).format(**{**base, **fields})
+
     @staticmethod
     def _fit(box: Sequence[float], bounds: Sequence[float]) -> tuple[float, float, float, float]:
         """Shift (then clip) `box` into `bounds`."""
@@ -865,7 +1003,10 @@ def expert_trajectory(puzzle: Puzzle, seed: int = 0, pattern: str | None = None,
     if pattern not in PATTERNS:
         raise ConfigError(f"pattern = {pattern!r}; expected one of {PATTERNS}")
     ex = _Expert(puzzle, _Rng("expert", puzzle.doc_id, puzzle.seed, seed, pattern))
-    {"easy": _solve_easy, "medium": _solve_medium, "hard": _solve_hard}[puzzle.level](ex, pattern)
+    if puzzle.config.layout == "grid":
+        _solve_grid(ex, pattern)
+    else:
+        {"easy": _solve_easy, "medium": _solve_medium, "hard": _solve_hard}[puzzle.level](ex, pattern)
     conv = [{"from": "system", "value": SYSTEM_PROMPT_TOOL_CROP}, {"from": "human", "value": puzzle.problem}]
     for i, text in enumerate(ex.turns):
         conv.append({"from": "gpt", "value": text})
@@ -979,6 +1120,103 @@ def _solve_hard(ex: _Expert, pattern: str) -> None:
     ex.answer(ex.read(p.target_object))
 
 
+# Grid-layout thoughts, one entry per step kind ("this cell" / "this part" name the box that follows).
+# Fields: d "red circle", c colour, s shape, k "number"/"letter", goal "the number on the red circle
+# [with a white dot]", n look-alikes, ink dot colour, g the glyph, wrong the decoy's shape.
+_TERSE: Mapping[str, tuple[str, ...]] = {
+    "cell": ("The {d} is in this cell. Zoom in.",),  # zoom the target's cell
+    "part": ("The {d} is in this part. Zoom in.",),  # depth first: a quadrant that holds it
+    "hidden": ("The {d} is too small here. Zoom in on this part.",),  # medium: the quadrant first
+    "decoy": ("A {c} object is in this cell. Check it.",),  # trial and error: a same-colour decoy
+    "not": ("This is a {c} {wrong}, not a {c} {s}.",),  # ... and the reaction to it
+    "none": ("No {d} here. Try this part.",),  # medium trial and error: the wrong quadrant
+    "goal": ("Goal: {goal}. Zoom in on this part.",),  # goal maintenance: too wide first
+    "still": ("Still too small. Goal: {goal}. Zoom in on this cell.",),  # ... then tight, same source
+    "many": ("There are {n} {d}s. Find the one with a {ink} dot. Check this one.",),  # hard: first look-alike
+    "many_part": ("There are {n} {d}s. Find the one with a {ink} dot. Zoom in on this part.",),
+    "one": ("A {d} is in this cell. Zoom in.",),  # hard depth first: the look-alike inside the part
+    "nodot": ("No dot here. Check the next {d}.",),
+    "nodot_goal": ("No dot here. Goal: {goal}. Check the next {d}.",),
+    "dot": ("It has the dot. It shows {g}.",),
+    "read": ("It shows {g}.",),
+}
+_VERBOSE_GRID: Mapping[str, tuple[str, ...]] = {
+    "cell": ("The {d} is in this cell, but its {k} is too small to read. Let me zoom in on it.",
+             "I can see the {d} in this cell. Let me zoom in to read its {k}."),
+    "part": ("The {d} is in this part of the image. Let me zoom in on that part first.",),
+    "hidden": ("I need {goal}. It is too small to make out here; let me zoom in on this part first.",
+               "The {d} is too small to see here. Let me zoom in on the part where it seems to be."),
+    "decoy": ("I need {goal}. There is a {c} object in this cell; let me check it.",),
+    "not": ("This is a {c} {wrong}, not a {c} {s}.",),
+    "none": ("There is no {d} in this part. I still need {goal}. Let me try this part instead.",),
+    "goal": ("I need {goal}. Let me zoom in on the area around the {d}.",),
+    "still": ("The {d} is here, but its {k} is still too small to read. I still need {goal}. Let me zoom in on "
+              "its cell.",),
+    "many": ("I need {goal}. I see {n} {d}s, and the dots are too small to see here. Let me check this one first.",),
+    "many_part": ("I need {goal}. I see {n} {d}s, and the dots are too small to see here. Let me first zoom in "
+                  "on this part.",),
+    "one": ("There is a {d} in this cell. Let me zoom in on it to look for the dot.",),
+    "nodot": ("This {d} has no {ink} dot. Let me check the next one.",),
+    "nodot_goal": ("This {d} has no {ink} dot. I still need {goal}. Let me check the next one.",),
+    "dot": ("This {d} has a {ink} dot, and its {k} is {g}.",),
+    "read": ("Now I can read it: the {k} on the {d} is {g}.", "The {d} shows the {k} {g}."),
+}
+
+
+def _solve_grid(ex: _Expert, pattern: str) -> None:
+    """Grid layout: every zoom is a quadrant of its source, a quarter of one, or an object's cell."""
+    p, t = ex.p, ex.p.target_object
+    cells = ex.views[0].cells
+    assert cells is not None
+    quarter = (cells[2] // 4, cells[3] // 4)  # a 2x2-cell block on an 8x8 grid: too wide to read
+    if p.level == "hard":
+        order = ex.rng.shuffle(list(p.candidates))
+        visits = [p.objects[i] for i in order[: order.index(p.target) + 1]]
+        lead = ""
+        if pattern == "trial_and_error":
+            d = p.objects[p.decoys[0]]
+            ex.turn(ex.phrase("decoy"), ex.cell(d, 0))
+            lead = ex.phrase("not", wrong=d.shape) + " "
+        for j, obj in enumerate(visits):
+            if j == 0 and pattern == "depth_first":
+                call, k = ex.half(0, obj)
+                ex.turn(lead + ex.phrase("many_part"), call)
+                ex.turn(ex.phrase("one"), ex.cell(obj, k))
+            elif j == 0:
+                ex.turn(lead + ex.phrase("many"), ex.cell(obj, 0))
+            else:
+                ex.turn(ex.phrase("nodot_goal" if pattern == "goal_maintenance" else "nodot"), ex.cell(obj, 0))
+        ex.answer(ex.phrase("dot"))
+        return
+    k = 0  # the view the final cell zoom is cut from
+    if p.level == "easy":
+        if pattern == "trial_and_error":
+            d = p.objects[p.decoys[0]]
+            ex.turn(ex.phrase("decoy"), ex.cell(d, 0))
+            ex.turn(ex.phrase("not", wrong=d.shape) + " " + ex.phrase("cell"), ex.cell(t, 0))
+        elif pattern == "depth_first":
+            call, k = ex.half(0, t)
+            ex.turn(ex.phrase("part"), call)
+        elif pattern == "goal_maintenance":
+            ex.turn(ex.phrase("goal"), ex.block(0, quarter, t)[0])
+    else:
+        if pattern == "trial_and_error":
+            ex.turn(ex.phrase("hidden"), ex.half(0, avoid=t, prefer=[p.objects[i] for i in p.decoys])[0])
+            call, k = ex.half(0, t)
+            ex.turn(ex.phrase("none"), call)
+        else:
+            call, k = ex.half(0, t)
+            ex.turn(ex.phrase("hidden"), call)
+        if pattern == "depth_first":
+            call, k = ex.half(k, t)
+            ex.turn(ex.phrase("part"), call)
+        elif pattern == "goal_maintenance":
+            ex.turn(ex.phrase("goal"), ex.half(k, t)[0])  # a quarter of the quadrant, then its cell from k
+    if not (p.level == "easy" and pattern == "trial_and_error"):
+        ex.turn(ex.phrase("still" if pattern == "goal_maintenance" else "cell"), ex.cell(t, k))
+    ex.answer(ex.phrase("read"))
+
+
 # --------------------------------------------------------------------------------------------------
 # Geometry checks (the level claims, per puzzle)
 # --------------------------------------------------------------------------------------------------
@@ -1007,6 +1245,15 @@ def check_geometry(puzzle: Puzzle) -> dict[str, float]:
         assert all(puzzle.objects[i].size * s0 >= LOCALISABLE_PX for i in puzzle.candidates), m
     same = [o for o in puzzle.objects if (o.color, o.shape) == (t.color, t.shape)]
     assert len(same) == len(puzzle.candidates), "the target's colour+shape must be unique outside the look-alikes"
+    if g.cell:  # grid: each object alone inside its cell, which a zoom shows 1:1 (glyph and dot legible)
+        n = g.cell
+        cells = [o.cell for o in puzzle.objects]
+        assert len(set(cells)) == len(cells), "at most one object per cell"
+        for o in puzzle.objects:
+            assert o.cell is not None and o.cell[0] * n < o.box[0] and o.box[2] < (o.cell[0] + 1) * n - 1, o
+            assert o.cell[1] * n < o.box[1] and o.box[3] < (o.cell[1] + 1) * n - 1, o
+        m["cell_scale"] = view_scale(n, n, cfg.view_pixels)
+        assert glyph_legible(c, m["cell_scale"]) and cfg.mark_px * m["cell_scale"] >= LEGIBLE_STROKE, m
     return m
 
 
@@ -1078,7 +1325,7 @@ def write_coldstart(out_dir: str | os.PathLike, puzzles_or_n: Sequence[Puzzle] |
     return path
 
 
-PRESETS = {"default": SceneConfig, "tiny": SceneConfig.tiny}
+PRESETS = {"default": SceneConfig, "tiny": SceneConfig.tiny, "demo": SceneConfig.demo}
 
 
 def write_all(out_dir: str | os.PathLike, n: int = 100, seed: int = 0, preset: str = "default") -> list[str]:

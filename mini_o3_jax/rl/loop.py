@@ -94,20 +94,20 @@ def run_rl(
     updates_per_step = per_step // mini
     session = open_session(cfg, "ppo", t.steps * updates_per_step, console=console)
     trainer = session.trainer
-    if trainer.step % updates_per_step:
-        raise ValueError(f"checkpoint at update {trainer.step} is not at an RL-step boundary")
+    # RL steps are counted on their own: a step whose dynamic sampling kept fewer groups than
+    # `prompts_per_step` makes fewer optimizer updates.
+    rl_step = int(session.meta.get("rl_step", trainer.step // updates_per_step))
     position = int(session.meta.get("prompt_position", 0))
     rewarder = Rewarder(cfg.reward)
     engine = RolloutEngine(trainer.model(), tokenizer, processor, engine_config(cfg))
     spec = BatchSpec(micro_batch=t.micro_batch, min_length=t.min_length, max_length=t.max_length,
+                     min_windows=t.get("min_windows", 0),
                      pad_id=tokenizer.endoftext_id)
     metrics: dict = {}
-    bar = tqdm(total=t.steps, initial=trainer.step // updates_per_step, desc="rl", unit="step",
-               disable=console is None)
+    bar = tqdm(total=t.steps, initial=rl_step, desc="rl", unit="step", disable=console is None)
     try:
         with PreemptionGuard() as guard:
-            while trainer.step // updates_per_step < t.steps:
-                rl_step = trainer.step // updates_per_step
+            while rl_step < t.steps:
                 timer = StepTimer()
                 timer.start()
                 engine.set_model(trainer.model())
@@ -184,8 +184,9 @@ def run_rl(
                 session.writer.write(rl_step + 1, metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", turns=f"{metrics['turns_mean']:.2f}")
-                meta = {"kind": "rl", "prompt_position": position}
-                if session.checkpoint(rl_step + 1, t.steps, cfg.checkpoint.every, meta, guard, console):
+                rl_step += 1
+                meta = {"kind": "rl", "prompt_position": position, "rl_step": rl_step}
+                if session.checkpoint(rl_step, t.steps, cfg.checkpoint.every, meta, guard, console):
                     return metrics
     finally:
         bar.close()

@@ -87,7 +87,9 @@ class RolloutEngine:
         vocab = model.config.text.vocab_size
         self.stop_table = jnp.asarray(stop_table(tokenizer, STOP_STRING, vocab))
         self.stop_ids = np.asarray([tokenizer.im_end_id, tokenizer.endoftext_id], np.int32)
-        self.sampling = dataclasses.replace(config.sampling, max_token_id=tokenizer.vocab_size - 1)
+        vision_ids = (tokenizer.image_pad_id, tokenizer.video_pad_id, tokenizer.vision_start_id, tokenizer.vision_end_id)
+        self.sampling = dataclasses.replace(config.sampling, max_token_id=tokenizer.vocab_size - 1,
+                                            banned_ids=tuple(sorted({int(i) for i in vision_ids if i is not None})))
         if config.max_turn_tokens < 2:
             raise ValueError(f"EngineConfig.max_turn_tokens = {config.max_turn_tokens}; expected >= 2")
         self.pool = concurrent.futures.ThreadPoolExecutor(config.workers)

@@ -36,6 +36,9 @@ class Sampling:
     # Never sample ids above this (the model's padded vocabulary past the tokenizer's last id; the
     # released engine dropped such ids from the turn instead, which would desync a KV cache).
     max_token_id: int | None = None
+    # Never sample these: the vision placeholders (<|image_pad|>, <|vision_start|>, ...) only the image
+    # processor may place; one sampled into a turn would misalign every image after it.
+    banned_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
@@ -47,6 +50,8 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> jax
     neg = jnp.finfo(jnp.float32).min
     if sampling.max_token_id is not None:
         logits = jnp.where(jnp.arange(logits.shape[-1]) > sampling.max_token_id, neg, logits)
+    if sampling.banned_ids:
+        logits = logits.at[:, jnp.asarray(sampling.banned_ids)].set(neg)
     if sampling.temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits.astype(jnp.float32) / sampling.temperature

@@ -63,7 +63,8 @@ def run_sft(
     session = open_session(cfg, "sft", total, console=console)
     trainer = session.trainer
     mcfg = model_config or trainer.model_config
-    spec = BatchSpec(micro_batch=t.micro_batch, min_length=t.min_length, max_length=t.max_length, pad_id=pad_id)
+    spec = BatchSpec(micro_batch=t.micro_batch, min_length=t.min_length, max_length=t.max_length,
+                     min_windows=t.get("min_windows", 0), pad_id=pad_id)
 
     def build(step: int) -> list[TrainBatch]:
         trajs = load(step_indices(num_examples, step, t.batch_size, cfg.seed))

@@ -26,7 +26,7 @@ from mini_o3_jax.model.qwen2_5_vl import TextInputs
 from mini_o3_jax.model.vision import VisionInputs
 from mini_o3_jax.processing.image import ImageProcessor
 from mini_o3_jax.processing.inputs import PAD_ID, build_inputs
-from mini_o3_jax.processing.positions import bucket
+from mini_o3_jax.processing.positions import bucket, count_windows
 
 # How per-token losses become one number (names as in verl / Tunix):
 #   token-mean           sum over all trained tokens / their global count (SFT default)
@@ -152,6 +152,9 @@ class BatchSpec:
     min_length: int = 64  # smallest length bucket
     max_length: int = 32768 + 8192  # longer sequences are an error, not silently truncated
     pad_id: int = PAD_ID
+    # Smallest bucket of vision attention windows per micro-batch. Small-image runs (many images, one
+    # window each) otherwise see a new window count, hence a new compile, every few steps.
+    min_windows: int = 0
 
 
 def micro_batches(
@@ -182,7 +185,13 @@ def _pad_group(group: list[Example], spec: BatchSpec, config: ModelConfig) -> Tr
     seqs = [e.token_ids for e in group] + [np.zeros((0,), np.int32)] * (n_rows - len(group))
     pixels = [e.pixel_values for e in group] + [None] * (n_rows - len(group))
     grids = [e.grids for e in group] + [None] * (n_rows - len(group))
-    inputs = build_inputs(seqs, pixels, grids, config, length=length, pad_id=spec.pad_id)
+    num_windows = None
+    if spec.min_windows:
+        v = config.vision
+        all_grids = [np.asarray(g, np.int64).reshape(-1, 3) for g in grids if g is not None]
+        windows = count_windows(np.concatenate(all_grids), v.spatial_merge_size, v.window_merged) if all_grids else 0
+        num_windows = bucket(max(windows, spec.min_windows), 4)
+    inputs = build_inputs(seqs, pixels, grids, config, length=length, pad_id=spec.pad_id, num_windows=num_windows)
     targets = np.full((n_rows, length), spec.pad_id, np.int32)
     mask = np.zeros((n_rows, length), np.float32)
     weights = np.zeros((n_rows, length), np.float32)

@@ -1,0 +1,75 @@
+"""The whole Mini-o3 recipe at toy scale (`mini-o3 demo`): synthetic puzzles, a small Qwen-style BPE, a
+tiny Qwen2.5-VL trained from scratch, a direct-answer baseline, cold-start SFT on scripted-expert
+trajectories, GRPO with over-turn masking (training turn limit below the test limit, as in the paper),
+evaluation and a report. Sized for a 2-core CPU.
+
+    mini-o3 demo                                   # runs/demo/report.md
+    mini-o3 demo --ablation                        # + RL without over-turn masking, from the same SFT
+    mini-o3 demo --config.sft.train.steps=400      # any field can be overridden
+"""
+
+import os
+
+import ml_collections
+
+from mini_o3_jax.config_files import load_config
+from mini_o3_jax.model.presets import preset
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.out_dir = "runs/demo"
+    c.seed = 0
+    c.ablation = False  # also train RL without over-turn masking and compare turn curves
+
+    c.scene = "demo"  # mini_o3_jax.data.synthetic preset (SceneConfig.<scene>())
+    c.system_prompt = False  # a model trained from scratch needs no instruction; saves 226 tokens a sequence
+    c.data = ml_collections.ConfigDict()
+    c.data.eval_per_level = 24  # held-out puzzles per level (easy / medium / hard)
+    c.data.tokenizer_puzzles = 60
+    c.data.vocab_size = 700
+
+    m = preset("tiny")
+    m["text"].update(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, mrope_section=[4, 6, 6])
+    m["vision"].update(out_hidden_size=128)
+    c.model = m
+
+    def trainer(path: str, **train) -> ml_collections.ConfigDict:
+        t = load_config(os.path.join(HERE, path))
+        t.dtype = "float32"
+        t.remat = "none"
+        t.log_every = 25
+        t.mesh = {"data": 1, "fsdp": -1, "tensor": 1}
+        t.checkpoint.every = 50
+        t.checkpoint.keep = 1
+        t.checkpoint.async_save = False
+        t.train.trainable = "all"  # from scratch: the vision tower learns too
+        t.train.update(train)
+        return t
+
+    # direct-answer baseline: the same model trained to answer from the full view, no zooming
+    c.baseline = trainer("sft_coldstart.py", steps=60, batch_size=16, micro_batch=16, min_length=64,
+                         max_length=256, logits_chunk=256, min_windows=16)
+    c.baseline.optim.update(lr=3e-3, warmup_ratio=0.05, weight_decay=0.0)
+
+    # cold-start SFT on scripted-expert trajectories (every reasoning pattern, every level)
+    c.sft = trainer("sft_coldstart.py", steps=250, batch_size=8, micro_batch=8, min_length=128,
+                    max_length=1024, logits_chunk=512, min_windows=32)
+    c.sft.optim.update(lr=3e-3, warmup_ratio=0.03, weight_decay=0.0)
+
+    # GRPO with over-turn masking; training allows fewer turns than the test does
+    c.rl = trainer("rl_grpo.py", steps=8, prompts_per_step=8, mini_batch_prompts=4, micro_batch=8,
+                   max_gen_batches=3, min_length=128, max_length=2048, logits_chunk=512, min_windows=32)
+    c.rl.reward.kind = "exact"
+    c.rl.optim.update(lr=3e-4)
+    c.rl.env.update(max_turns=3, max_images=12, max_context=4096, context_guard=256)
+    c.rl.rollout.update(samples=8, slots=32, max_len=4096, decode_chunk=16, max_turn_tokens=128, workers=2)
+
+    # evaluation: Avg@K at T=1.0 with a test turn limit above the training one
+    c.eval = ml_collections.ConfigDict(dict(k=4, max_turns=6, max_context=4096, context_guard=256,
+                                            max_turn_tokens=128, slots=32, decode_chunk=16, workers=2,
+                                            turn_limits=[1, 2, 3, 4, 5, 6], save_crops=2))
+    return c

@@ -1,0 +1,295 @@
+"""The whole Mini-o3 recipe at toy scale, end to end on a CPU (configs/demo.py).
+
+    synthetic puzzles -> Qwen-style BPE -> tiny Qwen2.5-VL (random init)
+      -> direct-answer baseline (SFT without zooming)
+      -> cold-start SFT on scripted-expert trajectories
+      -> GRPO with over-turn masking (and, with `ablation`, without it, from the same SFT weights)
+      -> Avg@K evaluation of every model on held-out puzzles, turn curves -> report.md + PNGs + HTML
+
+Every stage writes into `out_dir/<stage>` and is skipped when already complete, so an interrupted demo
+continues where it stopped. Every number in the report is measured by the run itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+from flax import nnx
+
+from mini_o3_jax.agent.trajectory import Trajectory
+from mini_o3_jax.data import loader, synthetic
+from mini_o3_jax.eval.run import EvalConfig, run_eval
+from mini_o3_jax.model.config import ModelConfig
+from mini_o3_jax.model.presets import fit_to_tokenizer
+from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
+from mini_o3_jax.model.weights import load_model, save_orbax
+from mini_o3_jax.processing.chat import Tokenizer
+from mini_o3_jax.processing.image import ImageProcessor
+from mini_o3_jax.processing.tokenizer_train import protocol_corpus, train_bpe_tokenizer
+from mini_o3_jax.rl.data import Prompt
+from mini_o3_jax.rl.loop import run_rl
+from mini_o3_jax.sft.data import conversation_trajectory
+from mini_o3_jax.sft.loop import run_sft
+from mini_o3_jax.train.metrics import read_jsonl_metrics
+
+LEVELS = ("easy", "medium", "hard")
+# Disjoint seed ranges: training puzzles never coincide with the held-out evaluation puzzles.
+SEED_SFT, SEED_BASELINE, SEED_RL, SEED_EVAL = 1_000_000, 2_000_000, 3_000_000, 9_000_000
+
+
+def scene_config(cfg: ml_collections.ConfigDict) -> synthetic.SceneConfig:
+    return getattr(synthetic.SceneConfig, cfg.scene)()
+
+
+def _puzzle(scene: synthetic.SceneConfig, base: int, i: int) -> synthetic.Puzzle:
+    return synthetic.make_puzzle(base + i, LEVELS[i % len(LEVELS)], scene)
+
+
+class PuzzlePrompts(Sequence):
+    """An endless-enough stream of RL prompts, generated on access (a few ms each)."""
+
+    def __init__(self, scene: synthetic.SceneConfig, base: int, n: int = 100_000):
+        self.scene, self.base, self.n = scene, base, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Prompt:
+        p = _puzzle(self.scene, self.base, i)
+        return Prompt(p.image, p.problem, p.answer, f"synthetic_{p.level}", p.doc_id)
+
+
+def _conversation(p: synthetic.Puzzle, seed: int, system: bool, direct: bool):
+    if direct:  # the baseline: answer from the full view
+        conv = [{"from": "human", "value": p.problem},
+                {"from": "gpt", "value": f"<think>I answer from the full image.</think>\n<answer>{p.answer}</answer>"}]
+        return conv, [p.image]
+    traj = synthetic.expert_trajectory(p, seed=seed)
+    conv = [m for m in traj.conversations if system or m["from"] != "system"]
+    return conv, traj.images
+
+
+class Recipe:
+    def __init__(self, cfg: ml_collections.ConfigDict, console: Callable[[str], None] | None = print):
+        self.cfg, self.console = cfg, console
+        self.out = os.path.abspath(cfg.out_dir)
+        self.scene = scene_config(cfg)
+        self.timings: dict[str, float] = {}
+        os.makedirs(self.out, exist_ok=True)
+        self.tok_dir = os.path.join(self.out, "tokenizer")
+
+    def log(self, msg: str) -> None:
+        if self.console:
+            self.console(msg)
+
+    def _timed(self, name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        result = fn()
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+        self.log(f"[demo] {name}: {self.timings[name]:.1f} s")
+        return result
+
+    # -- stages -------------------------------------------------------------------------------------------
+
+    def data(self) -> dict[str, Any]:
+        """Held-out evaluation puzzles per level, in Mini-o3's JSON format, prepared as TFDS datasets."""
+        src, tfds_dir = os.path.join(self.out, "data"), os.path.join(self.out, "tfds")
+        sets = {}
+        for i, level in enumerate(LEVELS):
+            name = f"synthetic_{level}"
+            path = os.path.join(src, name, "val.json")
+            if not os.path.exists(path):
+                synthetic.write_benchmark(src, level, self.cfg.data.eval_per_level, seed=SEED_EVAL + i,
+                                          config=self.scene)
+            loader.prepare(name, os.path.dirname(path), tfds_dir)
+            sets[name] = loader.load(name, tfds_dir)
+        return sets
+
+    def tokenizer(self) -> tuple[Tokenizer, ImageProcessor]:
+        proc = ImageProcessor(min_pixels=self.scene.min_pixels, max_pixels=self.scene.view_pixels)
+        if not os.path.exists(os.path.join(self.tok_dir, "tokenizer.json")):
+            texts = protocol_corpus() + synthetic.tokenizer_texts(self.scene, n=self.cfg.data.tokenizer_puzzles)
+            tok = train_bpe_tokenizer(texts, vocab_size=self.cfg.data.vocab_size)
+            tok.save_pretrained(self.tok_dir)
+            proc.save_pretrained(self.tok_dir)
+        return Tokenizer.from_pretrained(self.tok_dir), proc
+
+    def init_model(self, tok: Tokenizer) -> str:
+        path = os.path.join(self.out, "init")
+        if not os.path.exists(os.path.join(path, "mini_o3.json")):
+            mc = fit_to_tokenizer(ModelConfig.from_config_dict(self.cfg.model.to_dict()), tok)
+            save_orbax(Qwen25VL(mc, rngs=nnx.Rngs(self.cfg.seed)), path, side_files_from=self.tok_dir)
+        return path
+
+    def sft(self, name: str, init: str, tok: Tokenizer, proc: ImageProcessor, *, direct: bool) -> str:
+        """SFT from `init` on trajectories generated on the fly (expert, or direct answers)."""
+        final = os.path.join(self.out, name, "final")
+        if os.path.exists(os.path.join(final, "mini_o3.json")):
+            return final
+        c = (self.cfg.baseline if direct else self.cfg.sft).copy_and_resolve_references()
+        c.model_path, c.tokenizer_path, c.out_dir, c.seed = init, self.tok_dir, os.path.join(self.out, name), self.cfg.seed
+        base = SEED_BASELINE if direct else SEED_SFT
+        system = bool(self.cfg.system_prompt)
+
+        def load(indices: Sequence[int]) -> list[Trajectory]:
+            out = []
+            for i in indices:
+                conv, images = _conversation(_puzzle(self.scene, base, i), i, system, direct)
+                out.append(conversation_trajectory(conv, images, tok, proc, min_pixels=self.scene.min_pixels,
+                                                   max_pixels=self.scene.view_pixels, name=f"{name}[{i}]"))
+            return out
+
+        run_sft(c, load, 1_000_000, proc, console=self.console, side_files_from=self.tok_dir, pad_id=tok.endoftext_id)
+        return final
+
+    def rl(self, name: str, init: str, tok: Tokenizer, proc: ImageProcessor, *, mask: bool) -> str:
+        final = os.path.join(self.out, name, "final")
+        if os.path.exists(os.path.join(final, "mini_o3.json")):
+            return final
+        c = self.cfg.rl.copy_and_resolve_references()
+        c.model_path, c.tokenizer_path, c.out_dir, c.seed = init, self.tok_dir, os.path.join(self.out, name), self.cfg.seed
+        c.train.mask_exceeded = mask
+        c.env.min_pixels, c.env.max_pixels = self.scene.min_pixels, self.scene.view_pixels
+        if not self.cfg.system_prompt:
+            c.env.system_prompt = None
+        run_rl(c, PuzzlePrompts(self.scene, SEED_RL), tok, proc, console=self.console, side_files_from=self.tok_dir)
+        return final
+
+    def evaluate(self, name: str, ckpt: str, sets, tok: Tokenizer, proc: ImageProcessor) -> dict[str, Any]:
+        e = self.cfg.eval.to_dict()
+        e["turn_limits"] = tuple(e["turn_limits"])
+        ecfg = EvalConfig(**e, seed=self.cfg.seed, min_pixels=self.scene.min_pixels,
+                          max_pixels=self.scene.view_pixels,
+                          system_prompt=EvalConfig.system_prompt if self.cfg.system_prompt else None)
+        out = os.path.join(self.out, "eval", name)
+        if os.path.exists(os.path.join(out, "metrics.json")):
+            with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+                metrics = json.load(f)
+            if all(m.get("questions") == len(sets[b]) for b, m in metrics["benchmarks"].items()):
+                return metrics
+        return run_eval(load_model(ckpt), tok, proc, sets, ecfg, out, label=name, console=self.console)
+
+    # -- the whole recipe --------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        sets = self._timed("data", self.data)
+        tok, proc = self._timed("tokenizer", self.tokenizer)
+        init = self._timed("init", lambda: self.init_model(tok))
+        models = {"baseline": self._timed("baseline_sft", lambda: self.sft("baseline", init, tok, proc, direct=True)),
+                  "sft": self._timed("sft", lambda: self.sft("sft", init, tok, proc, direct=False))}
+        models["rl"] = self._timed("rl", lambda: self.rl("rl", models["sft"], tok, proc, mask=True))
+        if cfg.ablation:
+            models["rl_no_mask"] = self._timed("rl_no_mask", lambda: self.rl("rl_no_mask", models["sft"], tok, proc,
+                                                                              mask=False))
+        results = {name: self._timed(f"eval_{name}", lambda n=name, p=path: self.evaluate(n, p, sets, tok, proc))
+                   for name, path in models.items()}
+        report = write_recipe_report(self.out, results, self.timings, cfg)
+        self.log(f"[demo] report: {report}")
+        return {"report": report, "timings": self.timings,
+                "accuracy": {n: {b.split("_")[-1]: round(m["avg_at_k"], 1) for b, m in r["benchmarks"].items()}
+                             for n, r in results.items()}}
+
+
+def run_recipe(cfg: ml_collections.ConfigDict, console: Callable[[str], None] | None = print) -> dict[str, Any]:
+    return Recipe(cfg, console).run()
+
+
+# -- report ----------------------------------------------------------------------------------------------
+
+
+def write_recipe_report(out: str, results: dict[str, dict], timings: dict[str, float],
+                        cfg: ml_collections.ConfigDict) -> str:
+    """report.md with accuracy per level for every model, turn curves, mean turns, the RL reward curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    k = cfg.eval.k
+    # accuracy per level
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
+    width = 0.8 / len(names)
+    for j, n in enumerate(names):
+        vals = [results[n]["benchmarks"][f"synthetic_{lv}"]["avg_at_k"] for lv in LEVELS]
+        ax.bar([i + j * width for i in range(len(LEVELS))], vals, width, label=n)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(LEVELS))], LEVELS)
+    ax.set_ylabel(f"Avg@{k} (%)")
+    ax.set_title("Held-out synthetic puzzles")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "accuracy.png"))
+    plt.close(fig)
+    # accuracy vs test-time turn limit (hard level and all levels)
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), dpi=120)
+    for ax, levels, title in ((axes[0], ("hard",), "hard"), (axes[1], LEVELS, "all levels")):
+        for n in names:
+            curves = [results[n]["benchmarks"][f"synthetic_{lv}"]["turn_curve"] for lv in levels]
+            xs = sorted(int(t) for t in curves[0])
+            ax.plot(xs, [sum(c[str(x)] for c in curves) / len(curves) for x in xs], marker="o", label=n)
+        ax.axvline(cfg.rl.env.max_turns, color="gray", ls="--", lw=1)
+        ax.set_xlabel("max turns at test time (dashed: RL training limit)")
+        ax.set_ylabel(f"Avg@{k} (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "turns.png"))
+    plt.close(fig)
+    # RL reward curve
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=120)
+    for n in names:
+        logdir = os.path.join(out, n, "logs")
+        if n.startswith("rl") and os.path.exists(os.path.join(logdir, "metrics.jsonl")):
+            recs = read_jsonl_metrics(logdir)
+            ax.plot([r["step"] for r in recs], [r["reward_mean"] for r in recs], marker=".", label=n)
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("mean reward (training rollouts)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "reward.png"))
+    plt.close(fig)
+
+    lines = ["# Mini-o3 at toy scale: the measured run", "",
+             f"Held-out puzzles: {cfg.data.eval_per_level} per level; Avg@{k} at T=1.0, test limit "
+             f"{cfg.eval.max_turns} turns; RL trained with {cfg.rl.env.max_turns} turns.", "",
+             "| model | " + " | ".join(LEVELS) + " | mean turns | answered | over-turn |",
+             "|---" * (len(LEVELS) + 4) + "|"]
+    for n in names:
+        bm = results[n]["benchmarks"]
+        acc = [bm[f"synthetic_{lv}"]["avg_at_k"] for lv in LEVELS]
+        turns, answered, over = (sum(bm[f"synthetic_{lv}"][key] for lv in LEVELS) / len(LEVELS)
+                                 for key in ("mean_turns", "answered_rate", "over_turn_rate"))
+        lines.append(f"| {n} | " + " | ".join(f"{a:.1f}" for a in acc)
+                     + f" | {turns:.2f} | {answered:.0%} | {over:.0%} |")
+    lines += ["", "![accuracy](accuracy.png)", "", "## Accuracy vs test-time turn limit", "", "![turns](turns.png)", ""]
+    limits = sorted(int(t) for t in results[names[0]]["benchmarks"]["synthetic_hard"]["turn_curve"])
+    lines += ["| model (hard) | " + " | ".join(str(t) for t in limits) + " |", "|---" * (len(limits) + 1) + "|"]
+    for n in names:
+        c = results[n]["benchmarks"]["synthetic_hard"]["turn_curve"]
+        lines.append(f"| {n} | " + " | ".join(f"{c[str(t)]:.1f}" for t in limits) + " |")
+    lines += ["", "## RL reward", "", "![reward](reward.png)", "", "## Trajectories", ""]
+    lines += [f"- {n}: [eval/{n}/index.html](eval/{n}/index.html)" for n in names]
+    lines += ["", "## Wall time (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {s} | {v:.1f} |" for s, v in timings.items()]
+    lines += [f"| total | {sum(timings.values()):.1f} |", ""]
+    path = os.path.join(out, "report.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump({"timings": timings, "config": cfg.to_dict(),
+                   "results": {n: {b: {k2: v for k2, v in m.items() if k2 != "by_category"}
+                                   for b, m in r["benchmarks"].items()} for n, r in results.items()}},
+                  f, indent=1, default=str)
+    return path
+
+
+__all__ = ["PuzzlePrompts", "Recipe", "run_recipe", "write_recipe_report"]
