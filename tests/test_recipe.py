@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
 from mini_o3_jax.config_files import load_config
 from mini_o3_jax.recipe import run_recipe
 
@@ -19,8 +17,6 @@ REDUCED = [
 ]
 
 
-# ~2.5 min of compiles on 2 cores; joins the default suite when the recipe becomes the README's main job.
-@pytest.mark.slow
 def test_reduced_demo_runs_every_stage_and_writes_its_report(tmp_path):
     cfg = load_config(os.path.join(REPO, "configs", "demo.py"), REDUCED)
     cfg.out_dir = str(tmp_path / "demo")
