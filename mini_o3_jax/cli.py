@@ -158,8 +158,6 @@ def cmd_rl(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    import dataclasses
-
     from mini_o3_jax.data import loader
     from mini_o3_jax.eval.run import EvalConfig, run_eval
     from mini_o3_jax.model.weights import load_model
@@ -170,15 +168,10 @@ def cmd_eval(args) -> None:
     cfg = _config(args)
     if not cfg.model_path:
         raise MiniO3Error(f"{args.config}: set --config.model_path to a checkpoint directory")
-    fields = {f.name for f in dataclasses.fields(EvalConfig)}
-    unknown = sorted(set(cfg.eval.keys()) - fields)
-    if unknown:
-        raise MiniO3Error(f"{args.config}: unknown eval settings {unknown}; known: {sorted(fields)}")
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.eval.items()}
-    if isinstance(kw.get("turn_limits"), int):
-        kw["turn_limits"] = (kw["turn_limits"],)
-    kw["system_prompt"] = kw.get("system_prompt") or None
-    ecfg = EvalConfig(**kw)
+    try:
+        ecfg = EvalConfig.from_config(cfg.eval)
+    except MiniO3Error as e:
+        raise MiniO3Error(f"{args.config}: {e}") from None
     names = [b.strip() for b in str(cfg.benchmarks).split(",") if b.strip()]
     benchmarks, bad = {}, {}
     for name in names:

@@ -161,17 +161,10 @@ class Recipe:
         return final
 
     def evaluate(self, name: str, ckpt: str, sets, tok: Tokenizer, proc: ImageProcessor) -> dict[str, Any]:
-        e = self.cfg.eval.to_dict()
-        e["turn_limits"] = tuple(e["turn_limits"])
-        ecfg = EvalConfig(**e, seed=self.cfg.seed, min_pixels=self.scene.min_pixels,
-                          max_pixels=self.scene.view_pixels,
-                          system_prompt=EvalConfig.system_prompt if self.cfg.system_prompt else None)
-        out = os.path.join(self.out, "eval", name)
-        if os.path.exists(os.path.join(out, "metrics.json")):
-            with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
-                metrics = json.load(f)
-            if all(m.get("questions") == len(sets[b]) for b, m in metrics["benchmarks"].items()):
-                return metrics
+        ecfg = EvalConfig.from_config(self.cfg.eval, seed=self.cfg.seed, min_pixels=self.scene.min_pixels,
+                                      max_pixels=self.scene.view_pixels,
+                                      system_prompt=EvalConfig.system_prompt if self.cfg.system_prompt else None)
+        out = os.path.join(self.out, "eval", name)  # run_eval resumes: a finished evaluation only re-reports
         return run_eval(load_model(ckpt), tok, proc, sets, ecfg, out, label=name, console=self.console)
 
     # -- the whole recipe --------------------------------------------------------------------------------

@@ -78,10 +78,12 @@ class _SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(file_format=file_format, **kwargs)
 
     def _features(self) -> tfds.features.FeaturesDict:
-        raise NotImplementedError
+        """The stored features; each concrete builder (questions, conversations) defines its own."""
+        raise NotImplementedError(f"{type(self).__name__} must define _features")
 
     def _example(self, item: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        """One parsed record as a TFDS example; defined by each concrete builder."""
+        raise NotImplementedError(f"{type(self).__name__} must define _example")
 
     def _info(self) -> tfds.core.DatasetInfo:
         info = benchmark(self.builder_config.name)

@@ -70,6 +70,20 @@ class EvalConfig:
         if self.scorer not in ("auto", "judge", *SCORERS):
             raise ConfigError(f"EvalConfig.scorer = {self.scorer!r}; expected 'auto', 'judge' or one of {sorted(SCORERS)}")
 
+    @classmethod
+    def from_config(cls, settings: Mapping[str, Any], **overrides: Any) -> EvalConfig:
+        """From an ml-collections `eval` block (lists for tuples, "" for no system prompt)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {**dict(settings), **overrides}
+        unknown = sorted(set(kw) - known)
+        if unknown:
+            raise ConfigError(f"unknown eval settings {unknown}; known: {sorted(known)}")
+        limits = kw.get("turn_limits", cls.turn_limits)
+        kw["turn_limits"] = (limits,) if isinstance(limits, int) else tuple(limits)
+        if "system_prompt" in kw:
+            kw["system_prompt"] = kw["system_prompt"] or None
+        return cls(**kw)
+
     @property
     def curve_limits(self) -> list[int]:
         return sorted({t for t in self.turn_limits if 1 <= t <= self.max_turns} | {self.max_turns})
@@ -133,6 +147,12 @@ def read_results(path: str) -> list[QuestionResult]:
     return out
 
 
+def judge_solution(solution: str, answer_text: str) -> str:
+    """The ground truth the judge sees: "(B) blue" for multiple choice (letter and option text), else
+    the answer itself."""
+    return f"({solution}) {answer_text}" if answer_text and answer_text != solution else solution
+
+
 class _Scorer:
     """Rule scorers inline; the LLM judge asynchronously (results arrive on `ready`)."""
 
@@ -146,13 +166,12 @@ class _Scorer:
             kind = record.scorer if self.kind == "auto" else self.kind
             done([rule_score(kind, a, record.solution) for a in answers])
             return
-        solution = f"({record.solution}) {record.answer_text}" if record.options else record.solution
-        self.submit_text(record, solution, answers, done)
+        self.submit_text(record.problem, judge_solution(record.solution, record.answer_text), answers, done)
 
-    def submit_text(self, record: Record, solution: str, answers: Sequence[str | None],
+    def submit_text(self, problem: str, solution: str, answers: Sequence[str | None],
                     done: Callable[[list[float | None]], None]) -> None:
-        """Judge `answers` against `solution` (the text the judge sees as ground truth)."""
-        future = self.judge.submit([JudgeItem(record.problem, solution, a) for a in answers])
+        """Judge `answers` to `problem` against `solution` (the text the judge sees as ground truth)."""
+        future = self.judge.submit([JudgeItem(problem, solution, a) for a in answers])
         future.add_done_callback(lambda f: self.ready.put((done, f.result())))
 
     def drain(self, block: bool = False) -> int:
@@ -189,11 +208,9 @@ def _rejudge(scorer: _Scorer, results: Mapping[str, list[QuestionResult]], files
             pending -= 1
 
         for r in failed:
-            rec = Record(b, r.doc_id, b"", r.problem, r.solution, "", (), r.category)
-            mc = r.answer_text and r.answer_text != r.solution  # multiple choice: letter and text, as at first
-            truth = f"({r.solution}) {r.answer_text}" if mc else r.solution
             redo = [x for x in r.samples if x.score is None]
-            scorer.submit_text(rec, truth, [x.answer for x in redo], lambda scores, redo=redo: done(scores, redo))
+            scorer.submit_text(r.problem, judge_solution(r.solution, r.answer_text), [x.answer for x in redo],
+                               lambda scores, redo=redo: done(scores, redo))
         while pending:
             if not scorer.drain(block=True):
                 raise RuntimeError("the judge returned no result within 600 s")
