@@ -9,7 +9,7 @@
   rl       GRPO with over-turn masking (configs/rl_grpo.py); resumes from its out_dir
   data     prepare a downloaded benchmark as a TFDS dataset; write synthetic puzzles
   eval     Avg@K over benchmarks (configs/eval.py): metrics.json, results.md, turn curve, HTML; resumes
-  demo     the main job until the full recipe lands: build, convert, reload, run (no downloads)
+  demo     the main job: the whole recipe at toy scale on a CPU (configs/demo.py), report with plots
 """
 
 from __future__ import annotations
@@ -206,10 +206,15 @@ def cmd_data(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from mini_o3_jax.demo import run_demo
+    from mini_o3_jax.recipe import run_recipe
 
-    report = run_demo(args.out, seed=args.seed)
-    print(json.dumps(report, indent=2))
+    cfg = _config(args)
+    if args.out:
+        cfg.out_dir = args.out
+    if args.ablation:
+        cfg.ablation = True
+    summary = run_recipe(cfg)
+    print(json.dumps(summary, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,14 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="HF or Orbax checkpoint dir (e.g. a converted Mini-o3-7B)")
     s.add_argument("--image", required=True)
     s.add_argument("--question", required=True)
-    s.add_argument("--max-turns", type=int, default=12, help="12 in the released eval; the model scales to 32+")
+    s.add_argument("--max-turns", type=int, default=None,
+                   help="default 12 (the released eval; the model scales to 32+) or the checkpoint's agent.json")
     s.add_argument("--samples", type=int, default=1)
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--top-k", type=int, default=0)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--max-context", type=int, default=32768)
-    s.add_argument("--max-turn-tokens", type=int, default=8192)
+    s.add_argument("--max-context", type=int, default=None, help="default 32768 or the checkpoint's agent.json")
+    s.add_argument("--max-turn-tokens", type=int, default=None, help="default 8192 or the checkpoint's agent.json")
     s.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
     s.add_argument("--out", default="runs/infer", help="directory for report.html and its images")
     s.set_defaults(fn=cmd_infer)
@@ -287,19 +293,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="data/synthetic")
     d.add_argument("--n", type=int, default=100, help="questions per level")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--preset", default="default", choices=["default", "tiny", "demo"])
+    d.add_argument("--preset", default="default", choices=["default", "tiny", "demo", "grid4"])
     s.set_defaults(fn=cmd_data)
 
-    s = sub.add_parser("demo", help="build -> convert -> reload -> run on a generated image, offline")
-    s.add_argument("--out", default="runs/demo")
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(fn=cmd_demo)
+    s = sub.add_parser("demo", help="the whole recipe at toy scale on a CPU: synthetic data, baseline, SFT, "
+                                    "RL with over-turn masking, evaluation, report (configs/demo.py)")
+    s.add_argument("--config", default="configs/demo.py", help="ml-collections file (default configs/demo.py)")
+    s.add_argument("--out", default=None, help="run directory (default: the config's out_dir, runs/demo)")
+    s.add_argument("--ablation", action="store_true", help="also train RL without over-turn masking, compare")
+    s.set_defaults(fn=cmd_demo, overrides=[])
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
-    if extra and args.command not in ("sft", "rl", "eval"):
+    if extra and args.command not in ("sft", "rl", "eval", "demo"):
         build_parser().parse_args(argv)  # reports the unknown arguments the usual way
     args.overrides = extra
     try:

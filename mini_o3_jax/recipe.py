@@ -24,6 +24,7 @@ from flax import nnx
 from mini_o3_jax.agent.trajectory import Trajectory
 from mini_o3_jax.data import loader, synthetic
 from mini_o3_jax.eval.run import EvalConfig, run_eval
+from mini_o3_jax.infer import write_agent_settings
 from mini_o3_jax.model.config import ModelConfig
 from mini_o3_jax.model.presets import fit_to_tokenizer
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
@@ -37,7 +38,6 @@ from mini_o3_jax.sft.data import conversation_trajectory
 from mini_o3_jax.sft.loop import run_sft
 from mini_o3_jax.train.metrics import read_jsonl_metrics
 
-LEVELS = ("easy", "medium", "hard")
 # Disjoint seed ranges: training puzzles never coincide with the held-out evaluation puzzles.
 SEED_SFT, SEED_BASELINE, SEED_RL, SEED_EVAL = 1_000_000, 2_000_000, 3_000_000, 9_000_000
 
@@ -47,7 +47,8 @@ def scene_config(cfg: ml_collections.ConfigDict) -> synthetic.SceneConfig:
 
 
 def _puzzle(scene: synthetic.SceneConfig, base: int, i: int) -> synthetic.Puzzle:
-    return synthetic.make_puzzle(base + i, LEVELS[i % len(LEVELS)], scene)
+    """Puzzle `i` of a stream: the scene's levels in turn."""
+    return synthetic.make_puzzle(base + i, scene.levels[i % len(scene.levels)], scene)
 
 
 class PuzzlePrompts(Sequence):
@@ -100,7 +101,7 @@ class Recipe:
         """Held-out evaluation puzzles per level, in Mini-o3's JSON format, prepared as TFDS datasets."""
         src, tfds_dir = os.path.join(self.out, "data"), os.path.join(self.out, "tfds")
         sets = {}
-        for i, level in enumerate(LEVELS):
+        for i, level in enumerate(self.scene.levels):
             name = f"synthetic_{level}"
             path = os.path.join(src, name, "val.json")
             if not os.path.exists(path):
@@ -117,6 +118,11 @@ class Recipe:
             tok = train_bpe_tokenizer(texts, vocab_size=self.cfg.data.vocab_size)
             tok.save_pretrained(self.tok_dir)
             proc.save_pretrained(self.tok_dir)
+            # copied beside every checkpoint's weights: `mini-o3 infer` then runs the model as it was trained
+            e = self.cfg.eval
+            write_agent_settings(self.tok_dir, min_pixels=self.scene.min_pixels, max_pixels=self.scene.view_pixels,
+                                 system_prompt=EvalConfig.system_prompt if self.cfg.system_prompt else None,
+                                 max_turns=e.max_turns, max_context=e.max_context, max_turn_tokens=e.max_turn_tokens)
         return Tokenizer.from_pretrained(self.tok_dir), proc
 
     def init_model(self, tok: Tokenizer) -> str:
@@ -206,13 +212,14 @@ def write_recipe_report(out: str, results: dict[str, dict], timings: dict[str, f
 
     names = list(results)
     k = cfg.eval.k
+    levels = [b.removeprefix("synthetic_") for b in results[names[0]]["benchmarks"]]
     # accuracy per level
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
     width = 0.8 / len(names)
     for j, n in enumerate(names):
-        vals = [results[n]["benchmarks"][f"synthetic_{lv}"]["avg_at_k"] for lv in LEVELS]
-        ax.bar([i + j * width for i in range(len(LEVELS))], vals, width, label=n)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(LEVELS))], LEVELS)
+        vals = [results[n]["benchmarks"][f"synthetic_{lv}"]["avg_at_k"] for lv in levels]
+        ax.bar([i + j * width for i in range(len(levels))], vals, width, label=n)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(levels))], levels)
     ax.set_ylabel(f"Avg@{k} (%)")
     ax.set_title("Held-out synthetic puzzles")
     ax.legend(fontsize=8)
@@ -221,9 +228,9 @@ def write_recipe_report(out: str, results: dict[str, dict], timings: dict[str, f
     plt.close(fig)
     # accuracy vs test-time turn limit (hard level and all levels)
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), dpi=120)
-    for ax, levels, title in ((axes[0], ("hard",), "hard"), (axes[1], LEVELS, "all levels")):
+    for ax, subset, title in ((axes[0], ("hard",), "hard"), (axes[1], levels, "all levels")):
         for n in names:
-            curves = [results[n]["benchmarks"][f"synthetic_{lv}"]["turn_curve"] for lv in levels]
+            curves = [results[n]["benchmarks"][f"synthetic_{lv}"]["turn_curve"] for lv in subset]
             xs = sorted(int(t) for t in curves[0])
             ax.plot(xs, [sum(c[str(x)] for c in curves) / len(curves) for x in xs], marker="o", label=n)
         ax.axvline(cfg.rl.env.max_turns, color="gray", ls="--", lw=1)
@@ -254,12 +261,12 @@ def write_recipe_report(out: str, results: dict[str, dict], timings: dict[str, f
     lines = ["# Mini-o3 at toy scale: the measured run", "",
              f"Held-out puzzles: {cfg.data.eval_per_level} per level; Avg@{k} at T=1.0, test limit "
              f"{cfg.eval.max_turns} turns; RL trained with {cfg.rl.env.max_turns} turns.", "",
-             "| model | " + " | ".join(LEVELS) + " | mean turns | answered | over-turn |",
-             "|---" * (len(LEVELS) + 4) + "|"]
+             "| model | " + " | ".join(levels) + " | mean turns | answered | over-turn |",
+             "|---" * (len(levels) + 4) + "|"]
     for n in names:
         bm = results[n]["benchmarks"]
-        acc = [bm[f"synthetic_{lv}"]["avg_at_k"] for lv in LEVELS]
-        turns, answered, over = (sum(bm[f"synthetic_{lv}"][key] for lv in LEVELS) / len(LEVELS)
+        acc = [bm[f"synthetic_{lv}"]["avg_at_k"] for lv in levels]
+        turns, answered, over = (sum(bm[f"synthetic_{lv}"][key] for lv in levels) / len(levels)
                                  for key in ("mean_turns", "answered_rate", "over_turn_rate"))
         lines.append(f"| {n} | " + " | ".join(f"{a:.1f}" for a in acc)
                      + f" | {turns:.2f} | {answered:.0%} | {over:.0%} |")

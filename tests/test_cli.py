@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from mini_o3_jax.cli import main
-from mini_o3_jax.demo import run_demo, scene
 from mini_o3_jax.model.weights import load_hf, load_model
+from mini_o3_jax.roundtrip import run_roundtrip, scene
 from tests.hf_reference import qwen_tokenizer_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_demo_runs_and_formats_agree(tmp_path):
-    report = run_demo(str(tmp_path / "demo"))
+def test_roundtrip_runs_and_formats_agree(tmp_path):
+    report = run_roundtrip(str(tmp_path / "demo"))
     assert report["hf_vs_orbax_max_abs_logprob_diff"] == 0.0
     assert report["image"]["llm_image_tokens"] > 2000  # 2400x1600 -> ~2M px after Mini-o3's resize
     assert len(report["top_next_tokens"]) == 5
@@ -88,3 +88,23 @@ def test_infer_end_to_end_writes_the_report(tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert page.count("<h2>Sample") == 2 and "What is red?" in page
     assert (out / "report_s0_original.png").exists() and (out / "report_s1_original.png").exists()
+
+    # a checkpoint's agent.json (the environment it was trained with) sets what the flags leave unset;
+    # it travels with conversions like the tokenizer files
+    from mini_o3_jax.infer import agent_settings, infer, write_agent_settings
+    from mini_o3_jax.processing.chat import Tokenizer
+
+    write_agent_settings(hf, max_turns=1, max_pixels=112 * 112, min_pixels=56 * 56, system_prompt=None,
+                         max_turn_tokens=6)
+    assert main(["convert", "--hf", str(hf), "--out", str(tmp_path / "orbax2")]) == 0
+    assert agent_settings(tmp_path / "orbax2")["max_pixels"] == 112 * 112
+    (traj,) = infer(tmp_path / "orbax2", image, "What is red?", max_context=4096, dtype="float32")
+    prompt = Tokenizer.from_pretrained(str(hf)).decode(traj.token_ids[:traj.prompt_length].tolist())
+    assert "zoom in" not in prompt and traj.num_turns == 1 and traj.turns[0].num_tokens <= 6
+    assert traj.grids[0][1] * traj.grids[0][2] <= 64  # 640x480 shown within 112x112 pixels: <= 64 patches
+    (default,) = infer(orbax, image, "What is red?", max_turns=1, max_context=4096, max_turn_tokens=6, dtype="float32")
+    assert "zoom in a specific region" in Tokenizer.from_pretrained(str(hf)).decode(
+        default.token_ids[:default.prompt_length].tolist())
+    (tmp_path / "orbax2" / "agent.json").write_text('{"max_turn": 3}')
+    with pytest.raises(ValueError, match="unknown keys \\['max_turn'\\]"):
+        agent_settings(tmp_path / "orbax2")

@@ -469,3 +469,73 @@ def test_demo_files(tmp_path):
     (rec,) = read_sharegpt(paths[4])
     assert '"source": "original_image"' in rec["conversations"][2]["value"]
     assert len(read_prompts(paths[3])) == 3
+
+
+# --- the toy recipe's preset (SceneConfig.grid4) ---------------------------------------------------------
+
+GRID4 = SceneConfig.grid4()
+
+
+def test_grid4_geometry_one_token_per_cell_and_enlarged_reading_zoom():
+    geo = level_geometry(GRID4)
+    assert set(geo) == {"easy", "hard"} == set(GRID4.levels)
+    s0, cell = 0.25, 112
+    assert all(g.cell == cell and g.original_scale == s0 for g in geo.values())
+    # a cell is 28 view px of the original: one LLM token after the 2x2 patch merge
+    proc = ImageProcessor(min_pixels=GRID4.min_pixels, max_pixels=GRID4.view_pixels)
+    assert tuple(proc([make_puzzle(0, "easy", GRID4).image]).grid_thw[0]) == (1, 8, 8)
+    assert cell * s0 == 2 * proc.patch_size
+    # glyph and dot are below a view pixel in the original, and the reading zoom (half a cell, enlarged
+    # to min_pixels) shows a glyph stroke of 2 * glyph_cell view px
+    c = GRID4.glyph_cell
+    assert c * s0 < syn.ILLEGIBLE_STROKE and GRID4.mark_px * s0 < syn.ILLEGIBLE_STROKE
+    assert (cell // 2) ** 2 < GRID4.min_pixels and GRID4.min_pixels == GRID4.view_pixels
+    with pytest.raises(ConfigError, match="expected one of \\('easy', 'hard'\\)"):
+        make_puzzle(0, "medium", GRID4)
+    with pytest.raises(ConfigError, match="levels"):
+        SceneConfig.grid4(levels=("easy", "expert"))
+    with pytest.raises(ConfigError, match="zoom"):
+        SceneConfig.tiny(zoom="centre")
+    with pytest.raises(ConfigError, match="background"):
+        SceneConfig.grid4(background="checkerboard")
+
+
+def test_grid4_background_encodes_position():
+    p = make_puzzle(3, "hard", GRID4)
+    img = np.asarray(p.image).astype(int)
+    h, w, _ = img.shape
+    occupied = np.zeros((h, w), bool)
+    for o in p.objects:
+        x0, y0, x1, y1 = o.box
+        occupied[max(0, y0 - 4):y1 + 4, max(0, x0 - 4):x1 + 4] = True
+    ys, xs = np.nonzero(~occupied)
+    # clutter strokes are low-chroma greys: most background pixels are exactly the position code
+    expect_r = (80 + 96 * xs / (w - 1)).astype(int)
+    expect_b = (80 + 96 * ys / (h - 1)).astype(int)
+    exact = (img[ys, xs, 0] == expect_r) & (img[ys, xs, 2] == expect_b) & (img[ys, xs, 1] == 128)
+    assert exact.mean() > 0.95, exact.mean()
+    # and the photo background of the other presets is not
+    q = np.asarray(make_puzzle(3, "hard", DEMO).image).astype(int)
+    assert abs(np.corrcoef(np.arange(q.shape[1]), q[q.shape[0] // 2, :, 0])[0, 1]) < 0.9
+
+
+@pytest.mark.parametrize("level", ["easy", "hard"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_grid4_expert_reads_through_centre_zooms_and_replays(level, pattern, demo_tokenizer):
+    for seed in (0, 5, 9):
+        p = make_puzzle(seed, level, GRID4)
+        e = expert_trajectory(p, seed=seed, pattern=pattern)
+        replay(p, e, demo_tokenizer, GRID4)
+        values, source = e.boxes[-1]
+        tx, ty = p.target_object.cell
+        if source == "original_image":  # the central half of the target's cell: exact in 4 decimals
+            assert values == (tx / 4 + 1 / 16, ty / 4 + 1 / 16, tx / 4 + 3 / 16, ty / 4 + 3 / 16)
+            assert re.search(r'"bbox_2d": \[(0\.\d{4}, ){3}0\.\d{4}\]', e.gpt_turns[-2])
+        else:  # from a quadrant observation: its cell's central half
+            assert all(v * 8 == round(v * 8) for v in values), values
+        final = e.images[-1]
+        assert final.size == (56, 56)  # raw crop; the environment shows it enlarged to 112x112
+        assert view_scale(*final.size, GRID4.view_pixels) == 1.0
+        x0, y0, x1, y1 = p.target_object.box
+        ox, oy = tx * 112 + 28, ty * 112 + 28
+        assert ox < x0 and oy < y0 and x1 < ox + 56 and y1 < oy + 56  # the target lies inside the zoom

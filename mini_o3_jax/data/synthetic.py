@@ -191,6 +191,13 @@ class SceneConfig:
     box_decimals: int = 2  # decimals of the expert's boxes (3 where 2 cannot keep a rule)
     layout: str = "free"  # "free": objects anywhere; "grid": one object per cell of side isqrt(view_pixels)
     thoughts: str = "verbose"  # "terse": one short fixed template per step kind (grid layout only)
+    # "photo": blurry low-chroma blotches. "position": red grows left to right and blue top to bottom, so
+    # every patch's colour says where it is (a from-scratch model has no other absolute-position cue).
+    background: str = "photo"
+    levels: tuple[str, ...] = LEVELS  # the levels this scene supports (a small grid has no room for medium)
+    # Grid layout, the zoom that reads an object: "cell" (its whole cell, seen 1:1) or "centre" (the
+    # cell's central half, which the environment enlarges to min_pixels when min_pixels > its area).
+    zoom: str = "cell"
 
     @classmethod
     def tiny(cls, **overrides: Any) -> SceneConfig:
@@ -214,6 +221,24 @@ class SceneConfig:
         base = dict(layout="grid", thoughts="terse", box_decimals=3)
         base.update(overrides)
         return cls.tiny(**base)
+
+    @classmethod
+    def grid4(cls, **overrides: Any) -> SceneConfig:
+        """The toy recipe's preset: a 448x448 scene on a 4x4 grid of 112-px cells, seen at 112x112.
+
+        Why each choice (each measured on a 0.8M-parameter model trained from random init, docs/demo.md):
+        a grid cell is one LLM token of the original view (a 2x2-patch merge) - on the 8x8 grid of
+        `demo()` a cell is a quarter token and localisation did not emerge; the background encodes
+        position (`background="position"`) - without it even one object on a blank scene was not
+        localised; and the reading zoom is a cell's central half, which the environment enlarges 2x
+        (`zoom="centre"`, min_pixels = the view budget) so a glyph spans ~30x42 view px - at 15x21
+        reading stayed at chance. The scene is too small for the medium level (a quadrant view would show
+        the glyph), so only easy and hard exist.
+        """
+        base = dict(width=448, height=448, background="position", levels=("easy", "hard"), zoom="centre",
+                    min_pixels=112 * 112, glyph_cell=3, mark_px=3)
+        base.update(overrides)
+        return cls.demo(**base)
 
     def __post_init__(self) -> None:
         for name in ("width", "height", "view_pixels", "min_pixels", "glyph_cell", "mark_px", "box_decimals"):
@@ -244,6 +269,13 @@ class SceneConfig:
         if self.layout not in ("free", "grid") or self.thoughts not in ("verbose", "terse"):
             raise ConfigError(f"SceneConfig.layout = {self.layout!r}, thoughts = {self.thoughts!r}; expected "
                               "layout 'free' or 'grid' and thoughts 'verbose' or 'terse'")
+        if not self.levels or any(lv not in LEVELS for lv in self.levels):
+            raise ConfigError(f"SceneConfig.levels = {self.levels!r}; expected a non-empty subset of {LEVELS}")
+        if self.zoom not in ("cell", "centre") or (self.zoom == "centre" and self.layout != "grid"):
+            raise ConfigError(f"SceneConfig.zoom = {self.zoom!r} with layout {self.layout!r}; expected 'cell', or "
+                              "'centre' with layout 'grid'")
+        if self.background not in ("photo", "position"):
+            raise ConfigError(f"SceneConfig.background = {self.background!r}; expected 'photo' or 'position'")
         if self.thoughts == "terse" and self.layout != "grid":
             raise ConfigError("SceneConfig.thoughts = 'terse' needs layout = 'grid': free-layout boxes are "
                               "arbitrary, so their thoughts name positions in words")
@@ -310,7 +342,7 @@ def level_geometry(config: SceneConfig) -> dict[str, LevelGeometry]:
     ws = [view_scale(x1 - x0, y1 - y0, v) for x0, y0, x1, y1 in windows]
     w_lo, w_hi = min(ws), max(ws)
     hint = "use a larger scene (width/height) or a smaller view_pixels"
-    if not glyph_illegible(c, w_hi):
+    if "medium" in config.levels and not glyph_illegible(c, w_hi):
         raise ConfigError(
             f"SceneConfig: a glyph stroke of {c} px spans {c * w_hi:.2f} view px in a half-size window of a "
             f"{w}x{h} scene at view_pixels={v}; medium needs < {ILLEGIBLE_STROKE:g} there; {hint}")
@@ -327,7 +359,7 @@ def level_geometry(config: SceneConfig) -> dict[str, LevelGeometry]:
     glyph = (GLYPH_W * c, GLYPH_H * c)
     marked = (GLYPH_W * c, GLYPH_H * c + c + config.mark_px)
     out = {}
-    for level in LEVELS:
+    for level in config.levels:
         if level == "medium":
             lo, hi = math.ceil(LOCALISABLE_PX / w_lo), math.floor(HIDDEN_PX / s0)
             why = (f"localisable in a window (>= {LOCALISABLE_PX:g} view px at scale {w_lo:.3f}) yet not in the "
@@ -589,9 +621,9 @@ def make_puzzle(seed: int, level: str, config: SceneConfig | None = None) -> Puz
     Raises:
         ConfigError: unknown level, or a scene too crowded to place the target and its look-alikes.
     """
-    if level not in LEVELS:
-        raise ConfigError(f"level = {level!r}; expected one of {LEVELS}")
     config = config or SceneConfig()
+    if level not in config.levels:
+        raise ConfigError(f"level = {level!r}; expected one of {config.levels}")
     geo = level_geometry(config)
     g = geo[level]
     rng = _Rng("puzzle", seed, level)
@@ -655,7 +687,7 @@ def make_puzzle(seed: int, level: str, config: SceneConfig | None = None) -> Puz
     extra += [(*rng.choice(combos), "distractor") for _ in range(config.distractors)]
     for i, (shape, color, role) in enumerate(extra):
         has_glyph = role == "decoy" or rng.random() < config.glyph_fraction
-        lvl = decoy_level if role == "decoy" else rng.choice(("easy", "medium"))
+        lvl = decoy_level if role == "decoy" else rng.choice(tuple(lv for lv in ("easy", "medium") if lv in geo))
         fits = _fitting_sizes(shape, *geo[lvl].size_range, *label)
         if has_glyph and not fits:
             has_glyph = False
@@ -693,12 +725,18 @@ def make_puzzle(seed: int, level: str, config: SceneConfig | None = None) -> Puz
 def _render(config: SceneConfig, objects: Sequence[SceneObject], level: str, seed: int) -> Image.Image:
     w, h, c = config.width, config.height, config.glyph_cell
     k = max(4, (min(w, h) // 10).bit_length() - 1)  # blotches about a tenth of the scene
-    lum = _smooth_field(w, h, k, seed, 100, 165)
-    tint = (_smooth_1d(w, k, seed + 2, -8, 8)[None, :] + _smooth_1d(h, k, seed + 3, -8, 8)[:, None]).astype(np.uint8)
     img = np.empty((h, w, 3), np.uint8)
-    np.add(lum, tint, out=img[..., 0])  # uint8 wrap-around undoes the negative tints: 100 - 16 >= 0
-    np.copyto(img[..., 1], lum)
-    np.subtract(lum, tint, out=img[..., 2])
+    if config.background == "position":  # low chroma (80..176 around a grey 128), so objects stay the saturated ones
+        img[..., 0] = (80 + 96 * np.arange(w) / max(1, w - 1)).astype(np.uint8)[None, :]
+        img[..., 1] = 128
+        img[..., 2] = (80 + 96 * np.arange(h) / max(1, h - 1)).astype(np.uint8)[:, None]
+    else:
+        lum = _smooth_field(w, h, k, seed, 100, 165)
+        tint = (_smooth_1d(w, k, seed + 2, -8, 8)[None, :]
+                + _smooth_1d(h, k, seed + 3, -8, 8)[:, None]).astype(np.uint8)
+        np.add(lum, tint, out=img[..., 0])  # uint8 wrap-around undoes the negative tints: 100 - 16 >= 0
+        np.copyto(img[..., 1], lum)
+        np.subtract(lum, tint, out=img[..., 2])
     rng = _Rng("clutter", seed)
     grid = config.layout == "grid"
     span = level_geometry(config)["easy"].size_range[0]
@@ -919,6 +957,10 @@ class _Expert:
         _, _, cells = min(options)
         d, nx, ny = self.decimals, x1 - x0, y1 - y0
         rel = ((cells[0] - x0) / nx, (cells[1] - y0) / ny, (cells[2] - x0) / nx, (cells[3] - y0) / ny)
+        if span == (1, 1) and self.cfg.zoom == "centre":  # the cell's central half: a quarter cell in from each side
+            mx, my = 0.25 / nx, 0.25 / ny
+            rel = (rel[0] + mx, rel[1] + my, rel[2] - mx, rel[3] - my)
+            d = next(k for k in range(d, 9) if all(abs(round(r, k) - r) < 1e-12 for r in rel))
         text, values, box = self._written(src, [f"{r:.{d}f}" for r in rel])
         if obj is not None and not self._inside(obj, box):
             raise AssertionError(f"{self.p.doc_id}: {obj} is not inside the block {box}")  # a bug, not bad input
@@ -927,7 +969,8 @@ class _Expert:
         return self._commit(src, text, values, box, cells)
 
     def cell(self, obj: SceneObject, src: int) -> str:
-        """Grid layout: the zoom onto `obj`'s cell, seen 1:1 (glyph and dot legible, nothing else)."""
+        """Grid layout: the zoom onto `obj`'s cell (or its central half, `zoom="centre"`), seen at least
+        1:1 (glyph and dot legible, nothing else)."""
         return self.block(src, (1, 1), obj)[0]
 
     def half(self, src: int, obj: SceneObject | None = None, **kw: Any) -> tuple[str, int]:
@@ -1263,7 +1306,7 @@ def check_geometry(puzzle: Puzzle) -> dict[str, float]:
 
 
 def _puzzles_for(split: str, n: int, seed: int, config: SceneConfig) -> list[Puzzle]:
-    levels = (split,) if split in LEVELS else LEVELS  # other splits take the levels in turn
+    levels = (split,) if split in LEVELS else config.levels  # other splits take the levels in turn
     out = []
     for i in range(n):
         level = levels[i % len(levels)]
@@ -1325,7 +1368,7 @@ def write_coldstart(out_dir: str | os.PathLike, puzzles_or_n: Sequence[Puzzle] |
     return path
 
 
-PRESETS = {"default": SceneConfig, "tiny": SceneConfig.tiny, "demo": SceneConfig.demo}
+PRESETS = {"default": SceneConfig, "tiny": SceneConfig.tiny, "demo": SceneConfig.demo, "grid4": SceneConfig.grid4}
 
 
 def write_all(out_dir: str | os.PathLike, n: int = 100, seed: int = 0, preset: str = "default") -> list[str]:
@@ -1334,7 +1377,7 @@ def write_all(out_dir: str | os.PathLike, n: int = 100, seed: int = 0, preset: s
     if preset not in PRESETS:
         raise ConfigError(f"preset = {preset!r}; expected one of {sorted(PRESETS)}")
     config = PRESETS[preset]()
-    paths = [write_benchmark(out_dir, level, n, seed, config) for level in LEVELS]
+    paths = [write_benchmark(out_dir, level, n, seed, config) for level in config.levels]
     paths.append(write_benchmark(out_dir, "train", 3 * n, seed, config))
     paths.append(write_coldstart(os.path.join(os.fspath(out_dir), "coldstart"), n, seed, config))
     return paths

@@ -44,6 +44,7 @@ SIDE_FILES = (
     "chat_template.jinja",
     "preprocessor_config.json",
     "generation_config.json",
+    "agent.json",  # the environment a model was trained with (mini_o3_jax.infer.agent_settings)
 )
 _BUFFERS = re.compile(r".*(rotary_emb|rotary_pos_emb)\.inv_freq$")
 _NEW_LAYOUT = ((re.compile(r"^model\.language_model\."), "model."), (re.compile(r"^model\.visual\."), "visual."))

@@ -1,10 +1,10 @@
-"""The README's main job, offline and CPU-only: every foundation path exercised end to end.
+"""The checkpoint round trip, offline and CPU-only (the backbone tour notebook starts from it):
 
-Until the rollout, training and evaluation issues land, the most complete path is:
 train a tokenizer -> build a tiny random Qwen2.5-VL -> write it as a HF checkpoint -> convert to
 Orbax -> reload both -> run a Mini-o3 first-turn prompt on a generated high-resolution image ->
-print the next-token distribution -> run the multi-turn visual-search rollout and write its HTML report. The weights are random, so the tokens are meaningless; the point
-is that every stage runs and the two checkpoint formats give identical outputs.
+print the next-token distribution -> run the multi-turn visual-search rollout and write its HTML
+report. The weights are random, so the tokens are meaningless; the point is that every format and
+path runs and the two checkpoint formats give identical outputs.
 """
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ def scene(seed: int = 0, size: tuple[int, int] = (2400, 1600)) -> Image.Image:
     return img
 
 
-def run_demo(out: str = "runs/demo", seed: int = 0) -> dict[str, Any]:
+def run_roundtrip(out: str = "runs/roundtrip", seed: int = 0) -> dict[str, Any]:
     os.makedirs(out, exist_ok=True)
     hf_dir, orbax_dir = os.path.join(out, "hf"), os.path.join(out, "orbax")
     report: dict[str, Any] = {"note": "random weights: the tokens are meaningless; the pipeline is what runs"}
     timings: dict[str, float] = {}
-    stages = tqdm(total=7, desc="demo", unit="stage")
+    stages = tqdm(total=7, desc="roundtrip", unit="stage")
 
     def stage(name: str, t0: float) -> None:
         timings[name] = round(time.time() - t0, 3)
