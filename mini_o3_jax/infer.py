@@ -35,18 +35,21 @@ def agent_settings(model: str | os.PathLike) -> dict[str, Any]:
     if not os.path.exists(path):
         return {}
     with open(path, encoding="utf-8") as f:
-        settings = json.load(f)
+        return _checked(json.load(f), path)
+
+
+def _checked(settings: Any, where: str) -> dict[str, Any]:
+    if not isinstance(settings, dict):
+        raise ValueError(f"{where}: expected a JSON object with keys among {_AGENT_KEYS}")
     unknown = sorted(set(settings) - set(_AGENT_KEYS))
-    if not isinstance(settings, dict) or unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; expected a JSON object with keys among {_AGENT_KEYS}")
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; expected keys among {_AGENT_KEYS}")
     return settings
 
 
 def write_agent_settings(model: str | os.PathLike, **settings: Any) -> str:
-    unknown = sorted(set(settings) - set(_AGENT_KEYS))
-    if unknown:
-        raise ValueError(f"unknown agent settings {unknown}; expected keys among {_AGENT_KEYS}")
     path = os.path.join(os.fspath(model), AGENT_FILE)
+    _checked(settings, path)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(settings, f, indent=1)
     return path
