@@ -7,10 +7,15 @@ reports, every `--every` steps, the share of held-out examples whose answer toke
 
     python bench/learnability.py locate --grid 4              # one red square on a 112x112 image
     python bench/learnability.py locate --grid 4 --plain      # ... without the position-coded background
+    python bench/learnability.py locate --distractors 4       # red among 4 squares of other colours
+    python bench/learnability.py locate --colors red,green,blue,yellow,purple,cyan   # the colour varies
     python bench/learnability.py read --glyph-cell 6          # one centred glyph, 30x42 px
     python bench/learnability.py read --glyph-cell 3 --jitter 8
     python bench/learnability.py scene-read --preset grid4    # the reading zoom of real puzzles
     python bench/learnability.py scene-locate --preset grid4  # "Where is the <object>?" on real puzzles
+    python bench/learnability.py scene-read --preset toy      # texture labels: known at step 75
+    python bench/learnability.py scene-locate --preset toy --lr 3e-3 --steps 550   # 69 % at step 550
+    python bench/learnability.py scene-locate --preset toy --scene distractors=0   # any SceneConfig field
 
 Minutes each on a 2-core CPU. Not a test: it measures, it does not assert.
 """
@@ -18,6 +23,8 @@ Minutes each on a 2-core CPU. Not a test: it measures, it does not assert.
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import os
 import sys
 import tempfile
@@ -37,7 +44,8 @@ from mini_o3_jax.train.batch import BatchSpec, examples_from_trajectories, micro
 from mini_o3_jax.train.session import open_session  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RED, GREEN = (215, 38, 38), (30, 160, 60)
+GREEN = (30, 160, 60)
+DISTRACTOR_COLORS = ("green", "blue", "yellow", "purple", "cyan")
 
 
 def position_background(size: int) -> np.ndarray:
@@ -62,10 +70,22 @@ def task(args, scene: synthetic.SceneConfig) -> Callable[[int], tuple[list, list
         i, j = (int(x) for x in r.integers(g, size=2))
         a = np.full((size, size, 3), 128, np.float32) if args.plain else position_background(size)
         c, m = size // g, size // g // 4
-        a[j * c + m:(j + 1) * c - m, i * c + m:(i + 1) * c - m] = RED
+        names = args.colors.split(",")  # the square's colour, drawn per image (the question names it)
+        name = names[int(r.integers(len(names)))]
+        a[j * c + m:(j + 1) * c - m, i * c + m:(i + 1) * c - m] = synthetic.COLORS[name]
+        others = [k for k in range(g * g) if k != j * g + i]
+        for k in r.permutation(others)[: args.distractors]:  # squares of colours the question never names
+            ii, jj = k % g, k // g
+            other = DISTRACTOR_COLORS[int(r.integers(len(DISTRACTOR_COLORS)))]
+            a[jj * c + m:(jj + 1) * c - m, ii * c + m:(ii + 1) * c - m] = synthetic.COLORS[other]
         box = ", ".join(fmt(v) for v in (i / g, j / g, (i + 1) / g, (j + 1) / g))
-        return ([{"from": "human", "value": "<image>\nWhere is the red square?"}, {"from": "gpt", "value": f"[{box}]"}],
-                [Image.fromarray(a.astype(np.uint8))])
+        if args.decimals:
+            box = ", ".join(f"{v:.{args.decimals}f}" for v in (i / g, j / g, (i + 1) / g, (j + 1) / g))
+        im = Image.fromarray(a.astype(np.uint8))
+        if args.scale > 1:  # drawn larger; the processor shrinks it back to the 112x112 view
+            im = im.resize((size * args.scale, size * args.scale), Image.NEAREST)
+        return ([{"from": "human", "value": f"<image>\nWhere is the {name} square?"}, {"from": "gpt", "value": f"[{box}]"}],
+                [im])
 
     def read(seed):
         r = np.random.default_rng(seed)
@@ -89,15 +109,52 @@ def task(args, scene: synthetic.SceneConfig) -> Callable[[int], tuple[list, list
         return ([{"from": "human", "value": f"<image>\nWhere is the {p.description}?"}, {"from": "gpt", "value": box}],
                 [p.image])
 
-    return {"locate": locate, "read": read, "scene-read": scene_task, "scene-locate": scene_task}[args.probe]
+    def traj_read(seed):  # an easy puzzle's whole direct trajectory: locate, zoom, read the observation
+        p = synthetic.make_puzzle(seed, "easy", scene)
+        e = synthetic.expert_trajectory(p, seed=seed, pattern="direct")
+        conv = [m for m in e.conversations if m["from"] != "system"]
+        if args.bare_observation:  # the observation turn without the protocol's text around its image
+            conv[2] = {"from": "human", "value": "<image>" + (f"\n{p.question}" if args.repeat_question else "")}
+        if args.no_original:  # control: a text-only first turn, then the observation in the second turn
+            return ([{"from": "human", "value": p.question}, {"from": "gpt", "value": "<think>Zoom in.</think>"},
+                     {"from": "human", "value": "<image>"}, conv[-1]], e.images[-1:])
+        if args.two_images:  # control: the original and the observation in one human turn, in the given order
+            ims = {"crop": e.images[-1], "original": e.images[0]}
+            return ([{"from": "human", "value": f"<image>\n<image>\n{p.question}"}, conv[-1]],
+                    [ims[k] for k in args.two_images.split(",")])
+        if args.crop_only:  # control: the reading turn on the observation alone (no original, no first turn)
+            return [{"from": "human", "value": f"<image>\n{p.question}"}, conv[-1]], e.images[-1:]
+        return conv, e.images
+
+    def perception(seed):  # the recipe's perception stage: its skills in turn
+        skills = args.skills.split(",")
+        return synthetic.perception_question(seed, skills[seed % len(skills)], scene)
+
+    return {"locate": locate, "read": read, "scene-read": scene_task, "scene-locate": scene_task,
+            "traj-read": traj_read, "perception": perception}[args.probe]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=["locate", "read", "scene-read", "scene-locate"])
+    ap.add_argument("probe", choices=["locate", "read", "scene-read", "scene-locate", "traj-read", "perception"])
+    ap.add_argument("--init", default="", help="start from this checkpoint of a recipe run (<run>/<stage>/final; "
+                    "the run's tokenizer is used) instead of random init")
+    ap.add_argument("--verbose", action="store_true", help="traj-read: print two examples' token probabilities")
+    ap.add_argument("--two-images", default="", help="traj-read control: 'crop,original' or 'original,crop'")
+    ap.add_argument("--no-original", action="store_true", help="traj-read control: text first turn, then the crop")
+    ap.add_argument("--crop-only", action="store_true", help="traj-read control: the observation alone")
+    ap.add_argument("--repeat-question", action="store_true", help="traj-read, bare: the question after the image")
+    ap.add_argument("--bare-observation", action="store_true", help="traj-read: the observation is its image alone")
+    ap.add_argument("--skills", default="locate,locate,read,dot", help="perception: the skills in turn")
     ap.add_argument("--preset", default="grid4", help="synthetic SceneConfig preset (scene probes, glyph set)")
+    ap.add_argument("--scene", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a SceneConfig field of the preset (repeatable), e.g. --scene distractors=2")
     ap.add_argument("--grid", type=int, default=4)
     ap.add_argument("--plain", action="store_true", help="locate: grey background instead of the position code")
+    ap.add_argument("--colors", default="red", help="locate: the square's colours, comma-separated, one per image")
+    ap.add_argument("--distractors", type=int, default=0, help="locate: squares of other colours")
+    ap.add_argument("--scale", type=int, default=1, help="locate: draw the image this many times larger")
+    ap.add_argument("--decimals", type=int, default=0, help="locate: fixed decimals in the box (0: shortest)")
     ap.add_argument("--glyph-cell", type=int, default=6)
     ap.add_argument("--jitter", type=int, default=0)
     ap.add_argument("--steps", type=int, default=300)
@@ -108,13 +165,21 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = load_config(os.path.join(REPO, "configs", "demo.py"))
-    cfg.out_dir = tempfile.mkdtemp(prefix="learnability_")
+    # with --init, the recipe run it came from (its tokenizer.json) is the working directory
+    cfg.out_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.init))) if args.init \
+        else tempfile.mkdtemp(prefix="learnability_")
     cfg.scene = args.preset
     recipe = Recipe(cfg, console=None)
+    fields = {f.name: f.type for f in dataclasses.fields(synthetic.SceneConfig)}
+    overrides = dict(kv.split("=", 1) for kv in args.scene)
+    recipe.scene = dataclasses.replace(recipe.scene, **{k: ast.literal_eval(v) if fields[k] != "str" else v
+                                                        for k, v in overrides.items()})
     tok, proc = recipe.tokenizer()
     scene = recipe.scene
     t = cfg.sft.copy_and_resolve_references()
-    t.model_path, t.tokenizer_path, t.out_dir = recipe.init_model(tok), recipe.tok_dir, os.path.join(cfg.out_dir, "run")
+    init = args.init or recipe.init_model(tok)
+    t.model_path, t.tokenizer_path = init, recipe.tok_dir
+    t.out_dir = tempfile.mkdtemp(prefix="learnability_run_")
     t.train.update(steps=args.steps, batch_size=args.batch, micro_batch=args.batch, min_length=64)
     t.optim.update(lr=args.lr)
     trainer = open_session(t, "sft", args.steps, console=None).trainer
@@ -132,14 +197,22 @@ def main() -> None:
     held = micro_batches(examples_from_trajectories(trajectories(range(10**7, 10**7 + args.held_out)), proc,
                                                     agg="token-mean"), trainer.model_config, spec)
 
-    def known() -> float:
-        ok = []
+    def known() -> str:
+        ok: dict[str, list[bool]] = {}
         for batch, rows in zip(*held):
             lp, mask = np.asarray(trainer.logprobs(batch)), np.asarray(batch.mask)
             for j, idx in enumerate(rows):
                 if idx >= 0:  # the answer's tokens, not the closing <|im_end|> and newline
-                    ok.append(bool(np.all(lp[j][mask[j] > 0][:-2] > np.log(0.5))))
-        return float(np.mean(ok))
+                    skill = args.skills.split(",")[(10**7 + idx) % len(args.skills.split(","))] \
+                        if args.probe == "perception" else args.probe
+                    answer = lp[j][mask[j] > 0][:-2]
+                    if args.probe == "traj-read":  # the reading turn only: its tokens after the last <|im_end|>
+                        last = tok.encode(make(10**7 + idx)[0][-1]["value"])
+                        answer = answer[-len(last):]
+                        if args.verbose and idx < 2:
+                            print("   ", [tok.decode([int(x)]) for x in last], np.round(np.exp(answer), 2).tolist())
+                    ok.setdefault(skill, []).append(bool(np.all(answer > np.log(0.5))))
+        return "  ".join(f"{k} {np.mean(v):.0%}" for k, v in ok.items())
 
     print(f"probe {args.probe}: {vars(args)}", flush=True)
     t0 = time.time()
@@ -149,7 +222,7 @@ def main() -> None:
                                                    trainer.model_config, spec)[0])
         if (step + 1) % args.every == 0:
             print(f"step {step + 1:5d}  {time.time() - t0:6.0f} s  loss {metrics['loss']:.3f}  "
-                  f"answers known {known():.0%}", flush=True)
+                  f"answers known: {known()}", flush=True)
 
 
 if __name__ == "__main__":

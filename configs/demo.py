@@ -13,6 +13,7 @@ import os
 import ml_collections
 
 from mini_o3_jax.config_files import load_config
+from mini_o3_jax.data.synthetic import DEFAULT_PATTERN_WEIGHTS
 from mini_o3_jax.model.presets import preset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -24,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.ablation = False  # also train RL without over-turn masking and compare turn curves
 
-    c.scene = "grid4"  # mini_o3_jax.data.synthetic preset (SceneConfig.<scene>())
+    c.scene = "grid4"  # mini_o3_jax.data.synthetic preset (SceneConfig.<scene>()); configs/demo_toy.py: "toy"
     c.system_prompt = False  # a model trained from scratch needs no instruction; saves 226 tokens a sequence
     c.data = ml_collections.ConfigDict()
     c.data.eval_per_level = 16  # held-out puzzles per level (the scene's levels: easy and hard)
@@ -50,6 +51,21 @@ def get_config() -> ml_collections.ConfigDict:
         t.train.update(train)
         return t
 
+    # perception: single-skill questions (where is the target, what pattern, is there a dot), dense
+    # supervision before search, as Qwen2.5-VL's pretraining precedes Mini-o3. Stages run in order, each
+    # from the last; steps=0 skips one. Off here (the measured default of docs/demo.md); configs/demo_toy.py
+    # turns them on: locating alone first (mixed with the other skills from the start it was not learned
+    # in 500 steps, alone it was in ~200), then every skill.
+    c.perception_stages = ["perception_locate", "perception"]
+    for name, steps, skills in (("perception_locate", 0, ["locate"]),
+                                ("perception", 0, ["locate", "locate", "read", "dot"])):
+        c[name] = trainer("sft_coldstart.py", steps=steps, batch_size=16, micro_batch=16, min_length=64,
+                          max_length=256, logits_chunk=256, min_windows=16)
+        c[name].skills = skills
+        c[name].style = "short"  # synthetic.perception_question: "short" answers or the expert's own turns
+        c[name].optim.update(lr=1e-3, b2=0.95, warmup_ratio=0.05, weight_decay=0.0)
+        c[name].checkpoint.every = 100
+
     # direct-answer baseline: the same model trained to answer from the full view, no zooming
     c.baseline = trainer("sft_coldstart.py", steps=100, batch_size=16, micro_batch=16, min_length=64,
                          max_length=256, logits_chunk=256, min_windows=16)
@@ -59,6 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sft = trainer("sft_coldstart.py", steps=150, batch_size=8, micro_batch=8, min_length=128,
                     max_length=1024, logits_chunk=512, min_windows=32)
     c.sft.optim.update(lr=2e-3, b2=0.95, warmup_ratio=0.1, weight_decay=0.0)
+    c.sft.patterns = dict(DEFAULT_PATTERN_WEIGHTS)  # how often the expert uses each reasoning pattern
 
     # GRPO with over-turn masking; training allows fewer turns than the test does
     c.rl = trainer("rl_grpo.py", steps=3, prompts_per_step=4, mini_batch_prompts=4, micro_batch=8,

@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="data/synthetic")
     d.add_argument("--n", type=int, default=100, help="questions per level")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--preset", default="default", choices=["default", "tiny", "demo", "grid4"])
+    d.add_argument("--preset", default="default", choices=["default", "tiny", "demo", "grid4", "toy"])
     s.set_defaults(fn=cmd_data)
 
     s = sub.add_parser("demo", help="the whole recipe at toy scale on a CPU: synthetic data, baseline, SFT, "

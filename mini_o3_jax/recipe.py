@@ -1,6 +1,7 @@
 """The whole Mini-o3 recipe at toy scale, end to end on a CPU (configs/demo.py).
 
     synthetic puzzles -> Qwen-style BPE -> tiny Qwen2.5-VL (random init)
+      -> perception stages, if configured (single-skill questions: locate, read, dot; pretraining in miniature)
       -> direct-answer baseline (SFT without zooming)
       -> cold-start SFT on scripted-expert trajectories
       -> GRPO with over-turn masking (and, with `ablation`, without it, from the same SFT weights)
@@ -12,6 +13,7 @@ continues where it stopped. Every number in the report is measured by the run it
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -39,7 +41,7 @@ from mini_o3_jax.sft.loop import run_sft
 from mini_o3_jax.train.metrics import read_jsonl_metrics
 
 # Disjoint seed ranges: training puzzles never coincide with the held-out evaluation puzzles.
-SEED_SFT, SEED_BASELINE, SEED_RL, SEED_EVAL = 1_000_000, 2_000_000, 3_000_000, 9_000_000
+SEED_SFT, SEED_BASELINE, SEED_RL, SEED_PERCEPTION, SEED_EVAL = 1_000_000, 2_000_000, 3_000_000, 4_000_000, 9_000_000
 
 
 def scene_config(cfg: ml_collections.ConfigDict) -> synthetic.SceneConfig:
@@ -65,14 +67,26 @@ class PuzzlePrompts(Sequence):
         return Prompt(p.image, p.problem, p.answer, f"synthetic_{p.level}", p.doc_id)
 
 
-def _conversation(p: synthetic.Puzzle, seed: int, system: bool, direct: bool):
+Conversation = tuple[list[dict[str, str]], list[Any]]
+
+
+def _conversation(p: synthetic.Puzzle, seed: int, system: bool, direct: bool,
+                  patterns: dict[str, float] | None = None) -> Conversation:
     if direct:  # the baseline: answer from the full view
         conv = [{"from": "human", "value": p.problem},
                 {"from": "gpt", "value": f"<think>I answer from the full image.</think>\n<answer>{p.answer}</answer>"}]
         return conv, [p.image]
-    traj = synthetic.expert_trajectory(p, seed=seed)
+    traj = synthetic.expert_trajectory(p, seed=seed, weights=patterns)
     conv = [m for m in traj.conversations if system or m["from"] != "system"]
     return conv, traj.images
+
+
+def _write_provenance(stage_dir: str, init: str) -> None:
+    """`<stage>/stage.json` says which checkpoint the stage started from (the chain init -> perception ->
+    baseline / SFT -> RL is then visible on disk)."""
+    os.makedirs(stage_dir, exist_ok=True)
+    with open(os.path.join(stage_dir, "stage.json"), "w", encoding="utf-8") as f:
+        json.dump({"init": init}, f)
 
 
 class Recipe:
@@ -115,6 +129,12 @@ class Recipe:
         proc = ImageProcessor(min_pixels=self.scene.min_pixels, max_pixels=self.scene.view_pixels)
         if not os.path.exists(os.path.join(self.tok_dir, "tokenizer.json")):
             texts = protocol_corpus() + synthetic.tokenizer_texts(self.scene, n=self.cfg.data.tokenizer_puzzles)
+            cfg = self.cfg
+            for name in cfg.perception_stages:  # the perception stages' questions and answers
+                skills, style = list(cfg[name].skills), cfg[name].get("style", "short")
+                for i in range(4 * len(skills) if cfg[name].train.steps else 0):
+                    conv = synthetic.perception_question(i, skills[i % len(skills)], self.scene, style)[0]
+                    texts += [m["value"] for m in conv]
             tok = train_bpe_tokenizer(texts, vocab_size=self.cfg.data.vocab_size)
             tok.save_pretrained(self.tok_dir)
             proc.save_pretrained(self.tok_dir)
@@ -134,18 +154,42 @@ class Recipe:
 
     def sft(self, name: str, init: str, tok: Tokenizer, proc: ImageProcessor, *, direct: bool) -> str:
         """SFT from `init` on trajectories generated on the fly (expert, or direct answers)."""
+        base, system = SEED_BASELINE if direct else SEED_SFT, bool(self.cfg.system_prompt)
+        block = self.cfg.baseline if direct else self.cfg.sft
+        patterns = dict(block.patterns) if block.get("patterns") else None  # expert reasoning-pattern weights
+        return self._train(name, block, init, tok, proc,
+                           lambda i: _conversation(_puzzle(self.scene, base, i), i, system, direct, patterns))
+
+    def perception(self, init: str, tok: Tokenizer, proc: ImageProcessor) -> str:
+        """The perception stages (`perception_stages`, in order, each from the last): single-skill questions
+        (the block's `skills`, in turn) on fresh scenes, so the model learns to find the target, read a
+        label and see a dot before it learns to search with them. Returns the last checkpoint."""
+        for name in self.cfg.perception_stages:
+            if self.cfg[name].train.steps:
+                init = self._timed(name, functools.partial(self._perception_stage, name, init, tok, proc))
+        return init
+
+    def _perception_stage(self, name: str, init: str, tok: Tokenizer, proc: ImageProcessor) -> str:
+        block = self.cfg[name]
+        skills, style = list(block.skills), block.get("style", "short")
+        return self._train(name, block, init, tok, proc,
+                           lambda i: synthetic.perception_question(SEED_PERCEPTION + i, skills[i % len(skills)],
+                                                                   self.scene, style))
+
+    def _train(self, name: str, block: ml_collections.ConfigDict, init: str, tok: Tokenizer, proc: ImageProcessor,
+               conversation: Callable[[int], Conversation]) -> str:
+        """SFT from `init` on conversations generated on the fly by index; returns the final checkpoint."""
         final = os.path.join(self.out, name, "final")
         if os.path.exists(os.path.join(final, "mini_o3.json")):
             return final
-        c = (self.cfg.baseline if direct else self.cfg.sft).copy_and_resolve_references()
+        c = block.copy_and_resolve_references()
         c.model_path, c.tokenizer_path, c.out_dir, c.seed = init, self.tok_dir, os.path.join(self.out, name), self.cfg.seed
-        base = SEED_BASELINE if direct else SEED_SFT
-        system = bool(self.cfg.system_prompt)
+        _write_provenance(c.out_dir, init)
 
         def load(indices: Sequence[int]) -> list[Trajectory]:
             out = []
             for i in indices:
-                conv, images = _conversation(_puzzle(self.scene, base, i), i, system, direct)
+                conv, images = conversation(i)
                 out.append(conversation_trajectory(conv, images, tok, proc, min_pixels=self.scene.min_pixels,
                                                    max_pixels=self.scene.view_pixels, name=f"{name}[{i}]"))
             return out
@@ -159,6 +203,7 @@ class Recipe:
             return final
         c = self.cfg.rl.copy_and_resolve_references()
         c.model_path, c.tokenizer_path, c.out_dir, c.seed = init, self.tok_dir, os.path.join(self.out, name), self.cfg.seed
+        _write_provenance(c.out_dir, init)
         c.train.mask_exceeded = mask
         c.env.min_pixels, c.env.max_pixels = self.scene.min_pixels, self.scene.view_pixels
         if not self.cfg.system_prompt:
@@ -180,6 +225,7 @@ class Recipe:
         sets = self._timed("data", self.data)
         tok, proc = self._timed("tokenizer", self.tokenizer)
         init = self._timed("init", lambda: self.init_model(tok))
+        init = self.perception(init, tok, proc)  # baseline and SFT both start from the model that can see
         models = {"baseline": self._timed("baseline_sft", lambda: self.sft("baseline", init, tok, proc, direct=True)),
                   "sft": self._timed("sft", lambda: self.sft("sft", init, tok, proc, direct=False))}
         models["rl"] = self._timed("rl", lambda: self.rl("rl", models["sft"], tok, proc, mask=True))

@@ -43,4 +43,6 @@ def test_notebook_runs(path: pathlib.Path, tmp_path: pathlib.Path):
 # What each notebook must print besides running: the numbers and artefacts a reader looks for.
 KEY_OUTPUTS = {
     "train_tiny.ipynb": ('"easy":', '"hard":', "| model | easy | hard |", "truth:"),
+    "quickstart.ipynb": ("checkpoint:", "truth:", "correct:", "report:", "--- turn 1:",
+                         "figure: quickstart_trajectory.png"),
 }

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mini_o3_jax.agent import protocol
 from mini_o3_jax.agent.environment import VisualSearchEnv
 from mini_o3_jax.agent.prompts import SYSTEM_PROMPT_TOOL_CROP
 from mini_o3_jax.data import synthetic as syn
@@ -539,3 +540,126 @@ def test_grid4_expert_reads_through_centre_zooms_and_replays(level, pattern, dem
         x0, y0, x1, y1 = p.target_object.box
         ox, oy = tx * 112 + 28, ty * 112 + 28
         assert ox < x0 and oy < y0 and x1 < ox + 56 and y1 < oy + 56  # the target lies inside the zoom
+
+
+# --- texture labels (SceneConfig.toy) ------------------------------------------------------------------------
+
+TOY = SceneConfig.toy()
+
+
+def _view(image: Image.Image, config: SceneConfig) -> np.ndarray:
+    """What the model sees of `image`: the processor's bicubic resize to the view budget, as uint8 RGB."""
+    proc = ImageProcessor(min_pixels=config.min_pixels, max_pixels=config.view_pixels)
+    h, w = proc.target_size(image.height, image.width)
+    return np.asarray(image.resize((w, h), resample=Image.Resampling.BICUBIC)).astype(float)
+
+
+def test_toy_textures_vanish_in_the_original_and_show_in_the_cell_zoom():
+    """The level claim of `label="texture"`, measured on the pixels the model gets: in the 4x-down original
+    every texture of a colour averages to one flat tint (so no texture can be told apart there), while
+    the expert's cell zoom is seen 1:1 and holds the exact pattern."""
+    tints: dict[tuple[str, str], list[np.ndarray]] = {}
+    for seed in range(12):
+        p = make_puzzle(seed, "easy", TOY)
+        check_geometry(p)
+        view = _view(p.image, TOY)
+        for o in p.objects:
+            x0, y0, x1, y1 = (v // 4 for v in o.box)
+            c = o.size // 8  # the object's interior, clear of its antialiased edge
+            inner = view[(y0 + y1) // 2 - c // 2:(y0 + y1) // 2 + c // 2, (x0 + x1) // 2 - c // 2:(x0 + x1) // 2 + c // 2]
+            assert inner.std(axis=(0, 1)).max() < 3.0, (seed, o)  # flat: the 2-px lines are averaged away
+            tints.setdefault((o.color, o.glyph), []).append(inner.mean(axis=(0, 1)))
+        e = expert_trajectory(p, seed=seed, pattern="direct")
+        zoom = e.images[-1]
+        # the cell (Mini-o3's box rounding may drop its last column or row), seen 1:1
+        assert min(zoom.size) >= 111 and view_scale(*zoom.size, TOY.view_pixels) == 1.0
+        t = p.target_object
+        ox, oy = protocol.pixel_box(e.boxes[-1][0], p.image.size)[:2]
+        assert (ox, oy) == (t.cell[0] * 112, t.cell[1] * 112)
+        x0, y0, x1, y1 = t.box
+        patch = np.asarray(zoom)[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+        inside = syn._shape_mask(t.shape, t.size)
+        ink = syn._texture(t.glyph, x0, y0, t.size)
+        assert (patch[inside & ink] == 0).all() and (patch[inside & ~ink] == syn.COLORS[t.color]).all()
+        assert 0.45 < (inside & ink).sum() / inside.sum() < 0.55  # half ink: every texture has the same tint
+    for color in {c for c, _ in tints}:  # one colour's textures are indistinguishable in the original
+        means = [np.mean(v, axis=0) for (c, _), v in tints.items() if c == color]
+        assert np.ptp(np.array(means), axis=0).max() < 4.0, color
+
+
+def test_toy_targets_are_red_and_every_other_object_has_its_own_colour():
+    for seed in range(20):
+        for level in ("easy", "hard"):
+            p = make_puzzle(seed, level, TOY)
+            t = p.target_object
+            assert t.color == "red" and p.kind == "pattern" and p.answer in syn.TEXTURES
+            assert p.question.startswith(("What pattern is on the red", "Which pattern fills the red"))
+            others = [o for i, o in enumerate(p.objects) if i not in p.candidates]
+            assert len({o.color for o in others}) == len(others) and "red" not in {o.color for o in others}
+            assert [p.objects[i].role for i in p.decoys] == ["decoy"]
+            assert all(o.glyph in syn.TEXTURES and o.shape == "square" for o in p.objects)
+            if level == "hard":
+                assert p.description.endswith("with a white dot") and p.ink == "white"
+                assert [i for i in p.candidates if p.objects[i].mark] == [p.target]
+    e = expert_trajectory(make_puzzle(1, "easy", TOY), seed=0, pattern="trial_and_error")
+    assert re.fullmatch(r"This (square|circle) is \w+, not red\. The red (square|circle) is in this cell\. Zoom in\.",
+                        e.gpt_turns[1].split("</think>")[0].removeprefix("<think>"))
+
+
+@pytest.mark.parametrize("level", ["easy", "hard"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_toy_expert_replays_through_the_environment(level, pattern, demo_tokenizer):
+    for seed in (0, 5, 9):
+        p = make_puzzle(seed, level, TOY)
+        e = expert_trajectory(p, seed=seed, pattern=pattern)
+        replay(p, e, demo_tokenizer, TOY)
+        assert e.gpt_turns[-1].endswith(f"<answer>{p.answer}</answer>")
+
+
+def test_texture_and_decoy_config_errors():
+    with pytest.raises(ConfigError, match="'texture' with layout 'grid'"):
+        SceneConfig(label="texture")
+    with pytest.raises(ConfigError, match="'texture' with layout 'grid'"):
+        SceneConfig.demo(label="texture")  # the 8x8 grid has a medium level
+    with pytest.raises(ConfigError, match="one shape is enough"):
+        SceneConfig.grid4(shapes=("square",))  # without unique colours the decoy must differ in shape
+    with pytest.raises(ConfigError, match="target_colors"):
+        SceneConfig.toy(target_colors=("pink",))
+    with pytest.raises(ConfigError, match="unknown texture"):
+        syn._texture("zigzag", 0, 0, 4)
+    p = make_puzzle(0, "easy", SceneConfig.toy(decoy=False))
+    assert p.decoys == ()
+    assert expert_trajectory(p, seed=3).pattern != "trial_and_error"
+    with pytest.raises(ConfigError, match="needs a decoy"):
+        expert_trajectory(p, pattern="trial_and_error")
+
+
+def test_perception_questions_match_what_the_expert_and_the_environment_produce():
+    for seed in range(6):
+        p = make_puzzle(seed, "easy", TOY)
+        first = expert_trajectory(p, seed=seed, pattern="direct").gpt_turns[0]
+        conv, images = syn.perception_question(seed, "locate", TOY)
+        assert images[0] is not None and pixels(images[0]) == pixels(p.image)
+        assert conv[0]["value"] == f"<image>\nWhere is the {p.description}?"
+        assert f'"bbox_2d": {conv[1]["value"]}' in first  # the box the expert zooms, as it writes it
+        conv, _ = syn.perception_question(seed, "locate", TOY, style="expert")
+        assert conv[0]["value"] == p.problem and conv[1]["value"] == first  # the expert's own first turn
+        for style in ("short", "expert"):
+            conv, (zoom,) = syn.perception_question(seed, "read", TOY, style=style)
+            name = conv[0]["value"].removeprefix("<image>\nWhat pattern is on the ").removesuffix("?")
+            obj = next(o for o in p.objects if f"{o.color} {o.shape}" == name)
+            box = protocol.pixel_box(tuple(v / 4 for v in (obj.cell[0], obj.cell[1], obj.cell[0] + 1, obj.cell[1] + 1)),
+                                     p.image.size)
+            assert pixels(zoom) == pixels(p.image.crop(box))  # the crop the environment makes of that cell
+            want = obj.glyph if style == "short" else f"<think>It shows {obj.glyph}.</think>\n<answer>{obj.glyph}</answer>"
+            assert conv[1]["value"] == want
+        conv, _ = syn.perception_question(seed, "dot", TOY)
+        assert conv[1]["value"] in ("yes", "no") and conv[0]["value"].endswith("have a white dot?")
+    answers = {syn.perception_question(s, "dot", TOY)[0][1]["value"] for s in range(20)}
+    assert answers == {"yes", "no"}
+    with pytest.raises(ConfigError, match="'short' only"):
+        syn.perception_question(0, "dot", TOY, style="expert")
+    with pytest.raises(ConfigError, match="expected one of"):
+        syn.perception_question(0, "count", TOY)
+    with pytest.raises(ConfigError, match="grid-layout"):
+        syn.perception_question(0, "read", TINY)

@@ -73,9 +73,11 @@ __all__ = [
     "SHAPES",
     "ExpertTrajectory",
     "LevelGeometry",
+    "PERCEPTION_SKILLS",
     "Puzzle",
     "SceneConfig",
     "SceneObject",
+    "TEXTURES",
     "check_geometry",
     "expert_trajectory",
     "glyph_illegible",
@@ -83,6 +85,7 @@ __all__ = [
     "level_geometry",
     "make_puzzle",
     "observation_text",
+    "perception_question",
     "tokenizer_texts",
     "view_scale",
     "write_all",
@@ -153,6 +156,14 @@ FONT_5X7: Mapping[str, tuple[str, ...]] = {
 }
 GLYPH_W, GLYPH_H = 5, 7
 
+# Texture labels (`SceneConfig.label="texture"`): period-4 ink patterns, half ink and half colour, so the
+# 4x-down original averages every one of them to the same flat tint while a 1:1 view shows them plainly.
+# Why: a ViT trained from random init reads a texture from any one patch (a linear filter), whereas a
+# glyph must be recognised wherever it sits, which a toy model did not learn in minutes (docs/demo.md).
+TEXTURES: Mapping[str, str] = {
+    "stripes": "horizontal lines", "bars": "vertical lines", "checks": "a checkerboard", "slashes": "diagonal lines"}
+TEXTURE_PERIOD = 4  # raw px; 2 px of ink, 2 px of colour
+
 # 3x3 names for where something is in an image (and for the half-size zoom windows).
 _POSITIONS = (("top left", "top", "top right"), ("left", "center", "right"),
               ("bottom left", "bottom", "bottom right"))
@@ -198,6 +209,19 @@ class SceneConfig:
     # Grid layout, the zoom that reads an object: "cell" (its whole cell, seen 1:1) or "centre" (the
     # cell's central half, which the environment enlarges to min_pixels when min_pixels > its area).
     zoom: str = "cell"
+    # What the question asks for: "glyph" (a 5x7 character, `glyphs`) or "texture" (one of `TEXTURES`,
+    # grid layout, easy and hard levels; the hard level's dot is drawn in the other ink at the centre).
+    label: str = "glyph"
+    # Every object outside the hard level's look-alikes has its own colour, so the colour alone finds the
+    # target (the shape still names it); the trial-and-error decoy is then the target's shape in another
+    # colour. Why: a toy model did not learn to bind colour and shape together within minutes (docs/demo.md).
+    unique_colors: bool = False
+    # A decoy for trial and error (a look-alike in colour or shape). Without one, the expert has no
+    # trial-and-error pattern on this scene (the hard level still checks its look-alikes in turn).
+    decoy: bool = True
+    # The colours a target may have (empty: any of `colors`). Why: a toy model learnt to find "the red
+    # object" among others within minutes, but not to match a colour word to one of six (docs/demo.md).
+    target_colors: tuple[str, ...] = ()
 
     @classmethod
     def tiny(cls, **overrides: Any) -> SceneConfig:
@@ -240,6 +264,23 @@ class SceneConfig:
         base.update(overrides)
         return cls.demo(**base)
 
+    @classmethod
+    def toy(cls, **overrides: Any) -> SceneConfig:
+        """The toy recipe's preset (configs/demo.py): `grid4()` with texture labels read from a 1:1 cell zoom.
+
+        Why: on `grid4` a from-scratch model did not learn to read glyphs in minutes, even from an enlarged
+        zoom; a texture is read from any single patch of the object. Objects are large (56-80 px, so a cell
+        token is mostly the object's colour in the original), every object is textured (an untextured one
+        would average to another tint), there is no clutter, and the hard level's dot is 4 px: one view px in
+        the original, 4x4 px in the cell zoom. Targets are red, every other object has its own colour and all
+        are squares: locating the target was learned in 200 steps of 16 so, and not in 300 with circles too.
+        """
+        base = dict(label="texture", zoom="cell", min_pixels=56 * 56, glyph_fraction=1.0, clutter=0,
+                    distractors=4, mark_px=4, unique_colors=True, target_colors=("red",),
+                    colors=("red", "green", "blue", "yellow", "purple", "cyan"), shapes=("square",))
+        base.update(overrides)
+        return cls.grid4(**base)
+
     def __post_init__(self) -> None:
         for name in ("width", "height", "view_pixels", "min_pixels", "glyph_cell", "mark_px", "box_decimals"):
             value = getattr(self, name)
@@ -253,11 +294,15 @@ class SceneConfig:
         if self.glyph_cell < 2:
             raise ConfigError(f"SceneConfig.glyph_cell = {self.glyph_cell}; a glyph is legible only when a "
                               f"stroke spans >= {LEGIBLE_STROKE:g} view px, so it needs >= 2 raw px")
-        unknown = [c for c in self.colors if c not in COLORS] + [s for s in self.shapes if s not in SHAPES]
+        unknown = [c for c in (*self.colors, *self.target_colors) if c not in COLORS]
+        unknown += [s for s in self.shapes if s not in SHAPES]
         if unknown:
             raise ConfigError(f"SceneConfig: unknown colours/shapes {unknown}; known: {list(COLORS)}, {list(SHAPES)}")
-        if len(set(self.colors)) < 2 or len(set(self.shapes)) < 2:
-            raise ConfigError("SceneConfig needs >= 2 colours and >= 2 shapes (decoys share one with the target)")
+        if set(self.target_colors) - set(self.colors):
+            raise ConfigError(f"SceneConfig.target_colors = {self.target_colors}; expected a subset of colors {self.colors}")
+        if len(set(self.colors)) < 2 or len(set(self.shapes)) < (1 if self.unique_colors else 2):
+            raise ConfigError("SceneConfig needs >= 2 colours and >= 2 shapes (decoys share one with the target; "
+                              "with unique_colors a decoy differs by colour, and one shape is enough)")
         bad = [g for g in self.glyphs if g not in FONT_5X7]
         if bad or len(set(self.glyphs)) < 3:
             raise ConfigError(f"SceneConfig.glyphs = {self.glyphs!r}; expected >= 3 distinct characters of "
@@ -274,6 +319,10 @@ class SceneConfig:
         if self.zoom not in ("cell", "centre") or (self.zoom == "centre" and self.layout != "grid"):
             raise ConfigError(f"SceneConfig.zoom = {self.zoom!r} with layout {self.layout!r}; expected 'cell', or "
                               "'centre' with layout 'grid'")
+        if self.label not in ("glyph", "texture") or (self.label == "texture" and (
+                self.layout != "grid" or "medium" in self.levels)):
+            raise ConfigError(f"SceneConfig.label = {self.label!r} with layout {self.layout!r}, levels {self.levels}; "
+                              "expected 'glyph', or 'texture' with layout 'grid' and levels easy/hard only")
         if self.background not in ("photo", "position"):
             raise ConfigError(f"SceneConfig.background = {self.background!r}; expected 'photo' or 'position'")
         if self.thoughts == "terse" and self.layout != "grid":
@@ -308,6 +357,16 @@ def glyph_legible(cell: int, scale: float) -> bool:
 def glyph_illegible(cell: int, scale: float) -> bool:
     """A stroke spans under one view pixel: downsampling merges the strokes."""
     return cell * scale < ILLEGIBLE_STROKE
+
+
+def texture_legible(scale: float) -> bool:
+    """A texture period spans >= 4 view px: its 2-px ink lines survive as lines."""
+    return TEXTURE_PERIOD * scale >= 4.0
+
+
+def texture_illegible(scale: float) -> bool:
+    """A texture period spans <= 2 view px (the Nyquist limit): antialiased resizing averages it away."""
+    return TEXTURE_PERIOD * scale <= 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,15 +408,21 @@ def level_geometry(config: SceneConfig) -> dict[str, LevelGeometry]:
     if config.mark_px < LEGIBLE_STROKE:
         raise ConfigError(f"SceneConfig.mark_px = {config.mark_px}; the dot must span >= {LEGIBLE_STROKE:g} px at "
                           "full resolution to be visible when zoomed")
-    if config.mark_px * s0 >= ILLEGIBLE_STROKE:
+    texture = config.label == "texture"
+    # a glyph's dot hides under one view px; a texture's dot (the other ink, on a 2-px pattern) under two
+    mark_limit = LEGIBLE_STROKE if texture else ILLEGIBLE_STROKE
+    if config.mark_px * s0 >= mark_limit:
         raise ConfigError(f"SceneConfig.mark_px = {config.mark_px} spans {config.mark_px * s0:.2f} view px in the "
-                          f"original; hard needs < {ILLEGIBLE_STROKE:g}; lower mark_px or {hint}")
+                          f"original; hard needs < {mark_limit:g}; lower mark_px or {hint}")
+    if texture and not (texture_illegible(s0) and texture_legible(view_scale(cell, cell, v))):
+        raise ConfigError(f"SceneConfig(label='texture'): the {TEXTURE_PERIOD}-px texture must vanish in the original "
+                          f"(scale {s0:.3f}) and show in a cell zoom; {hint}")
     # Largest square crop whose view keeps strokes >= 2 px, less the outward snapping of 2-decimal boxes.
     legible_side = math.isqrt(v * c * c // 4)
     snap = 2 * math.ceil(max(w, h) / 10 ** config.box_decimals) + 2
     tight = cell if grid else legible_side - snap  # grid: a cell zoom is exact (no snapping) and seen 1:1
-    glyph = (GLYPH_W * c, GLYPH_H * c)
-    marked = (GLYPH_W * c, GLYPH_H * c + c + config.mark_px)
+    glyph = (config.mark_px, config.mark_px) if texture else (GLYPH_W * c, GLYPH_H * c)
+    marked = glyph if texture else (GLYPH_W * c, GLYPH_H * c + c + config.mark_px)
     out = {}
     for level in config.levels:
         if level == "medium":
@@ -372,6 +437,9 @@ def level_geometry(config: SceneConfig) -> dict[str, LevelGeometry]:
         if grid:  # with its margin inside a cell, whose nested boxes' pixel edges may move by a few px
             hi = min(hi, math.floor((cell - 8) / (1 + 2 * _CROP_MARGIN)))
             why += f", inside a {cell}-px cell"
+        if texture:  # large: its cell's token in the original is mostly the object's colour
+            lo, hi = max(lo, cell // 2), math.floor((cell - 8) / (1 + 2 * _CROP_MARGIN))
+            why += f", at least half a cell ({cell // 2} px)"
         label = marked if level == "hard" else glyph
         shapes = tuple(s for s in config.shapes if _fitting_sizes(s, lo, hi, *label))
         if lo > hi or not shapes:
@@ -526,6 +594,17 @@ def _glyph_bitmap(char: str, cell: int) -> np.ndarray:
     return np.repeat(np.repeat(rows, cell, axis=0), cell, axis=1)
 
 
+def _texture(name: str, x0: int, y0: int, size: int) -> np.ndarray:
+    """Where texture `name` puts ink in the size x size box at (x0, y0), anchored to image coordinates."""
+    y, x = np.mgrid[y0:y0 + size, x0:x0 + size]
+    half = TEXTURE_PERIOD // 2
+    pattern = {"stripes": y // half, "bars": x // half, "checks": x // half + y // half,
+               "slashes": (x + y) // half}
+    if name not in pattern:
+        raise ConfigError(f"unknown texture {name!r}; expected one of {list(TEXTURES)}")
+    return pattern[name] % 2 == 0
+
+
 def _draw_stroke(img: np.ndarray, p0: tuple[int, int], p1: tuple[int, int], width: int,
                  color: tuple[int, int, int]) -> None:
     """A straight stroke: pixels whose centre is within width/2 of the segment (IEEE-exact ops)."""
@@ -554,7 +633,7 @@ class SceneObject:
     color: str
     size: int  # side of its square box in raw px
     box: tuple[int, int, int, int]  # pixel box on the full-resolution image, x1/y1 exclusive
-    glyph: str | None = None
+    glyph: str | None = None  # its label: a glyph, or a texture name (`label="texture"`)
     mark: bool = False  # carries the dot (hard level)
     role: str = "distractor"  # "target", "candidate" (a look-alike of the target), "decoy", "distractor"
     cell: tuple[int, int] | None = None  # grid layout: (column, row) of the one cell it sits in
@@ -580,10 +659,10 @@ class Puzzle:
     objects: tuple[SceneObject, ...]
     target: int  # index into objects
     candidates: tuple[int, ...]  # the target and its look-alikes (hard), in reading order
-    decoys: tuple[int, ...]  # same colour, different shape
+    decoys: tuple[int, ...]  # same colour, different shape (`unique_colors`: same shape, another colour)
     config: SceneConfig
-    kind: str  # "number" or "letter"
-    ink: str  # colour of glyphs and dots on the target ("white" / "black")
+    kind: str  # "number", "letter" or "pattern" (texture labels)
+    ink: str  # colour of the target's dot ("white" / "black"): its glyph's ink; white on a (black) texture
 
     @property
     def problem(self) -> str:
@@ -655,9 +734,10 @@ def make_puzzle(seed: int, level: str, config: SceneConfig | None = None) -> Puz
                 return box
         return None
 
-    t_color = rng.choice(config.colors)
+    t_color = rng.choice(config.target_colors or config.colors)
     t_shape = rng.choice(g.target_shapes)
-    glyphs = list(config.glyphs)
+    texture = config.label == "texture"
+    glyphs = list(TEXTURES) if texture else list(config.glyphs)
     answer = rng.choice(glyphs)
     label = g.label
     n_cand = rng.randint(*config.hard_candidates) if level == "hard" else 1
@@ -681,10 +761,15 @@ def make_puzzle(seed: int, level: str, config: SceneConfig | None = None) -> Puz
     decoy_level = "medium" if level == "medium" else "easy"
     other_shapes = [s for s in config.shapes if s != t_shape]
     other_colors = [col for col in config.colors if col != t_color]
-    extra: list[tuple[str, str, str]] = [(rng.choice(other_shapes), t_color, "decoy"),
-                                         (t_shape, rng.choice(other_colors), "distractor")]
-    combos = [(s, col) for s in config.shapes for col in config.colors if (s, col) != (t_shape, t_color)]
-    extra += [(*rng.choice(combos), "distractor") for _ in range(config.distractors)]
+    if config.unique_colors:  # one object per colour: the decoy shares the shape, the rest share nothing
+        free = rng.shuffle(other_colors)[: config.distractors + 1]
+        extra: list[tuple[str, str, str]] = [(t_shape, free[0], "decoy")] if config.decoy else []
+        extra += [(rng.choice(config.shapes), col, "distractor") for col in free[int(config.decoy):]]
+    else:
+        extra = [(rng.choice(other_shapes), t_color, "decoy")] if config.decoy else []
+        extra += [(t_shape, rng.choice(other_colors), "distractor")]
+        combos = [(s, col) for s in config.shapes for col in config.colors if (s, col) != (t_shape, t_color)]
+        extra += [(*rng.choice(combos), "distractor") for _ in range(config.distractors)]
     for i, (shape, color, role) in enumerate(extra):
         has_glyph = role == "decoy" or rng.random() < config.glyph_fraction
         lvl = decoy_level if role == "decoy" else rng.choice(tuple(lv for lv in ("easy", "medium") if lv in geo))
@@ -708,10 +793,11 @@ def make_puzzle(seed: int, level: str, config: SceneConfig | None = None) -> Puz
 
     image = _render(config, placed, level, rng.u64())
     target = placed[0]
-    kind = "number" if answer.isdigit() else "letter"
-    ink = INK[t_color]
+    kind = "pattern" if texture else "number" if answer.isdigit() else "letter"
+    ink = "white" if texture else INK[t_color]
     desc = f"{t_color} {t_shape}" + (f" with a {ink} dot" if level == "hard" else "")
-    question = rng.choice((f"What {kind} is written on the {desc}?", f"Which {kind} is on the {desc}?"))
+    question = rng.choice((f"What pattern is on the {desc}?", f"Which pattern fills the {desc}?") if texture else
+                          (f"What {kind} is written on the {desc}?", f"Which {kind} is on the {desc}?"))
     candidates = tuple(sorted(range(n_cand), key=lambda i: (placed[i].box[1], placed[i].box[0])))
     return Puzzle(
         doc_id=f"synthetic_{level}_{seed}", seed=seed, level=level, image=image, question=question,
@@ -754,10 +840,18 @@ def _render(config: SceneConfig, objects: Sequence[SceneObject], level: str, see
     for o in objects:
         x0, y0, x1, y1 = o.box
         region = img[y0:y1, x0:x1]
-        region[_shape_mask(o.shape, o.size)] = COLORS[o.color]
+        mask = _shape_mask(o.shape, o.size)
+        region[mask] = COLORS[o.color]
         if o.glyph is None:
             continue
         ink = INK_RGB[INK[o.color]]
+        if config.label == "texture":  # black lines (a dark tint in the original), a white dot on top
+            region[mask & _texture(o.glyph, x0, y0, o.size)] = INK_RGB["black"]
+            if o.mark:  # a solid square where a glyph's label would sit
+                m = config.mark_px
+                lx, ly = _label_origin(o.shape, o.size, m, m)
+                region[ly:ly + m, lx:lx + m] = INK_RGB["white"]
+            continue
         lw, lh = GLYPH_W * c, GLYPH_H * c
         if level == "hard":  # dot row above the glyph, present or not, so look-alikes differ only by the dot
             lh += c + config.mark_px
@@ -986,6 +1080,16 @@ class _Expert:
                     n=len(self.p.candidates), g=t.glyph)
         return self.say(*book[kind]).format(**{**base, **fields})
 
+    def decoy(self, d: SceneObject) -> tuple[str, str]:
+        """Grid trial and error: the thought and call that zoom decoy `d` first."""
+        return self.phrase("decoy" if d.color == self.color else "decoy_shape"), self.cell(d, 0)
+
+    def not_it(self, d: SceneObject) -> str:
+        """... and the reaction to what the zoom showed."""
+        if d.color == self.color:
+            return self.phrase("not", wrong=d.shape)
+        return self.phrase("not_color", wrong=d.color)
+
     @staticmethod
     def _fit(box: Sequence[float], bounds: Sequence[float]) -> tuple[float, float, float, float]:
         """Shift (then clip) `box` into `bounds`."""
@@ -1039,12 +1143,17 @@ def expert_trajectory(puzzle: Puzzle, seed: int = 0, pattern: str | None = None,
     """
     if pattern is None:
         weights = dict(DEFAULT_PATTERN_WEIGHTS if weights is None else weights)
+        if not puzzle.decoys:  # nothing to mistake for the target
+            weights.pop("trial_and_error", None)
         if set(weights) - set(PATTERNS) or any(x < 0 for x in weights.values()) or sum(weights.values()) <= 0:
             raise ConfigError(f"pattern weights {weights}; expected non-negative weights over {PATTERNS}")
         names = [p for p in PATTERNS if weights.get(p, 0) > 0]
         pattern = _Rng("pattern", puzzle.doc_id, puzzle.seed, seed).weighted(names, [weights[p] for p in names])
     if pattern not in PATTERNS:
         raise ConfigError(f"pattern = {pattern!r}; expected one of {PATTERNS}")
+    if pattern == "trial_and_error" and not puzzle.decoys:
+        raise ConfigError(f"{puzzle.doc_id}: pattern 'trial_and_error' needs a decoy; this scene has none "
+                          "(SceneConfig.decoy=False)")
     ex = _Expert(puzzle, _Rng("expert", puzzle.doc_id, puzzle.seed, seed, pattern))
     if puzzle.config.layout == "grid":
         _solve_grid(ex, pattern)
@@ -1171,6 +1280,8 @@ _TERSE: Mapping[str, tuple[str, ...]] = {
     "part": ("The {d} is in this part. Zoom in.",),  # depth first: a quadrant that holds it
     "hidden": ("The {d} is too small here. Zoom in on this part.",),  # medium: the quadrant first
     "decoy": ("A {c} object is in this cell. Check it.",),  # trial and error: a same-colour decoy
+    "decoy_shape": ("A {s} is in this cell. Check it.",),  # ... or (unique_colors) a same-shape one
+    "not_color": ("This {s} is {wrong}, not {c}.",),
     "not": ("This is a {c} {wrong}, not a {c} {s}.",),  # ... and the reaction to it
     "none": ("No {d} here. Try this part.",),  # medium trial and error: the wrong quadrant
     "goal": ("Goal: {goal}. Zoom in on this part.",),  # goal maintenance: too wide first
@@ -1190,6 +1301,8 @@ _VERBOSE_GRID: Mapping[str, tuple[str, ...]] = {
     "hidden": ("I need {goal}. It is too small to make out here; let me zoom in on this part first.",
                "The {d} is too small to see here. Let me zoom in on the part where it seems to be."),
     "decoy": ("I need {goal}. There is a {c} object in this cell; let me check it.",),
+    "decoy_shape": ("I need {goal}. There is a {s} in this cell; let me check it.",),
+    "not_color": ("This {s} is {wrong}, not {c}.",),
     "not": ("This is a {c} {wrong}, not a {c} {s}.",),
     "none": ("There is no {d} in this part. I still need {goal}. Let me try this part instead.",),
     "goal": ("I need {goal}. Let me zoom in on the area around the {d}.",),
@@ -1218,8 +1331,8 @@ def _solve_grid(ex: _Expert, pattern: str) -> None:
         lead = ""
         if pattern == "trial_and_error":
             d = p.objects[p.decoys[0]]
-            ex.turn(ex.phrase("decoy"), ex.cell(d, 0))
-            lead = ex.phrase("not", wrong=d.shape) + " "
+            ex.turn(*ex.decoy(d))
+            lead = ex.not_it(d) + " "
         for j, obj in enumerate(visits):
             if j == 0 and pattern == "depth_first":
                 call, k = ex.half(0, obj)
@@ -1235,8 +1348,8 @@ def _solve_grid(ex: _Expert, pattern: str) -> None:
     if p.level == "easy":
         if pattern == "trial_and_error":
             d = p.objects[p.decoys[0]]
-            ex.turn(ex.phrase("decoy"), ex.cell(d, 0))
-            ex.turn(ex.phrase("not", wrong=d.shape) + " " + ex.phrase("cell"), ex.cell(t, 0))
+            ex.turn(*ex.decoy(d))
+            ex.turn(ex.not_it(d) + " " + ex.phrase("cell"), ex.cell(t, 0))
         elif pattern == "depth_first":
             call, k = ex.half(0, t)
             ex.turn(ex.phrase("part"), call)
@@ -1261,6 +1374,72 @@ def _solve_grid(ex: _Expert, pattern: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Single-skill questions (dense perception supervision)
+# --------------------------------------------------------------------------------------------------
+
+PERCEPTION_SKILLS = ("locate", "read", "dot")
+
+
+def perception_question(seed: int, skill: str, config: SceneConfig,
+                        style: str = "short") -> tuple[list[dict[str, str]], list[Image.Image]]:
+    """One question that exercises one perception skill the search needs, as a (human, gpt) conversation
+    with its image, on a grid-layout puzzle's scene. Why: a model trained from random init must learn to
+    see before it can learn to search (Qwen2.5-VL's pretraining plays this part for Mini-o3), and a
+    trajectory spends ~400 tokens for one box and one answer; here every answer token is informative.
+
+    "locate": the original and the target -> the expert's zoom box onto the target's cell (easy puzzles:
+        a hard target differs from its look-alikes only by its dot).
+    "read": the cell zoom of one labelled object and a question about it -> its label.
+    "dot": the cell zoom of one of a hard puzzle's look-alikes -> whether it carries the dot ("short" only).
+    The zooms are the crops the environment makes from the expert's boxes.
+
+    `style="short"`: bare answers ("Where is the red square?" -> "[0.250, 0.500, 0.500, 0.750]", "What
+    pattern is on the green square?" -> "bars", "Does the red square have a white dot?" -> "yes").
+    `style="expert"`: the puzzle's own question type, answered with the very turn the expert would write
+    at that point (`<think>...</think>` and its grounding call, or its answer), so that a model trained
+    on them needs no new output format for the trajectories that follow (after 500 steps of short answers
+    a model re-learned the trajectory format slowly, docs/demo.md).
+
+    Raises:
+        ConfigError: unknown skill or style, a free-layout config, or no hard level ("dot").
+    """
+    if skill not in PERCEPTION_SKILLS or style not in ("short", "expert") or (skill, style) == ("dot", "expert"):
+        raise ConfigError(f"skill = {skill!r}, style = {style!r}; expected one of {PERCEPTION_SKILLS} and "
+                          "'short' or 'expert' ('dot' is 'short' only: the expert's turn after a look-alike "
+                          "without the dot zooms the next one, on an original this question does not show)")
+    if config.layout != "grid" or (skill == "dot" and "hard" not in config.levels):
+        raise ConfigError(f"perception_question({skill!r}) needs a grid-layout SceneConfig"
+                          + (" with the hard level" if skill == "dot" else ""))
+    p = make_puzzle(seed, "hard" if skill == "dot" else "easy", config)
+    rng = _Rng("perception", seed, skill)
+    ex = _Expert(p, rng)
+    expert = style == "expert"
+
+    def conversation(question: str, answer: str, image: Image.Image):
+        return [{"from": "human", "value": f"{DATASET_IMAGE_PLACEHOLDER}\n{question}"},
+                {"from": "gpt", "value": answer}], [image]
+
+    if skill == "locate":
+        call = ex.cell(p.target_object, 0)
+        if expert:
+            return conversation(p.question, f"<think>{ex.phrase('cell')}</think>\n{call}", p.image)
+        box = call.split('"bbox_2d": ', 1)[1].split("]", 1)[0] + "]"
+        return conversation(f"Where is the {p.description}?", box, p.image)
+    if skill == "dot":
+        obj = p.objects[rng.choice(p.candidates)]
+        ex.cell(obj, 0)
+        return conversation(f"Does the {obj.color} {obj.shape} have a {p.ink} dot?", "yes" if obj.mark else "no",
+                            ex.views[-1].image)
+    obj = rng.choice([o for o in p.objects if o.glyph is not None])
+    what = "What pattern is on" if config.label == "texture" else "What is written on"
+    question = f"{what} the {obj.color} {obj.shape}?"
+    ex.cell(obj, 0)
+    answer = f"<think>{ex.phrase('read', g=obj.glyph)}</think>\n<answer>{obj.glyph}</answer>" if expert \
+        else str(obj.glyph)
+    return conversation(question, answer, ex.views[-1].image)
+
+
+# --------------------------------------------------------------------------------------------------
 # Geometry checks (the level claims, per puzzle)
 # --------------------------------------------------------------------------------------------------
 
@@ -1275,7 +1454,8 @@ def check_geometry(puzzle: Puzzle) -> dict[str, float]:
     s0 = g.original_scale
     m = {"original_scale": s0, "target_view_px": t.size * s0, "stroke_view_px": c * s0,
          "window_scale_max": g.window_scale[1], "tight_side": float(g.tight_side)}
-    assert glyph_illegible(c, s0), m
+    texture = cfg.label == "texture"
+    assert texture_illegible(s0) if texture else glyph_illegible(c, s0), m
     if puzzle.level == "medium":
         assert t.size * s0 <= HIDDEN_PX and t.size * g.window_scale[0] >= LOCALISABLE_PX, m
         assert glyph_illegible(c, g.window_scale[1]), m
@@ -1284,7 +1464,8 @@ def check_geometry(puzzle: Puzzle) -> dict[str, float]:
     if puzzle.level == "hard":
         marked = [i for i in puzzle.candidates if puzzle.objects[i].mark]
         assert len(puzzle.candidates) >= 2 and marked == [puzzle.target], m
-        assert cfg.mark_px * s0 < ILLEGIBLE_STROKE and cfg.mark_px >= LEGIBLE_STROKE, m
+        assert cfg.mark_px * s0 < (LEGIBLE_STROKE if texture else ILLEGIBLE_STROKE), m
+        assert cfg.mark_px >= LEGIBLE_STROKE, m
         assert all(puzzle.objects[i].size * s0 >= LOCALISABLE_PX for i in puzzle.candidates), m
     same = [o for o in puzzle.objects if (o.color, o.shape) == (t.color, t.shape)]
     assert len(same) == len(puzzle.candidates), "the target's colour+shape must be unique outside the look-alikes"
@@ -1296,7 +1477,8 @@ def check_geometry(puzzle: Puzzle) -> dict[str, float]:
             assert o.cell is not None and o.cell[0] * n < o.box[0] and o.box[2] < (o.cell[0] + 1) * n - 1, o
             assert o.cell[1] * n < o.box[1] and o.box[3] < (o.cell[1] + 1) * n - 1, o
         m["cell_scale"] = view_scale(n, n, cfg.view_pixels)
-        assert glyph_legible(c, m["cell_scale"]) and cfg.mark_px * m["cell_scale"] >= LEGIBLE_STROKE, m
+        legible = texture_legible(m["cell_scale"]) if texture else glyph_legible(c, m["cell_scale"])
+        assert legible and cfg.mark_px * m["cell_scale"] >= LEGIBLE_STROKE, m
     return m
 
 
@@ -1368,7 +1550,8 @@ def write_coldstart(out_dir: str | os.PathLike, puzzles_or_n: Sequence[Puzzle] |
     return path
 
 
-PRESETS = {"default": SceneConfig, "tiny": SceneConfig.tiny, "demo": SceneConfig.demo, "grid4": SceneConfig.grid4}
+PRESETS = {"default": SceneConfig, "tiny": SceneConfig.tiny, "demo": SceneConfig.demo, "grid4": SceneConfig.grid4,
+           "toy": SceneConfig.toy}
 
 
 def write_all(out_dir: str | os.PathLike, n: int = 100, seed: int = 0, preset: str = "default") -> list[str]:
@@ -1389,6 +1572,7 @@ def tokenizer_texts(config: SceneConfig | None = None, n: int = 24, seed: int = 
     config = config or SceneConfig.tiny()
     texts: list[str] = []
     for i, p in enumerate(_puzzles_for("tokenizer", n, seed, config) if n else []):
-        traj = expert_trajectory(p, seed=i, pattern=PATTERNS[i % len(PATTERNS)])
+        patterns = [q for q in PATTERNS if p.decoys or q != "trial_and_error"]
+        traj = expert_trajectory(p, seed=i, pattern=patterns[i % len(patterns)])
         texts += [m["value"] for m in traj.conversations[1:]]
     return texts
