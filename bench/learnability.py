@@ -113,6 +113,11 @@ def task(args, scene: synthetic.SceneConfig) -> Callable[[int], tuple[list, list
         p = synthetic.make_puzzle(seed, "easy", scene)
         e = synthetic.expert_trajectory(p, seed=seed, pattern="direct")
         conv = [m for m in e.conversations if m["from"] != "system"]
+        if args.untrained_zoom:  # control: the zoom turn says nothing about where (no box to learn)
+            conv[1] = {"from": "gpt", "value": "<think>Zoom in.</think>"}
+        if args.zoom_text:  # control: the zoom turn is this text ('{think}' and '{call}': the expert's parts)
+            think, call = conv[1]["value"].split("\n", 1)
+            conv[1] = {"from": "gpt", "value": args.zoom_text.replace("\\n", "\n").format(think=think, call=call)}
         if args.bare_observation:  # the observation turn without the protocol's text around its image
             conv[2] = {"from": "human", "value": "<image>" + (f"\n{p.question}" if args.repeat_question else "")}
         if args.no_original:  # control: a text-only first turn, then the observation in the second turn
@@ -139,8 +144,18 @@ def main() -> None:
     ap.add_argument("probe", choices=["locate", "read", "scene-read", "scene-locate", "traj-read", "perception"])
     ap.add_argument("--init", default="", help="start from this checkpoint of a recipe run (<run>/<stage>/final; "
                     "the run's tokenizer is used) instead of random init")
+    ap.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a field of the model's text config (repeatable), e.g. --text num_hidden_layers=6")
+    ap.add_argument("--mask-history", action="store_true", help="train on the last assistant turn only")
+    ap.add_argument("--vision", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a field of the model's vision config (repeatable)")
+    ap.add_argument("--warm", default="", help="traj-read curriculum: a control flag (e.g. untrained-zoom) for the "
+                    "first --warm-steps steps")
+    ap.add_argument("--warm-steps", type=int, default=0)
     ap.add_argument("--verbose", action="store_true", help="traj-read: print two examples' token probabilities")
     ap.add_argument("--two-images", default="", help="traj-read control: 'crop,original' or 'original,crop'")
+    ap.add_argument("--untrained-zoom", action="store_true", help="traj-read control: the zoom turn is 'Zoom in.'")
+    ap.add_argument("--zoom-text", default="", help="traj-read control: the zoom turn, e.g. '{think}' or '{call}'")
     ap.add_argument("--no-original", action="store_true", help="traj-read control: text first turn, then the crop")
     ap.add_argument("--crop-only", action="store_true", help="traj-read control: the observation alone")
     ap.add_argument("--repeat-question", action="store_true", help="traj-read, bare: the question after the image")
@@ -169,6 +184,13 @@ def main() -> None:
     cfg.out_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.init))) if args.init \
         else tempfile.mkdtemp(prefix="learnability_")
     cfg.scene = args.preset
+    for kv in args.text:  # the decoder's size, e.g. --text num_hidden_layers=6
+        k, v = kv.split("=", 1)
+        cfg.model["text"][k] = ast.literal_eval(v)
+    for kv in args.vision:  # the vision tower's size, e.g. --vision hidden_size=128
+        k, v = kv.split("=", 1)
+        cfg.model["vision"][k] = ast.literal_eval(v)
+    cfg.model["vision"]["out_hidden_size"] = cfg.model["text"]["hidden_size"]  # the merger feeds the decoder
     recipe = Recipe(cfg, console=None)
     fields = {f.name: f.type for f in dataclasses.fields(synthetic.SceneConfig)}
     overrides = dict(kv.split("=", 1) for kv in args.scene)
@@ -185,13 +207,16 @@ def main() -> None:
     trainer = open_session(t, "sft", args.steps, console=None).trainer
     spec = BatchSpec(micro_batch=args.batch, min_length=64, max_length=1024, min_windows=16, pad_id=tok.endoftext_id)
     make = task(args, scene)
+    # a curriculum: the first --warm-steps steps train on the --warm variant of the probe (held-out: the probe)
+    warm = make if args.warm in ("", "mask-history") else task(argparse.Namespace(**{
+        **vars(args), args.warm.replace("-", "_"): "original,crop" if args.warm == "two-images" else True}), scene)
 
-    def trajectories(seeds):
+    def trajectories(seeds, maker=make, mask_history=False):
         out = []
         for s in seeds:
-            conv, images = make(int(s))
+            conv, images = maker(int(s))
             out.append(conversation_trajectory(conv, images, tok, proc, min_pixels=scene.min_pixels,
-                                               max_pixels=scene.view_pixels))
+                                               max_pixels=scene.view_pixels, mask_history=mask_history))
         return out
 
     held = micro_batches(examples_from_trajectories(trajectories(range(10**7, 10**7 + args.held_out)), proc,
@@ -207,7 +232,10 @@ def main() -> None:
                         if args.probe == "perception" else args.probe
                     answer = lp[j][mask[j] > 0][:-2]
                     if args.probe == "traj-read":  # the reading turn only: its tokens after the last <|im_end|>
-                        last = tok.encode(make(10**7 + idx)[0][-1]["value"])
+                        conv = make(10**7 + idx)[0]
+                        first = tok.encode(conv[1]["value"])  # and the zoom turn: the first trained tokens
+                        ok.setdefault("zoom", []).append(bool(np.all(lp[j][mask[j] > 0][:len(first)] > np.log(0.5))))
+                        last = tok.encode(conv[-1]["value"])
                         answer = answer[-len(last):]
                         if args.verbose and idx < 2:
                             print("   ", [tok.decode([int(x)]) for x in last], np.round(np.exp(answer), 2).tolist())
@@ -217,7 +245,9 @@ def main() -> None:
     print(f"probe {args.probe}: {vars(args)}", flush=True)
     t0 = time.time()
     for step in range(args.steps):
-        batch = trajectories(range(step * args.batch, (step + 1) * args.batch))
+        warming = step < args.warm_steps
+        batch = trajectories(range(step * args.batch, (step + 1) * args.batch), warm if warming else make,
+                             args.mask_history or (warming and args.warm == "mask-history"))
         metrics = trainer.train_step(micro_batches(examples_from_trajectories(batch, proc, agg="token-mean"),
                                                    trainer.model_config, spec)[0])
         if (step + 1) % args.every == 0:

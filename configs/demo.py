@@ -1,7 +1,8 @@
 """The whole Mini-o3 recipe at toy scale (`mini-o3 demo`): synthetic puzzles, a small Qwen-style BPE, a
-tiny Qwen2.5-VL trained from scratch, a direct-answer baseline, cold-start SFT on scripted-expert
-trajectories, GRPO with over-turn masking (training turn limit below the test limit, as in the paper),
-evaluation and a report. Sized for a 2-core CPU.
+tiny Qwen2.5-VL trained from scratch, perception stages (the toy stand-in for Qwen2.5-VL's pretraining),
+a direct-answer baseline, cold-start SFT on scripted-expert trajectories, GRPO with over-turn masking
+(training turn limit below the test limit, as in the paper), evaluation and a report. Sized for a 2-core
+CPU (~12 minutes); every choice below was measured (docs/demo.md).
 
     mini-o3 demo                                   # runs/demo/report.md
     mini-o3 demo --ablation                        # + RL without over-turn masking, from the same SFT
@@ -13,7 +14,6 @@ import os
 import ml_collections
 
 from mini_o3_jax.config_files import load_config
-from mini_o3_jax.data.synthetic import DEFAULT_PATTERN_WEIGHTS
 from mini_o3_jax.model.presets import preset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,7 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.ablation = False  # also train RL without over-turn masking and compare turn curves
 
-    c.scene = "grid4"  # mini_o3_jax.data.synthetic preset (SceneConfig.<scene>()); configs/demo_toy.py: "toy"
+    # mini_o3_jax.data.synthetic preset (SceneConfig.<scene>()): texture labels read from a cell zoom, red
+    # square targets ("grid4", glyph labels, was not learnt from scratch within the budget: docs/demo.md)
+    c.scene = "toy"
     c.system_prompt = False  # a model trained from scratch needs no instruction; saves 226 tokens a sequence
     c.data = ml_collections.ConfigDict()
     c.data.eval_per_level = 16  # held-out puzzles per level (the scene's levels: easy and hard)
@@ -51,34 +53,45 @@ def get_config() -> ml_collections.ConfigDict:
         t.train.update(train)
         return t
 
-    # perception: single-skill questions (where is the target, what pattern, is there a dot), dense
-    # supervision before search, as Qwen2.5-VL's pretraining precedes Mini-o3. Stages run in order, each
-    # from the last; steps=0 skips one. Off here (the measured default of docs/demo.md); configs/demo_toy.py
-    # turns them on: locating alone first (mixed with the other skills from the start it was not learned
-    # in 500 steps, alone it was in ~200), then every skill.
-    c.perception_stages = ["perception_locate", "perception"]
-    for name, steps, skills in (("perception_locate", 0, ["locate"]),
-                                ("perception", 0, ["locate", "locate", "read", "dot"])):
+    # perception: single-skill questions (where is the target, what pattern), dense supervision before
+    # search, as Qwen2.5-VL's pretraining precedes Mini-o3. Stages run in order, each from the last;
+    # steps=0 skips one. Locating alone first (mixed with the other skills from the start it was not learned
+    # in 500 steps, alone it was in ~200), then locating and reading. Answers are the expert's own turns
+    # ("expert"; "short" bare answers left a model that re-learnt the trajectory format slowly).
+    c.perception_stages = ["perception_locate", "perception", "perception_search"]
+    for name, steps, skills in (("perception_locate", 300, ["locate"]),
+                                ("perception", 200, ["locate", "locate", "read"])):
         c[name] = trainer("sft_coldstart.py", steps=steps, batch_size=16, micro_batch=16, min_length=64,
                           max_length=256, logits_chunk=256, min_windows=16)
         c[name].skills = skills
-        c[name].style = "short"  # synthetic.perception_question: "short" answers or the expert's own turns
+        c[name].style = "expert"  # synthetic.perception_question: "short" answers or the expert's own turns
         c[name].optim.update(lr=1e-3, b2=0.95, warmup_ratio=0.05, weight_decay=0.0)
         c[name].checkpoint.every = 100
+    # then the easy level's whole direct trajectories ("search", expert turns only): locating and reading
+    # chained in context, which took ~600 steps to click on top of the skills alone (docs/demo.md)
+    c.perception_search = trainer("sft_coldstart.py", steps=900, batch_size=8, micro_batch=8, min_length=128,
+                                  max_length=1024, logits_chunk=512, min_windows=32)
+    c.perception_search.skills = ["search"]
+    c.perception_search.style = "expert"
+    c.perception_search.optim.update(lr=1e-3, b2=0.95, warmup_ratio=0.1, weight_decay=0.0)
+    c.perception_search.checkpoint.every = 200
 
     # direct-answer baseline: the same model trained to answer from the full view, no zooming
     c.baseline = trainer("sft_coldstart.py", steps=100, batch_size=16, micro_batch=16, min_length=64,
                          max_length=256, logits_chunk=256, min_windows=16)
-    c.baseline.optim.update(lr=2e-3, b2=0.95, warmup_ratio=0.05, weight_decay=0.0)
+    # lr 5e-3: a perception model re-learns a new answer format slowly at 2e-3
+    c.baseline.optim.update(lr=5e-3, b2=0.95, warmup_ratio=0.05, weight_decay=0.0)
 
-    # cold-start SFT on scripted-expert trajectories (every reasoning pattern, every level)
+    # cold-start SFT on scripted-expert trajectories, every level
     c.sft = trainer("sft_coldstart.py", steps=150, batch_size=8, micro_batch=8, min_length=128,
                     max_length=1024, logits_chunk=512, min_windows=32)
     c.sft.optim.update(lr=2e-3, b2=0.95, warmup_ratio=0.1, weight_decay=0.0)
-    c.sft.patterns = dict(DEFAULT_PATTERN_WEIGHTS)  # how often the expert uses each reasoning pattern
+    # how often the expert uses each reasoning pattern (synthetic.PATTERNS): the direct one only here; with
+    # every pattern mixed, 250 SFT steps left sampled turns blending phrases of several patterns at T=1.0
+    c.sft.patterns = {"direct": 1.0}
 
     # GRPO with over-turn masking; training allows fewer turns than the test does
-    c.rl = trainer("rl_grpo.py", steps=3, prompts_per_step=4, mini_batch_prompts=4, micro_batch=8,
+    c.rl = trainer("rl_grpo.py", steps=5, prompts_per_step=4, mini_batch_prompts=4, micro_batch=8,
                    max_gen_batches=2, min_length=128, max_length=2048, logits_chunk=512, min_windows=32)
     c.rl.reward.kind = "exact"
     # Keep steps whose groups all score alike (zero advantage: no update) instead of resampling and then

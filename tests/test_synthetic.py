@@ -655,10 +655,16 @@ def test_perception_questions_match_what_the_expert_and_the_environment_produce(
             assert conv[1]["value"] == want
         conv, _ = syn.perception_question(seed, "dot", TOY)
         assert conv[1]["value"] in ("yes", "no") and conv[0]["value"].endswith("have a white dot?")
+        conv, images = syn.perception_question(seed, "search", TOY, style="expert")  # the whole direct trajectory
+        e = expert_trajectory(p, seed=seed, pattern="direct")
+        assert conv == [m for m in e.conversations if m["from"] != "system"] and len(images) == len(e.images) == 2
+        assert [pixels(a) for a in images] == [pixels(b) for b in e.images]
     answers = {syn.perception_question(s, "dot", TOY)[0][1]["value"] for s in range(20)}
     assert answers == {"yes", "no"}
     with pytest.raises(ConfigError, match="'short' only"):
         syn.perception_question(0, "dot", TOY, style="expert")
+    with pytest.raises(ConfigError, match="'expert' only"):
+        syn.perception_question(0, "search", TOY)
     with pytest.raises(ConfigError, match="expected one of"):
         syn.perception_question(0, "count", TOY)
     with pytest.raises(ConfigError, match="grid-layout"):

@@ -18,7 +18,7 @@ from mini_o3_jax.model.weights import load_model
 from mini_o3_jax.processing.image import ImageProcessor
 from mini_o3_jax.rl.data import read_prompts
 from mini_o3_jax.rl.loop import run_rl
-from mini_o3_jax.sft.data import read_sharegpt, sharegpt_trajectories
+from mini_o3_jax.sft.data import conversation_trajectory, read_sharegpt, sharegpt_trajectories
 from mini_o3_jax.sft.loop import run_sft
 from mini_o3_jax.train.batch import BatchSpec, examples_from_trajectories, micro_batches
 from mini_o3_jax.train.metrics import read_jsonl_metrics, read_tensorboard_scalars
@@ -51,6 +51,15 @@ def test_sft_data_masks_exactly_the_assistant_turns(parts):
     untrained = tok.decode(multi.token_ids[multi.loss_mask == 0])
     assert "the the zoom-in image (Observation 1)" in untrained and "<|image_pad|>" in untrained
     assert (multi.token_ids == tok.image_pad_id).sum() == int((multi.grids.prod(1) // 4).sum())
+
+
+def test_sft_data_mask_history_trains_the_last_turn_only(parts, tmp_path):
+    tok, proc, trajs, _ = parts
+    record = read_sharegpt(write_sharegpt(str(tmp_path), 4))[0]
+    last = conversation_trajectory(record["conversations"], record["images"], tok, proc, min_pixels=3136,
+                                   max_pixels=60_000, mask_history=True)
+    assert np.array_equal(last.token_ids, trajs[0].token_ids)  # same sequence, only the mask differs
+    assert tok.decode(last.token_ids[last.loss_mask == 1]) == "<think>it is A</think> <answer>A</answer><|im_end|>\n"
 
 
 def test_sft_data_with_the_real_qwen_tokenizer(tmp_path):

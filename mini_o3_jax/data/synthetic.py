@@ -1377,7 +1377,7 @@ def _solve_grid(ex: _Expert, pattern: str) -> None:
 # Single-skill questions (dense perception supervision)
 # --------------------------------------------------------------------------------------------------
 
-PERCEPTION_SKILLS = ("locate", "read", "dot")
+PERCEPTION_SKILLS = ("locate", "read", "dot", "search")
 
 
 def perception_question(seed: int, skill: str, config: SceneConfig,
@@ -1391,6 +1391,10 @@ def perception_question(seed: int, skill: str, config: SceneConfig,
         a hard target differs from its look-alikes only by its dot).
     "read": the cell zoom of one labelled object and a question about it -> its label.
     "dot": the cell zoom of one of a hard puzzle's look-alikes -> whether it carries the dot ("short" only).
+    "search": an easy puzzle's whole direct expert trajectory: locate, zoom, read the observation ("expert"
+        only). Why: a model that locates and reads alone still read a trajectory's observation at chance
+        for ~600 steps of 8 and then at 100 % (`bench/learnability.py traj-read`, docs/demo.md); easy
+        trajectories are ~3x cheaper a step than the hard level's, so the chaining is learnt on them.
     The zooms are the crops the environment makes from the expert's boxes.
 
     `style="short"`: bare answers ("Where is the red square?" -> "[0.250, 0.500, 0.500, 0.750]", "What
@@ -1403,14 +1407,19 @@ def perception_question(seed: int, skill: str, config: SceneConfig,
     Raises:
         ConfigError: unknown skill or style, a free-layout config, or no hard level ("dot").
     """
-    if skill not in PERCEPTION_SKILLS or style not in ("short", "expert") or (skill, style) == ("dot", "expert"):
+    if skill not in PERCEPTION_SKILLS or style not in ("short", "expert") or (skill, style) in (
+            ("dot", "expert"), ("search", "short")):
         raise ConfigError(f"skill = {skill!r}, style = {style!r}; expected one of {PERCEPTION_SKILLS} and "
-                          "'short' or 'expert' ('dot' is 'short' only: the expert's turn after a look-alike "
+                          "'short' or 'expert' ('search' is 'expert' only: it is the expert's trajectory; "
+                          "'dot' is 'short' only: the expert's turn after a look-alike "
                           "without the dot zooms the next one, on an original this question does not show)")
     if config.layout != "grid" or (skill == "dot" and "hard" not in config.levels):
         raise ConfigError(f"perception_question({skill!r}) needs a grid-layout SceneConfig"
                           + (" with the hard level" if skill == "dot" else ""))
     p = make_puzzle(seed, "hard" if skill == "dot" else "easy", config)
+    if skill == "search":
+        e = expert_trajectory(p, seed=seed, pattern="direct")
+        return [m for m in e.conversations if m["from"] != "system"], e.images
     rng = _Rng("perception", seed, skill)
     ex = _Expert(p, rng)
     expert = style == "expert"

@@ -53,8 +53,12 @@ def conversation_trajectory(
     min_pixels: int = MINI_O3_MIN_PIXELS,
     max_pixels: int = MINI_O3_MAX_PIXELS,
     name: str = "conversation",
+    mask_history: bool = False,
 ) -> Trajectory:
-    """One sharegpt conversation with its images -> a trajectory with assistant-token loss mask."""
+    """One sharegpt conversation with its images -> a trajectory with assistant-token loss mask.
+
+    `mask_history` (LLaMA-Factory's option of that name): train on the last assistant turn only, the
+    earlier ones are context."""
     msgs = [_message(m, i, name) for i, m in enumerate(conversations)]
     system = DEFAULT_SYSTEM_MESSAGE
     if msgs and msgs[0][0] == "system":
@@ -92,7 +96,8 @@ def conversation_trajectory(
         else:
             piece = np.asarray(tokenizer.encode(f"{value}{IM_END}\n"), np.int32)
             ids.append(piece)
-            mask.append(np.ones(piece.shape, np.int8))
+            trained = not mask_history or i == len(msgs) - 1
+            mask.append(np.full(piece.shape, int(trained), np.int8))
             outcome = "final" if i == len(msgs) - 1 else "crop"
             turns.append(Turn(text=value, num_tokens=int(piece.shape[0]), outcome=outcome))
     return Trajectory(
