@@ -16,6 +16,9 @@ reports, every `--every` steps, the share of held-out examples whose answer toke
     python bench/learnability.py scene-read --preset toy      # texture labels: known at step 75
     python bench/learnability.py scene-locate --preset toy --lr 3e-3 --steps 550   # 69 % at step 550
     python bench/learnability.py scene-locate --preset toy --scene distractors=0   # any SceneConfig field
+    python bench/learnability.py traj-read --preset toy --crop-only   # a trajectory's reading turn, on the crop
+    python bench/learnability.py traj-read --preset toy --init runs/demo/perception/final --lr 1e-3 \
+        --batch 8 --steps 1000 --every 100                   # whole easy trajectories: read at ~600-700
 
 Minutes each on a 2-core CPU. Not a test: it measures, it does not assert.
 """
@@ -184,12 +187,9 @@ def main() -> None:
     cfg.out_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.init))) if args.init \
         else tempfile.mkdtemp(prefix="learnability_")
     cfg.scene = args.preset
-    for kv in args.text:  # the decoder's size, e.g. --text num_hidden_layers=6
-        k, v = kv.split("=", 1)
-        cfg.model["text"][k] = ast.literal_eval(v)
-    for kv in args.vision:  # the vision tower's size, e.g. --vision hidden_size=128
-        k, v = kv.split("=", 1)
-        cfg.model["vision"][k] = ast.literal_eval(v)
+    for part, pairs in (("text", args.text), ("vision", args.vision)):  # the model's size, e.g. --text num_hidden_layers=6
+        for k, v in (kv.split("=", 1) for kv in pairs):
+            cfg.model[part][k] = ast.literal_eval(v)
     cfg.model["vision"]["out_hidden_size"] = cfg.model["text"]["hidden_size"]  # the merger feeds the decoder
     recipe = Recipe(cfg, console=None)
     fields = {f.name: f.type for f in dataclasses.fields(synthetic.SceneConfig)}
@@ -221,6 +221,9 @@ def main() -> None:
 
     held = micro_batches(examples_from_trajectories(trajectories(range(10**7, 10**7 + args.held_out)), proc,
                                                     agg="token-mean"), trainer.model_config, spec)
+    # traj-read: each held-out example's zoom-turn and reading-turn token counts, measured once
+    turns = {i: (len(tok.encode(c[1]["value"])), tok.encode(c[-1]["value"]))
+             for i, c in ((i, make(10**7 + i)[0]) for i in range(args.held_out))} if args.probe == "traj-read" else {}
 
     def known() -> str:
         ok: dict[str, list[bool]] = {}
@@ -232,10 +235,8 @@ def main() -> None:
                         if args.probe == "perception" else args.probe
                     answer = lp[j][mask[j] > 0][:-2]
                     if args.probe == "traj-read":  # the reading turn only: its tokens after the last <|im_end|>
-                        conv = make(10**7 + idx)[0]
-                        first = tok.encode(conv[1]["value"])  # and the zoom turn: the first trained tokens
-                        ok.setdefault("zoom", []).append(bool(np.all(lp[j][mask[j] > 0][:len(first)] > np.log(0.5))))
-                        last = tok.encode(conv[-1]["value"])
+                        first, last = turns[idx]  # and the zoom turn: the first trained tokens
+                        ok.setdefault("zoom", []).append(bool(np.all(lp[j][mask[j] > 0][:first] > np.log(0.5))))
                         answer = answer[-len(last):]
                         if args.verbose and idx < 2:
                             print("   ", [tok.decode([int(x)]) for x in last], np.round(np.exp(answer), 2).tolist())

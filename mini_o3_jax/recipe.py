@@ -1,7 +1,8 @@
 """The whole Mini-o3 recipe at toy scale, end to end on a CPU (configs/demo.py).
 
     synthetic puzzles -> Qwen-style BPE -> tiny Qwen2.5-VL (random init)
-      -> perception stages, if configured (single-skill questions: locate, read, dot; pretraining in miniature)
+      -> perception stages, if configured (locate, read, dot questions, then whole easy trajectories:
+         pretraining in miniature)
       -> direct-answer baseline (SFT without zooming)
       -> cold-start SFT on scripted-expert trajectories
       -> GRPO with over-turn masking (and, with `ablation`, without it, from the same SFT weights)
@@ -129,12 +130,10 @@ class Recipe:
         proc = ImageProcessor(min_pixels=self.scene.min_pixels, max_pixels=self.scene.view_pixels)
         if not os.path.exists(os.path.join(self.tok_dir, "tokenizer.json")):
             texts = protocol_corpus() + synthetic.tokenizer_texts(self.scene, n=self.cfg.data.tokenizer_puzzles)
-            cfg = self.cfg
-            for name in cfg.perception_stages:  # the perception stages' questions and answers
-                skills, style = list(cfg[name].skills), cfg[name].get("style", "short")
-                for i in range(4 * len(skills) if cfg[name].train.steps else 0):
-                    conv = synthetic.perception_question(i, skills[i % len(skills)], self.scene, style)[0]
-                    texts += [m["value"] for m in conv]
+            for name in self.cfg.perception_stages:  # the perception stages' questions and answers
+                question = self._perception_questions(name)
+                for i in range(4 * len(self.cfg[name].skills) if self.cfg[name].train.steps else 0):
+                    texts += [m["value"] for m in question(i)[0]]
             tok = train_bpe_tokenizer(texts, vocab_size=self.cfg.data.vocab_size)
             tok.save_pretrained(self.tok_dir)
             proc.save_pretrained(self.tok_dir)
@@ -162,19 +161,22 @@ class Recipe:
 
     def perception(self, init: str, tok: Tokenizer, proc: ImageProcessor) -> str:
         """The perception stages (`perception_stages`, in order, each from the last): single-skill questions
-        (the block's `skills`, in turn) on fresh scenes, so the model learns to find the target, read a
-        label and see a dot before it learns to search with them. Returns the last checkpoint."""
+        (the block's `skills`, in turn) on fresh scenes, so the model learns to find the target and read a
+        label, then to chain them in easy trajectories, before SFT on every level. Returns the last
+        checkpoint."""
         for name in self.cfg.perception_stages:
             if self.cfg[name].train.steps:
                 init = self._timed(name, functools.partial(self._perception_stage, name, init, tok, proc))
         return init
 
+    def _perception_questions(self, name: str) -> Callable[[int], Conversation]:
+        """seed -> the perception stage `name`'s question (its `skills` in turn, in its `style`)."""
+        skills, style = list(self.cfg[name].skills), self.cfg[name].get("style", "short")
+        return lambda i: synthetic.perception_question(i, skills[i % len(skills)], self.scene, style)
+
     def _perception_stage(self, name: str, init: str, tok: Tokenizer, proc: ImageProcessor) -> str:
-        block = self.cfg[name]
-        skills, style = list(block.skills), block.get("style", "short")
-        return self._train(name, block, init, tok, proc,
-                           lambda i: synthetic.perception_question(SEED_PERCEPTION + i, skills[i % len(skills)],
-                                                                   self.scene, style))
+        question = self._perception_questions(name)
+        return self._train(name, self.cfg[name], init, tok, proc, lambda i: question(SEED_PERCEPTION + i))
 
     def _train(self, name: str, block: ml_collections.ConfigDict, init: str, tok: Tokenizer, proc: ImageProcessor,
                conversation: Callable[[int], Conversation]) -> str:

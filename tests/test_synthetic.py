@@ -37,6 +37,7 @@ from mini_o3_jax.sft.data import read_sharegpt, sharegpt_trajectories
 TINY = SceneConfig.tiny()
 DEFAULT = SceneConfig()
 DEMO = SceneConfig.demo()
+TOY = SceneConfig.toy()
 
 
 @pytest.fixture(scope="module")
@@ -433,14 +434,16 @@ def test_demo_thoughts_are_terse_and_keep_the_patterns():
                                                                            seed=0).gpt_turns))
 
 
-@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("scene, level", [*(("demo", lv) for lv in LEVELS), ("toy", "easy"), ("toy", "hard")])
 @pytest.mark.parametrize("pattern", PATTERNS)
-def test_demo_expert_replays_through_the_environment(level, pattern, demo_tokenizer):
-    for seed in (0, 5):
-        p = make_puzzle(seed, level, DEMO)
+def test_demo_and_toy_experts_replay_through_the_environment(scene, level, pattern, demo_tokenizer):
+    config = {"demo": DEMO, "toy": TOY}[scene]
+    for seed in (0, 5, 9) if scene == "toy" else (0, 5):
+        p = make_puzzle(seed, level, config)
         e = expert_trajectory(p, seed=seed, pattern=pattern)
         assert len(e.gpt_turns) <= syn.MAX_TURNS and e.pattern == pattern
-        replay(p, e, demo_tokenizer, DEMO)
+        replay(p, e, demo_tokenizer, config)
+        assert e.gpt_turns[-1].endswith(f"<answer>{p.answer}</answer>")
 
 
 def test_demo_generation_is_fast():
@@ -544,7 +547,6 @@ def test_grid4_expert_reads_through_centre_zooms_and_replays(level, pattern, dem
 
 # --- texture labels (SceneConfig.toy) ------------------------------------------------------------------------
 
-TOY = SceneConfig.toy()
 
 
 def _view(image: Image.Image, config: SceneConfig) -> np.ndarray:
@@ -604,16 +606,6 @@ def test_toy_targets_are_red_and_every_other_object_has_its_own_colour():
     e = expert_trajectory(make_puzzle(1, "easy", TOY), seed=0, pattern="trial_and_error")
     assert re.fullmatch(r"This (square|circle) is \w+, not red\. The red (square|circle) is in this cell\. Zoom in\.",
                         e.gpt_turns[1].split("</think>")[0].removeprefix("<think>"))
-
-
-@pytest.mark.parametrize("level", ["easy", "hard"])
-@pytest.mark.parametrize("pattern", PATTERNS)
-def test_toy_expert_replays_through_the_environment(level, pattern, demo_tokenizer):
-    for seed in (0, 5, 9):
-        p = make_puzzle(seed, level, TOY)
-        e = expert_trajectory(p, seed=seed, pattern=pattern)
-        replay(p, e, demo_tokenizer, TOY)
-        assert e.gpt_turns[-1].endswith(f"<answer>{p.answer}</answer>")
 
 
 def test_texture_and_decoy_config_errors():
