@@ -136,7 +136,7 @@ def task(args, scene: synthetic.SceneConfig) -> Callable[[int], tuple[list, list
 
     def perception(seed):  # the recipe's perception stage: its skills in turn
         skills = args.skills.split(",")
-        return synthetic.perception_question(seed, skills[seed % len(skills)], scene)
+        return synthetic.perception_question(seed, skills[seed % len(skills)], scene, args.style)
 
     return {"locate": locate, "read": read, "scene-read": scene_task, "scene-locate": scene_task,
             "traj-read": traj_read, "perception": perception}[args.probe]
@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--repeat-question", action="store_true", help="traj-read, bare: the question after the image")
     ap.add_argument("--bare-observation", action="store_true", help="traj-read: the observation is its image alone")
     ap.add_argument("--skills", default="locate,locate,read,dot", help="perception: the skills in turn")
+    ap.add_argument("--style", default="short", help="perception: 'short' answers or the expert's own turns "
+                    "(then only the last turn is scored)")
     ap.add_argument("--preset", default="grid4", help="synthetic SceneConfig preset (scene probes, glyph set)")
     ap.add_argument("--scene", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a SceneConfig field of the preset (repeatable), e.g. --scene distractors=2")
@@ -223,7 +225,11 @@ def main() -> None:
                                                     agg="token-mean"), trainer.model_config, spec)
     # traj-read: each held-out example's zoom-turn and reading-turn token counts, measured once
     turns = {i: (len(tok.encode(c[1]["value"])), tok.encode(c[-1]["value"]))
-             for i, c in ((i, make(10**7 + i)[0]) for i in range(args.held_out))} if args.probe == "traj-read" else {}
+             for i, c in ((i, make(10**7 + i)[0]) for i in range(args.held_out))} \
+        if args.probe == "traj-read" or args.style == "expert" else {}
+    # expert style: every assistant turn's token count (its text, then <|im_end|> and a newline are trained)
+    gpt_lens = {i: [len(tok.encode(m["value"])) for m in make(10**7 + i)[0] if m["from"] == "gpt"]
+                for i in range(args.held_out)} if args.style == "expert" else {}
 
     def known() -> str:
         ok: dict[str, list[bool]] = {}
@@ -234,6 +240,17 @@ def main() -> None:
                     skill = args.skills.split(",")[(10**7 + idx) % len(args.skills.split(","))] \
                         if args.probe == "perception" else args.probe
                     answer = lp[j][mask[j] > 0][:-2]
+                    if args.probe == "perception" and args.style == "expert":  # every turn, then the last
+                        ok.setdefault(f"{skill}/all", []).append(bool(np.all(answer > np.log(0.5))))
+                        trained, at = lp[j][mask[j] > 0], 0
+                        for t, n in enumerate(gpt_lens[idx][:-1]):  # the turns before the last, by position
+                            ok.setdefault(f"turn{t + 1}", []).append(bool(np.all(trained[at:at + n] > np.log(0.5))))
+                            if args.verbose and idx < 12 and t > 0:
+                                ids = np.asarray(batch.targets[j])[mask[j] > 0][at:at + n]
+                                print("   ", idx, t, [(tok.decode([int(x)]), round(float(np.exp(v)), 2))
+                                                      for x, v in zip(ids, trained[at:at + n]) if v < np.log(0.9)])
+                            at += n + 2
+                        answer = answer[-len(turns[idx][1]):]
                     if args.probe == "traj-read":  # the reading turn only: its tokens after the last <|im_end|>
                         first, last = turns[idx]  # and the zoom turn: the first trained tokens
                         ok.setdefault("zoom", []).append(bool(np.all(lp[j][mask[j] > 0][:first] > np.log(0.5))))

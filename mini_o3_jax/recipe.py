@@ -26,6 +26,7 @@ from flax import nnx
 
 from mini_o3_jax.agent.trajectory import Trajectory
 from mini_o3_jax.data import loader, synthetic
+from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.eval.run import EvalConfig, run_eval
 from mini_o3_jax.infer import write_agent_settings
 from mini_o3_jax.model.config import ModelConfig
@@ -49,22 +50,27 @@ def scene_config(cfg: ml_collections.ConfigDict) -> synthetic.SceneConfig:
     return getattr(synthetic.SceneConfig, cfg.scene)()
 
 
-def _puzzle(scene: synthetic.SceneConfig, base: int, i: int) -> synthetic.Puzzle:
-    """Puzzle `i` of a stream: the scene's levels in turn."""
-    return synthetic.make_puzzle(base + i, scene.levels[i % len(scene.levels)], scene)
+def _puzzle(scene: synthetic.SceneConfig, base: int, i: int, levels: Sequence[str] = ()) -> synthetic.Puzzle:
+    """Puzzle `i` of a stream: `levels` (default: the scene's) in turn."""
+    levels = tuple(levels) or scene.levels
+    return synthetic.make_puzzle(base + i, levels[i % len(levels)], scene)
 
 
 class PuzzlePrompts(Sequence):
-    """An endless-enough stream of RL prompts, generated on access (a few ms each)."""
+    """An endless-enough stream of RL prompts, generated on access (a few ms each), `levels` in turn
+    (default: every level of the scene)."""
 
-    def __init__(self, scene: synthetic.SceneConfig, base: int, n: int = 100_000):
-        self.scene, self.base, self.n = scene, base, n
+    def __init__(self, scene: synthetic.SceneConfig, base: int, n: int = 100_000, levels: Sequence[str] = ()):
+        unknown = [lv for lv in levels if lv not in scene.levels]
+        if unknown:
+            raise ConfigError(f"RL prompt levels {list(levels)}: {unknown} not among the scene's levels {scene.levels}")
+        self.scene, self.base, self.n, self.levels = scene, base, n, tuple(levels)
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> Prompt:
-        p = _puzzle(self.scene, self.base, i)
+        p = _puzzle(self.scene, self.base, i, self.levels)
         return Prompt(p.image, p.problem, p.answer, f"synthetic_{p.level}", p.doc_id)
 
 
@@ -196,7 +202,8 @@ class Recipe:
                                                    max_pixels=self.scene.view_pixels, name=f"{name}[{i}]"))
             return out
 
-        run_sft(c, load, 1_000_000, proc, console=self.console, side_files_from=self.tok_dir, pad_id=tok.endoftext_id)
+        run_sft(c, load, 1_000_000, proc, console=self.console, side_files_from=self.tok_dir, pad_id=tok.endoftext_id,
+                label=name)
         return final
 
     def rl(self, name: str, init: str, tok: Tokenizer, proc: ImageProcessor, *, mask: bool) -> str:
@@ -210,7 +217,8 @@ class Recipe:
         c.env.min_pixels, c.env.max_pixels = self.scene.min_pixels, self.scene.view_pixels
         if not self.cfg.system_prompt:
             c.env.system_prompt = None
-        run_rl(c, PuzzlePrompts(self.scene, SEED_RL), tok, proc, console=self.console, side_files_from=self.tok_dir)
+        prompts = PuzzlePrompts(self.scene, SEED_RL, levels=self.cfg.data.get("rl_levels", ()))
+        run_rl(c, prompts, tok, proc, console=self.console, side_files_from=self.tok_dir, label=name)
         return final
 
     def evaluate(self, name: str, ckpt: str, sets, tok: Tokenizer, proc: ImageProcessor) -> dict[str, Any]:

@@ -601,11 +601,46 @@ def test_toy_targets_are_red_and_every_other_object_has_its_own_colour():
             assert [p.objects[i].role for i in p.decoys] == ["decoy"]
             assert all(o.glyph in syn.TEXTURES and o.shape == "square" for o in p.objects)
             if level == "hard":
-                assert p.description.endswith("with a white dot") and p.ink == "white"
+                assert p.description.endswith("with a white border") and p.ink == "white"
                 assert [i for i in p.candidates if p.objects[i].mark] == [p.target]
     e = expert_trajectory(make_puzzle(1, "easy", TOY), seed=0, pattern="trial_and_error")
     assert re.fullmatch(r"This (square|circle) is \w+, not red\. The red (square|circle) is in this cell\. Zoom in\.",
                         e.gpt_turns[1].split("</think>")[0].removeprefix("<think>"))
+
+
+def test_toy_border_marks_the_hard_target_only_and_shows_only_when_zoomed():
+    """`mark="border"`: a `mark_px` white frame on the hard target's silhouette, none on its look-alikes;
+    half a view px wide in the original (under the 1-px visibility rule), 2 px in the cell zoom."""
+    assert TOY.mark == "border" and TOY.mark_px * view_scale(448, 448, TOY.view_pixels) < syn.ILLEGIBLE_STROKE
+    for seed in range(8):
+        p = make_puzzle(seed, "hard", TOY)
+        check_geometry(p)
+        e = expert_trajectory(p, seed=seed, pattern="direct")
+        zooms = e.images[1:]
+        assert len(zooms) == len(e.gpt_turns) - 1 >= 1
+        # search_order="reading" (not toy's default): the look-alikes row by row, left to right, up to the target
+        scan = sorted((p.objects[i].cell for i in p.candidates), key=lambda c: c[::-1])
+        r = expert_trajectory(make_puzzle(seed, "hard", SceneConfig.toy(search_order="reading")), seed=seed,
+                              pattern="direct")
+        visited = [tuple(round(v * 4) for v in box[:2]) for box, _ in r.boxes]
+        assert visited == scan[:scan.index(p.target_object.cell) + 1], (seed, visited, scan)
+        for zoom, (box, _) in zip(zooms, e.boxes):
+            ox, oy = protocol.pixel_box(box, p.image.size)[:2]
+            obj = next(p.objects[i] for i in p.candidates if p.objects[i].cell == (ox // 112, oy // 112))
+            x0, y0, x1, y1 = obj.box
+            patch = np.asarray(zoom)[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+            m = TOY.mark_px
+            frame = np.zeros((obj.size, obj.size), bool)
+            frame[:m], frame[-m:], frame[:, :m], frame[:, -m:] = True, True, True, True
+            white = (patch == 255).all(axis=-1)
+            assert (white == (frame & obj.mark)).all(), (seed, obj)  # the frame on the target, nothing else white
+        assert zooms and obj is p.target_object  # the last zoom is the target's
+    with pytest.raises(ConfigError, match="'border' with label 'texture'"):
+        SceneConfig.grid4(mark="border")
+    with pytest.raises(ConfigError, match="SceneConfig.mark"):
+        SceneConfig.toy(mark="ring")
+    with pytest.raises(ConfigError, match="'reading' with layout 'grid'"):
+        SceneConfig(search_order="reading")
 
 
 def test_texture_and_decoy_config_errors():
@@ -646,11 +681,15 @@ def test_perception_questions_match_what_the_expert_and_the_environment_produce(
             want = obj.glyph if style == "short" else f"<think>It shows {obj.glyph}.</think>\n<answer>{obj.glyph}</answer>"
             assert conv[1]["value"] == want
         conv, _ = syn.perception_question(seed, "dot", TOY)
-        assert conv[1]["value"] in ("yes", "no") and conv[0]["value"].endswith("have a white dot?")
+        assert conv[1]["value"] in ("yes", "no") and conv[0]["value"].endswith("have a white border?")
         conv, images = syn.perception_question(seed, "search", TOY, style="expert")  # the whole direct trajectory
         e = expert_trajectory(p, seed=seed, pattern="direct")
         assert conv == [m for m in e.conversations if m["from"] != "system"] and len(images) == len(e.images) == 2
         assert [pixels(a) for a in images] == [pixels(b) for b in e.images]
+        conv, images = syn.perception_question(seed, "search_hard", TOY, style="expert")
+        e = expert_trajectory(make_puzzle(seed, "hard", TOY), seed=seed, pattern="direct")
+        assert conv == [m for m in e.conversations if m["from"] != "system"] and len(images) == len(e.images) >= 2
+        assert "It has the border." in conv[-1]["value"]
     answers = {syn.perception_question(s, "dot", TOY)[0][1]["value"] for s in range(20)}
     assert answers == {"yes", "no"}
     with pytest.raises(ConfigError, match="'short' only"):

@@ -13,7 +13,8 @@ a view applies (`view_scale`; 1 when the region already fits the budget, upscali
   stroke spans >= 2 view px (`glyph_cell * s >= 2`) and **illegible** when it spans < 1 view px;
 * an object can be **localised** in a view when its side spans >= 6 view px, and **cannot be
   localised precisely** when it spans <= 4 view px (under a third of a 14-px ViT patch);
-* the hard level's dot (`mark_px` wide) is visible at >= 2 view px and invisible under 1.
+* the hard level's mark (a dot `mark_px` wide, or with `mark="border"` a frame of that width) is
+  visible at >= 2 view px and invisible under 1.
 
 Levels (checked for every puzzle by `check_geometry`, and for a config by `level_geometry`):
 
@@ -22,8 +23,8 @@ Levels (checked for every puzzle by `check_geometry`, and for a config by `level
 * medium: the target cannot be localised precisely in the original view; it is localisable in a
   coarse zoom (a half-width, half-height window) whose glyph is still illegible; a second zoom into
   that observation (`source: "observation_1"`) reads it.
-* hard: 2+ candidates share the target's colour and shape; only the target carries a dot, invisible
-  in the original and visible in a tight zoom; they must be checked in turn.
+* hard: 2+ candidates share the target's colour and shape; only the target carries the mark (a dot or
+  a border), invisible in the original and visible in a tight zoom; they must be checked in turn.
 
 Grid layout (`SceneConfig.demo()`, `layout="grid"`): the scene is cut into cells of side
 isqrt(view_pixels) (112 px: one 14-px ViT patch of the 8x-down original, seen 1:1 when zoomed), every
@@ -196,7 +197,16 @@ class SceneConfig:
     shapes: tuple[str, ...] = SHAPES
     glyphs: str = "0123456789ABCDEFGHJKLMNPRSTUVWXYZ"
     glyph_cell: int = 2  # raw pixels per font pixel: strokes are this wide at full resolution
-    mark_px: int = 4  # diameter of the hard level's dot
+    mark_px: int = 4  # diameter of the hard level's dot (width of its border)
+    # The hard level's mark: "dot" (a `mark_px` disc or, on a texture, square at the label's place) or
+    # "border" (texture labels: a `mark_px` frame round the object). Why a border: a from-scratch model
+    # learnt to tell a 2-px white border in a cell zoom within ~250 steps of 16, and had not learnt a 4-px
+    # (or 7-px) dot after 300-400 (`bench/learnability.py perception --skills dot`, docs/demo.md).
+    mark: str = "dot"
+    # The order the expert checks the hard level's look-alikes in: "random" (seeded) or "reading" (grid
+    # layout: row by row, left to right). Why: a fixed scan makes "the next one" a function of the image
+    # and the number of zooms so far, which a small model can learn; a random one it cannot predict.
+    search_order: str = "random"
     hard_candidates: tuple[int, int] = (2, 3)  # min/max look-alikes (target included)
     clutter: int = 300  # background strokes
     box_decimals: int = 2  # decimals of the expert's boxes (3 where 2 cannot keep a rule)
@@ -271,12 +281,13 @@ class SceneConfig:
         Why: on `grid4` a from-scratch model did not learn to read glyphs in minutes, even from an enlarged
         zoom; a texture is read from any single patch of the object. Objects are large (56-80 px, so a cell
         token is mostly the object's colour in the original), every object is textured (an untextured one
-        would average to another tint), there is no clutter, and the hard level's dot is 4 px: one view px in
-        the original, 4x4 px in the cell zoom. Targets are red, every other object has its own colour and all
-        are squares: locating the target was learned in 200 steps of 16 so, and not in 300 with circles too.
+        would average to another tint), there is no clutter, and the hard level's mark is a 2-px white border:
+        half a view px in the original, 2 px in the cell zoom (a 4-px dot was not learned, docs/demo.md).
+        Targets are red, every other object has its own colour and all are squares: locating the target was
+        learned in 200 steps of 16 so, and not in 300 with circles too.
         """
         base = dict(label="texture", zoom="cell", min_pixels=56 * 56, glyph_fraction=1.0, clutter=0,
-                    distractors=4, mark_px=4, unique_colors=True, target_colors=("red",),
+                    distractors=4, mark="border", mark_px=2, unique_colors=True, target_colors=("red",),
                     colors=("red", "green", "blue", "yellow", "purple", "cyan"), shapes=("square",))
         base.update(overrides)
         return cls.grid4(**base)
@@ -323,6 +334,13 @@ class SceneConfig:
                 self.layout != "grid" or "medium" in self.levels)):
             raise ConfigError(f"SceneConfig.label = {self.label!r} with layout {self.layout!r}, levels {self.levels}; "
                               "expected 'glyph', or 'texture' with layout 'grid' and levels easy/hard only")
+        if self.mark not in ("dot", "border") or (self.mark == "border" and self.label != "texture"):
+            raise ConfigError(f"SceneConfig.mark = {self.mark!r} with label {self.label!r}; expected 'dot', or "
+                              "'border' with label 'texture' (a glyph's dot row sits above the glyph)")
+        if self.search_order not in ("random", "reading") or (self.search_order == "reading"
+                                                               and self.layout != "grid"):
+            raise ConfigError(f"SceneConfig.search_order = {self.search_order!r} with layout {self.layout!r}; "
+                              "expected 'random', or 'reading' with layout 'grid'")
         if self.background not in ("photo", "position"):
             raise ConfigError(f"SceneConfig.background = {self.background!r}; expected 'photo' or 'position'")
         if self.thoughts == "terse" and self.layout != "grid":
@@ -676,7 +694,7 @@ class Puzzle:
     @property
     def description(self) -> str:
         o = self.target_object
-        return f"{o.color} {o.shape}" + (f" with a {self.ink} dot" if self.level == "hard" else "")
+        return f"{o.color} {o.shape}" + (f" with a {self.ink} {self.config.mark}" if self.level == "hard" else "")
 
 
 def _quadrant(cell: tuple[int, int] | None, gx: int, gy: int) -> tuple[int, int]:
@@ -795,7 +813,7 @@ def make_puzzle(seed: int, level: str, config: SceneConfig | None = None) -> Puz
     target = placed[0]
     kind = "pattern" if texture else "number" if answer.isdigit() else "letter"
     ink = "white" if texture else INK[t_color]
-    desc = f"{t_color} {t_shape}" + (f" with a {ink} dot" if level == "hard" else "")
+    desc = f"{t_color} {t_shape}" + (f" with a {ink} {config.mark}" if level == "hard" else "")
     question = rng.choice((f"What pattern is on the {desc}?", f"Which pattern fills the {desc}?") if texture else
                           (f"What {kind} is written on the {desc}?", f"Which {kind} is on the {desc}?"))
     candidates = tuple(sorted(range(n_cand), key=lambda i: (placed[i].box[1], placed[i].box[0])))
@@ -847,8 +865,12 @@ def _render(config: SceneConfig, objects: Sequence[SceneObject], level: str, see
         ink = INK_RGB[INK[o.color]]
         if config.label == "texture":  # black lines (a dark tint in the original), a white dot on top
             region[mask & _texture(o.glyph, x0, y0, o.size)] = INK_RGB["black"]
-            if o.mark:  # a solid square where a glyph's label would sit
-                m = config.mark_px
+            m = config.mark_px
+            if o.mark and config.mark == "border":  # a frame along the silhouette's bounding box
+                frame = np.zeros_like(mask)
+                frame[:m], frame[-m:], frame[:, :m], frame[:, -m:] = True, True, True, True
+                region[mask & frame] = INK_RGB["white"]
+            elif o.mark:  # a solid square where a glyph's label would sit
                 lx, ly = _label_origin(o.shape, o.size, m, m)
                 region[ly:ly + m, lx:lx + m] = INK_RGB["white"]
             continue
@@ -1077,7 +1099,7 @@ class _Expert:
         book = _TERSE if self.cfg.thoughts == "terse" else _VERBOSE_GRID
         t = self.p.target_object
         base = dict(d=f"{t.color} {t.shape}", c=t.color, s=t.shape, k=self.kind, goal=self.goal, ink=self.p.ink,
-                    n=len(self.p.candidates), g=t.glyph)
+                    n=len(self.p.candidates), g=t.glyph, mark=self.cfg.mark)
         return self.say(*book[kind]).format(**{**base, **fields})
 
     def decoy(self, d: SceneObject) -> tuple[str, str]:
@@ -1117,8 +1139,9 @@ class _Expert:
 
     def read(self, obj: SceneObject) -> str:
         if self.p.level == "hard":
-            return self.say(f"This {self.color} {self.shape} has a {self.p.ink} dot, and its {self.kind} is "
-                            f"{obj.glyph}.", f"Found it: this {self.color} {self.shape} has the {self.p.ink} dot. "
+            m = self.cfg.mark
+            return self.say(f"This {self.color} {self.shape} has a {self.p.ink} {m}, and its {self.kind} is "
+                            f"{obj.glyph}.", f"Found it: this {self.color} {self.shape} has the {self.p.ink} {m}. "
                             f"The {self.kind} on it is {obj.glyph}.")
         return self.say(f"Now I can read it: the {self.kind} on the {self.desc} is {obj.glyph}.",
                         f"The {self.desc} shows the {self.kind} {obj.glyph}.")
@@ -1274,7 +1297,8 @@ def _solve_hard(ex: _Expert, pattern: str) -> None:
 
 # Grid-layout thoughts, one entry per step kind ("this cell" / "this part" name the box that follows).
 # Fields: d "red circle", c colour, s shape, k "number"/"letter", goal "the number on the red circle
-# [with a white dot]", n look-alikes, ink dot colour, g the glyph, wrong the decoy's shape.
+# [with a white dot]", n look-alikes, ink the mark's colour, mark "dot"/"border", g the glyph, wrong the
+# decoy's shape.
 _TERSE: Mapping[str, tuple[str, ...]] = {
     "cell": ("The {d} is in this cell. Zoom in.",),  # zoom the target's cell
     "part": ("The {d} is in this part. Zoom in.",),  # depth first: a quadrant that holds it
@@ -1286,12 +1310,12 @@ _TERSE: Mapping[str, tuple[str, ...]] = {
     "none": ("No {d} here. Try this part.",),  # medium trial and error: the wrong quadrant
     "goal": ("Goal: {goal}. Zoom in on this part.",),  # goal maintenance: too wide first
     "still": ("Still too small. Goal: {goal}. Zoom in on this cell.",),  # ... then tight, same source
-    "many": ("There are {n} {d}s. Find the one with a {ink} dot. Check this one.",),  # hard: first look-alike
-    "many_part": ("There are {n} {d}s. Find the one with a {ink} dot. Zoom in on this part.",),
+    "many": ("There are {n} {d}s. Find the one with a {ink} {mark}. Check this one.",),  # hard: first look-alike
+    "many_part": ("There are {n} {d}s. Find the one with a {ink} {mark}. Zoom in on this part.",),
     "one": ("A {d} is in this cell. Zoom in.",),  # hard depth first: the look-alike inside the part
-    "nodot": ("No dot here. Check the next {d}.",),
-    "nodot_goal": ("No dot here. Goal: {goal}. Check the next {d}.",),
-    "dot": ("It has the dot. It shows {g}.",),
+    "nodot": ("No {mark} here. Check the next {d}.",),
+    "nodot_goal": ("No {mark} here. Goal: {goal}. Check the next {d}.",),
+    "dot": ("It has the {mark}. It shows {g}.",),
     "read": ("It shows {g}.",),
 }
 _VERBOSE_GRID: Mapping[str, tuple[str, ...]] = {
@@ -1308,13 +1332,13 @@ _VERBOSE_GRID: Mapping[str, tuple[str, ...]] = {
     "goal": ("I need {goal}. Let me zoom in on the area around the {d}.",),
     "still": ("The {d} is here, but its {k} is still too small to read. I still need {goal}. Let me zoom in on "
               "its cell.",),
-    "many": ("I need {goal}. I see {n} {d}s, and the dots are too small to see here. Let me check this one first.",),
-    "many_part": ("I need {goal}. I see {n} {d}s, and the dots are too small to see here. Let me first zoom in "
+    "many": ("I need {goal}. I see {n} {d}s, and the {mark}s are too small to see here. Let me check this one first.",),
+    "many_part": ("I need {goal}. I see {n} {d}s, and the {mark}s are too small to see here. Let me first zoom in "
                   "on this part.",),
-    "one": ("There is a {d} in this cell. Let me zoom in on it to look for the dot.",),
-    "nodot": ("This {d} has no {ink} dot. Let me check the next one.",),
-    "nodot_goal": ("This {d} has no {ink} dot. I still need {goal}. Let me check the next one.",),
-    "dot": ("This {d} has a {ink} dot, and its {k} is {g}.",),
+    "one": ("There is a {d} in this cell. Let me zoom in on it to look for the {mark}.",),
+    "nodot": ("This {d} has no {ink} {mark}. Let me check the next one.",),
+    "nodot_goal": ("This {d} has no {ink} {mark}. I still need {goal}. Let me check the next one.",),
+    "dot": ("This {d} has a {ink} {mark}, and its {k} is {g}.",),
     "read": ("Now I can read it: the {k} on the {d} is {g}.", "The {d} shows the {k} {g}."),
 }
 
@@ -1326,7 +1350,10 @@ def _solve_grid(ex: _Expert, pattern: str) -> None:
     assert cells is not None
     quarter = (cells[2] // 4, cells[3] // 4)  # a 2x2-cell block on an 8x8 grid: too wide to read
     if p.level == "hard":
-        order = ex.rng.shuffle(list(p.candidates))
+        if ex.cfg.search_order == "reading":  # row by row, left to right
+            order = sorted(p.candidates, key=lambda i: p.objects[i].cell[::-1])
+        else:
+            order = ex.rng.shuffle(list(p.candidates))
         visits = [p.objects[i] for i in order[: order.index(p.target) + 1]]
         lead = ""
         if pattern == "trial_and_error":
@@ -1377,7 +1404,7 @@ def _solve_grid(ex: _Expert, pattern: str) -> None:
 # Single-skill questions (dense perception supervision)
 # --------------------------------------------------------------------------------------------------
 
-PERCEPTION_SKILLS = ("locate", "read", "dot", "search")
+PERCEPTION_SKILLS = ("locate", "read", "dot", "search", "search_hard")
 
 
 def perception_question(seed: int, skill: str, config: SceneConfig,
@@ -1395,6 +1422,8 @@ def perception_question(seed: int, skill: str, config: SceneConfig,
         only). Why: a model that locates and reads alone still read a trajectory's observation at chance
         for ~600 steps of 8 and then at 100 % (`bench/learnability.py traj-read`, docs/demo.md); easy
         trajectories are ~3x cheaper a step than the hard level's, so the chaining is learnt on them.
+    "search_hard": a hard puzzle's whole direct expert trajectory: check the look-alikes in turn for the
+        mark, read the one that has it ("expert" only).
     The zooms are the crops the environment makes from the expert's boxes.
 
     `style="short"`: bare answers ("Where is the red square?" -> "[0.250, 0.500, 0.500, 0.750]", "What
@@ -1408,16 +1437,17 @@ def perception_question(seed: int, skill: str, config: SceneConfig,
         ConfigError: unknown skill or style, a free-layout config, or no hard level ("dot").
     """
     if skill not in PERCEPTION_SKILLS or style not in ("short", "expert") or (skill, style) in (
-            ("dot", "expert"), ("search", "short")):
+            ("dot", "expert"), ("search", "short"), ("search_hard", "short")):
         raise ConfigError(f"skill = {skill!r}, style = {style!r}; expected one of {PERCEPTION_SKILLS} and "
-                          "'short' or 'expert' ('search' is 'expert' only: it is the expert's trajectory; "
+                          "'short' or 'expert' ('search', 'search_hard' are 'expert' only: the expert's trajectories; "
                           "'dot' is 'short' only: the expert's turn after a look-alike "
                           "without the dot zooms the next one, on an original this question does not show)")
-    if config.layout != "grid" or (skill == "dot" and "hard" not in config.levels):
+    hard = skill in ("dot", "search_hard")
+    if config.layout != "grid" or (hard and "hard" not in config.levels):
         raise ConfigError(f"perception_question({skill!r}) needs a grid-layout SceneConfig"
-                          + (" with the hard level" if skill == "dot" else ""))
-    p = make_puzzle(seed, "hard" if skill == "dot" else "easy", config)
-    if skill == "search":
+                          + (" with the hard level" if hard else ""))
+    p = make_puzzle(seed, "hard" if hard else "easy", config)
+    if skill.startswith("search"):
         e = expert_trajectory(p, seed=seed, pattern="direct")
         return [m for m in e.conversations if m["from"] != "system"], e.images
     rng = _Rng("perception", seed, skill)
@@ -1437,7 +1467,7 @@ def perception_question(seed: int, skill: str, config: SceneConfig,
     if skill == "dot":
         obj = p.objects[rng.choice(p.candidates)]
         ex.cell(obj, 0)
-        return conversation(f"Does the {obj.color} {obj.shape} have a {p.ink} dot?", "yes" if obj.mark else "no",
+        return conversation(f"Does the {obj.color} {obj.shape} have a {p.ink} {config.mark}?", "yes" if obj.mark else "no",
                             ex.views[-1].image)
     obj = rng.choice([o for o in p.objects if o.glyph is not None])
     what = "What pattern is on" if config.label == "texture" else "What is written on"

@@ -85,8 +85,10 @@ def run_rl(
     processor: ImageProcessor,
     console=print,
     side_files_from: str | None = None,
+    label: str = "rl",
 ) -> dict:
-    """Train for `cfg.train.steps` RL steps; resumable from `cfg.out_dir`. Returns the last metrics."""
+    """Train for `cfg.train.steps` RL steps; resumable from `cfg.out_dir`. Returns the last metrics.
+    `label` names the progress bar."""
     t, r = cfg.train, cfg.rollout
     n, per_step, mini = r.samples, t.prompts_per_step, t.mini_batch_prompts
     if per_step % mini:
@@ -104,7 +106,7 @@ def run_rl(
                      min_windows=t.get("min_windows", 0),
                      pad_id=tokenizer.endoftext_id)
     metrics: dict = {}
-    bar = tqdm(total=t.steps, initial=rl_step, desc="rl", unit="step", disable=console is None)
+    bar = tqdm(total=t.steps, initial=rl_step, desc=label, unit="step", disable=console is None)
     try:
         with PreemptionGuard() as guard:
             while rl_step < t.steps:

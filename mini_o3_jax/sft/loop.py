@@ -52,9 +52,11 @@ def run_sft(
     console=print,
     side_files_from: str | None = None,
     pad_id: int = PAD_ID,
+    label: str = "sft",
 ) -> dict:
     """Train on examples fetched by index with `load(indices)`; returns the last step's metrics.
-    `pad_id`: the tokenizer's `<|endoftext|>` (padding must be a row of the embedding)."""
+    `pad_id`: the tokenizer's `<|endoftext|>` (padding must be a row of the embedding); `label` names the
+    progress bar (the toy recipe runs several SFT stages)."""
     t = cfg.train
     if num_examples < t.batch_size:
         raise ValueError(f"{num_examples} SFT examples is fewer than one batch ({t.batch_size})")
@@ -76,7 +78,7 @@ def run_sft(
     pool = concurrent.futures.ThreadPoolExecutor(1)
     start = trainer.step
     pending = pool.submit(build, start) if start < total else None
-    bar = tqdm(total=total, initial=start, desc="sft", unit="step", disable=console is None)
+    bar = tqdm(total=total, initial=start, desc=label, unit="step", disable=console is None)
     try:
         with PreemptionGuard() as guard:
             while trainer.step < total:
