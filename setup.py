@@ -49,7 +49,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mini_o3_jax", "mini_o3_jax.*"]),
-    package_data={"mini_o3_jax": ["assets/*"]},
+    package_data={"mini_o3_jax": ["assets/*", "assets/demo_model/*"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["mini-o3=mini_o3_jax.cli:main"]},

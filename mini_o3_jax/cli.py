@@ -87,8 +87,21 @@ def cmd_run(args) -> None:
 def cmd_infer(args) -> None:
     from tqdm import tqdm
 
-    from mini_o3_jax.infer import infer
+    from mini_o3_jax.infer import DEMO_MODEL, infer, sample_puzzle
 
+    model, image, question = args.model, args.image, args.question
+    if image is None:  # the packaged sample: a toy puzzle, for the packaged toy model
+        puzzle = sample_puzzle()
+        os.makedirs(args.out, exist_ok=True)
+        image = os.path.join(args.out, "sample.png")
+        puzzle.image.save(image)
+        question = question or puzzle.question
+        print(f"sample puzzle ({puzzle.level}, {image}): {question}  truth: {puzzle.answer}")
+    elif question is None:
+        raise SystemExit(f"mini-o3 infer: --image {image} needs --question (what to ask about the image)")
+    if model is None:
+        model = DEMO_MODEL
+        print(f"model: the packaged toy demo model ({model}; docs/demo.md)")
     bar = tqdm(desc="turns", unit="turn")
 
     def on_turn(sample: int, step) -> None:
@@ -97,7 +110,7 @@ def cmd_infer(args) -> None:
         detail = t.error or (f"box {list(t.box)} on {t.source}" if t.box is not None else "")
         tqdm.write(f"[sample {sample}] {t.outcome}{': ' + detail if detail else ''}\n{t.text}\n")
 
-    trajs = infer(args.model, args.image, args.question, max_turns=args.max_turns, samples=args.samples,
+    trajs = infer(model, image, question, max_turns=args.max_turns, samples=args.samples,
                   temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
                   max_context=args.max_context, max_turn_tokens=args.max_turn_tokens, dtype=args.dtype,
                   out_dir=args.out, on_turn=on_turn)
@@ -255,9 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("infer", help="image + question -> multi-turn visual search with zooms, HTML report")
-    s.add_argument("--model", required=True, help="HF or Orbax checkpoint dir (e.g. a converted Mini-o3-7B)")
-    s.add_argument("--image", required=True)
-    s.add_argument("--question", required=True)
+    s.add_argument("--model", default=None, help="HF or Orbax checkpoint dir (e.g. a converted Mini-o3-7B); "
+                   "default: the packaged toy demo model (4 MB, trained by `mini-o3 demo`)")
+    s.add_argument("--image", default=None, help="default: a sample toy puzzle (written to --out)")
+    s.add_argument("--question", default=None, help="required with --image; default: the sample's question")
     s.add_argument("--max-turns", type=int, default=None,
                    help="default 12 (the released eval; the model scales to 32+) or the checkpoint's agent.json")
     s.add_argument("--samples", type=int, default=1)

@@ -22,7 +22,17 @@ from mini_o3_jax.rollout.engine import EngineConfig, Episode, RolloutEngine
 from mini_o3_jax.rollout.sampler import Sampling
 
 AGENT_FILE = "agent.json"
+# The toy recipe's GRPO model (`mini-o3 demo` at commit b2fde1f, exported with `mini-o3 export --dtype
+# float32`, 4 MB): what `mini-o3 infer` runs without --model, on `sample_puzzle()` without --image.
+DEMO_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_model")
 _AGENT_KEYS = ("min_pixels", "max_pixels", "system_prompt", "max_turns", "max_context", "max_turn_tokens")
+
+
+def sample_puzzle(level: str = "easy", seed: int = 0):
+    """A `toy` puzzle the packaged demo model was trained on the like of (`synthetic.SceneConfig.toy`)."""
+    from mini_o3_jax.data import synthetic
+
+    return synthetic.make_puzzle(seed, level, synthetic.SceneConfig.toy())
 
 
 def agent_settings(model: str | os.PathLike) -> dict[str, Any]:
