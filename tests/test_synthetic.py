@@ -690,6 +690,10 @@ def test_perception_questions_match_what_the_expert_and_the_environment_produce(
         e = expert_trajectory(make_puzzle(seed, "hard", TOY), seed=seed, pattern="direct")
         assert conv == [m for m in e.conversations if m["from"] != "system"] and len(images) == len(e.images) >= 2
         assert "It has the border." in conv[-1]["value"]
+        conv, (image,) = syn.perception_question(seed, "locate_hard", TOY, style="expert")  # the first turn alone
+        assert conv == [m for m in e.conversations if m["from"] != "system"][:2] and pixels(image) == pixels(e.images[0])
+        conv, _ = syn.perception_question(seed, "locate_hard", TOY)
+        assert f'"bbox_2d": {conv[1]["value"]}' in e.gpt_turns[0] and "first red square" in conv[0]["value"]
     answers = {syn.perception_question(s, "dot", TOY)[0][1]["value"] for s in range(20)}
     assert answers == {"yes", "no"}
     with pytest.raises(ConfigError, match="'short' only"):

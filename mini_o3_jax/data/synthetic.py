@@ -1404,7 +1404,7 @@ def _solve_grid(ex: _Expert, pattern: str) -> None:
 # Single-skill questions (dense perception supervision)
 # --------------------------------------------------------------------------------------------------
 
-PERCEPTION_SKILLS = ("locate", "read", "dot", "search", "search_hard")
+PERCEPTION_SKILLS = ("locate", "locate_hard", "read", "dot", "search", "search_hard")
 
 
 def perception_question(seed: int, skill: str, config: SceneConfig,
@@ -1416,6 +1416,8 @@ def perception_question(seed: int, skill: str, config: SceneConfig,
 
     "locate": the original and the target -> the expert's zoom box onto the target's cell (easy puzzles:
         a hard target differs from its look-alikes only by its dot).
+    "locate_hard": a hard puzzle's original and question -> the expert's first turn, the zoom onto the
+        first look-alike it checks (expert style: its own turn; short: the box).
     "read": the cell zoom of one labelled object and a question about it -> its label.
     "dot": the cell zoom of one of a hard puzzle's look-alikes -> whether it carries the dot ("short" only).
     "search": an easy puzzle's whole direct expert trajectory: locate, zoom, read the observation ("expert"
@@ -1442,7 +1444,7 @@ def perception_question(seed: int, skill: str, config: SceneConfig,
                           "'short' or 'expert' ('search', 'search_hard' are 'expert' only: the expert's trajectories; "
                           "'dot' is 'short' only: the expert's turn after a look-alike "
                           "without the dot zooms the next one, on an original this question does not show)")
-    hard = skill in ("dot", "search_hard")
+    hard = skill in ("dot", "search_hard", "locate_hard")
     if config.layout != "grid" or (hard and "hard" not in config.levels):
         raise ConfigError(f"perception_question({skill!r}) needs a grid-layout SceneConfig"
                           + (" with the hard level" if hard else ""))
@@ -1450,6 +1452,13 @@ def perception_question(seed: int, skill: str, config: SceneConfig,
     if skill.startswith("search"):
         e = expert_trajectory(p, seed=seed, pattern="direct")
         return [m for m in e.conversations if m["from"] != "system"], e.images
+    if skill == "locate_hard":
+        first = expert_trajectory(p, seed=seed, pattern="direct").gpt_turns[0]
+        if style == "expert":
+            return [{"from": "human", "value": p.problem}, {"from": "gpt", "value": first}], [p.image]
+        box = first.split('"bbox_2d": ', 1)[1].split("]", 1)[0] + "]"
+        return [{"from": "human", "value": f"{DATASET_IMAGE_PLACEHOLDER}\nWhere is the first {p.target_object.color} "
+                 f"{p.target_object.shape} to check?"}, {"from": "gpt", "value": box}], [p.image]
     rng = _Rng("perception", seed, skill)
     ex = _Expert(p, rng)
     expert = style == "expert"
