@@ -223,13 +223,10 @@ def main() -> None:
 
     held = micro_batches(examples_from_trajectories(trajectories(range(10**7, 10**7 + args.held_out)), proc,
                                                     agg="token-mean"), trainer.model_config, spec)
-    # traj-read: each held-out example's zoom-turn and reading-turn token counts, measured once
-    turns = {i: (len(tok.encode(c[1]["value"])), tok.encode(c[-1]["value"]))
-             for i, c in ((i, make(10**7 + i)[0]) for i in range(args.held_out))} \
-        if args.probe == "traj-read" or args.style == "expert" else {}
-    # expert style: every assistant turn's token count (its text, then <|im_end|> and a newline are trained)
-    gpt_lens = {i: [len(tok.encode(m["value"])) for m in make(10**7 + i)[0] if m["from"] == "gpt"]
-                for i in range(args.held_out)} if args.style == "expert" else {}
+    # each held-out example's assistant turns as tokens, encoded once (a turn's text, then <|im_end|> and a
+    # newline are trained): traj-read scores the first (zoom) and last (reading) turn, expert style every one
+    turns = {i: [tok.encode(m["value"]) for m in make(10**7 + i)[0] if m["from"] == "gpt"]
+             for i in range(args.held_out)} if args.probe == "traj-read" or args.style == "expert" else {}
 
     def known() -> str:
         ok: dict[str, list[bool]] = {}
@@ -243,16 +240,16 @@ def main() -> None:
                     if args.probe == "perception" and args.style == "expert":  # every turn, then the last
                         ok.setdefault(f"{skill}/all", []).append(bool(np.all(answer > np.log(0.5))))
                         trained, at = lp[j][mask[j] > 0], 0
-                        for t, n in enumerate(gpt_lens[idx][:-1]):  # the turns before the last, by position
+                        for t, n in enumerate(len(x) for x in turns[idx][:-1]):  # the turns before the last
                             ok.setdefault(f"turn{t + 1}", []).append(bool(np.all(trained[at:at + n] > np.log(0.5))))
                             if args.verbose and idx < 12 and t > 0:
                                 ids = np.asarray(batch.targets[j])[mask[j] > 0][at:at + n]
                                 print("   ", idx, t, [(tok.decode([int(x)]), round(float(np.exp(v)), 2))
                                                       for x, v in zip(ids, trained[at:at + n]) if v < np.log(0.9)])
                             at += n + 2
-                        answer = answer[-len(turns[idx][1]):]
+                        answer = answer[-len(turns[idx][-1]):]
                     if args.probe == "traj-read":  # the reading turn only: its tokens after the last <|im_end|>
-                        first, last = turns[idx]  # and the zoom turn: the first trained tokens
+                        first, last = len(turns[idx][0]), turns[idx][-1]  # and the zoom turn: the first trained tokens
                         ok.setdefault("zoom", []).append(bool(np.all(lp[j][mask[j] > 0][:first] > np.log(0.5))))
                         answer = answer[-len(last):]
                         if args.verbose and idx < 2:

@@ -73,23 +73,19 @@ def get_config() -> ml_collections.ConfigDict:
     # chained in context, which took 400-600 steps to click on top of the skills alone, and in one run whose
     # tokenizer had learnt slightly different hard-level phrases had not clicked after 900 (docs/demo.md).
     # min_windows 16: the 16 images of a batch fill it; 32 doubled the ViT's work (361 s -> 206 s a stage).
-    c.perception_search = trainer("sft_coldstart.py", steps=900, batch_size=8, micro_batch=8, min_length=128,
-                                  max_length=1024, logits_chunk=512, min_windows=16)
-    c.perception_search.skills = ["search"]
-    c.perception_search.style = "expert"
-    c.perception_search.optim.update(lr=1e-3, b2=0.95, warmup_ratio=0.1, weight_decay=0.0)
-    c.perception_search.checkpoint.every = 200
-    # then the hard level's whole direct trajectories (checking the look-alikes for the white border, reading
-    # the one that has it). Off: 150 steps (138 s) left SFT at 28.1 % on hard, within noise of 21.9 % without;
-    # zooming the first and the next look-alike and telling the border in context were not learned within
-    # 200-300 steps of the `bench/learnability.py` probe (docs/demo.md). --config.perception_hard.train.steps=150
-    # runs it.
-    c.perception_hard = trainer("sft_coldstart.py", steps=0, batch_size=8, micro_batch=8, min_length=128,
-                                max_length=1024, logits_chunk=512, min_windows=32)
-    c.perception_hard.skills = ["search_hard"]
-    c.perception_hard.style = "expert"
-    c.perception_hard.optim.update(lr=1e-3, b2=0.95, warmup_ratio=0.1, weight_decay=0.0)
-    c.perception_hard.checkpoint.every = 200
+    # Then `perception_hard`: the hard level's whole direct trajectories (checking the look-alikes for the white
+    # border, reading the one that has it), up to 4 images each. Off: 150 steps (138 s) left SFT at 28.1 % on
+    # hard, within noise of 21.9 % without; zooming the first and the next look-alike and telling the border in
+    # context were not learned within 200-300 steps of the `bench/learnability.py` probe (docs/demo.md).
+    # --config.perception_hard.train.steps=150 runs it.
+    for name, steps, skill, windows in (("perception_search", 900, "search", 16),
+                                        ("perception_hard", 0, "search_hard", 32)):
+        c[name] = trainer("sft_coldstart.py", steps=steps, batch_size=8, micro_batch=8, min_length=128,
+                          max_length=1024, logits_chunk=512, min_windows=windows)
+        c[name].skills = [skill]
+        c[name].style = "expert"
+        c[name].optim.update(lr=1e-3, b2=0.95, warmup_ratio=0.1, weight_decay=0.0)
+        c[name].checkpoint.every = 200
 
     # direct-answer baseline: the same model trained to answer from the full view, no zooming
     c.baseline = trainer("sft_coldstart.py", steps=100, batch_size=16, micro_batch=16, min_length=64,

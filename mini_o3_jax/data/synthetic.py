@@ -1452,13 +1452,6 @@ def perception_question(seed: int, skill: str, config: SceneConfig,
     if skill.startswith("search"):
         e = expert_trajectory(p, seed=seed, pattern="direct")
         return [m for m in e.conversations if m["from"] != "system"], e.images
-    if skill == "locate_hard":
-        first = expert_trajectory(p, seed=seed, pattern="direct").gpt_turns[0]
-        if style == "expert":
-            return [{"from": "human", "value": p.problem}, {"from": "gpt", "value": first}], [p.image]
-        box = first.split('"bbox_2d": ', 1)[1].split("]", 1)[0] + "]"
-        return [{"from": "human", "value": f"{DATASET_IMAGE_PLACEHOLDER}\nWhere is the first {p.target_object.color} "
-                 f"{p.target_object.shape} to check?"}, {"from": "gpt", "value": box}], [p.image]
     rng = _Rng("perception", seed, skill)
     ex = _Expert(p, rng)
     expert = style == "expert"
@@ -1467,12 +1460,20 @@ def perception_question(seed: int, skill: str, config: SceneConfig,
         return [{"from": "human", "value": f"{DATASET_IMAGE_PLACEHOLDER}\n{question}"},
                 {"from": "gpt", "value": answer}], [image]
 
+    def box(call: str) -> str:  # a call's box as the expert wrote it: "[0.250, 0.500, 0.500, 0.750]"
+        return call.split('"bbox_2d": ', 1)[1].split("]", 1)[0] + "]"
+
     if skill == "locate":
         call = ex.cell(p.target_object, 0)
         if expert:
             return conversation(p.question, f"<think>{ex.phrase('cell')}</think>\n{call}", p.image)
-        box = call.split('"bbox_2d": ', 1)[1].split("]", 1)[0] + "]"
-        return conversation(f"Where is the {p.description}?", box, p.image)
+        return conversation(f"Where is the {p.description}?", box(call), p.image)
+    if skill == "locate_hard":
+        first = expert_trajectory(p, seed=seed, pattern="direct").gpt_turns[0]
+        if expert:
+            return conversation(p.question, first, p.image)
+        t = p.target_object
+        return conversation(f"Where is the first {t.color} {t.shape} to check?", box(first), p.image)
     if skill == "dot":
         obj = p.objects[rng.choice(p.candidates)]
         ex.cell(obj, 0)
