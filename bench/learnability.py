@@ -248,6 +248,10 @@ def main() -> None:
                                                       for x, v in zip(ids, trained[at:at + n]) if v < np.log(0.9)])
                             at += n + 2
                         answer = answer[-len(turns[idx][-1]):]
+                        if args.verbose and idx < 12:  # the last turn's weak tokens
+                            ids = np.asarray(batch.targets[j])[mask[j] > 0][:-2][-len(answer):]
+                            print("   ", idx, "last", [(tok.decode([int(x)]), round(float(np.exp(v)), 2))
+                                                       for x, v in zip(ids, answer) if v < np.log(0.9)])
                     if args.probe == "traj-read":  # the reading turn only: its tokens after the last <|im_end|>
                         first, last = len(turns[idx][0]), turns[idx][-1]  # and the zoom turn: the first trained tokens
                         ok.setdefault("zoom", []).append(bool(np.all(lp[j][mask[j] > 0][:first] > np.log(0.5))))

@@ -60,7 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
     # steps=0 skips one. Locating alone first (mixed with the other skills from the start it was not learned
     # in 500 steps, alone it was in ~200), then locating and reading. Answers are the expert's own turns
     # ("expert"; "short" bare answers left a model that re-learnt the trajectory format slowly).
-    c.perception_stages = ["perception_locate", "perception", "perception_search", "perception_hard"]
+    c.perception_stages = ["perception_locate", "perception", "perception_search", "perception_check",
+                           "perception_hard"]
     for name, steps, skills in (("perception_locate", 300, ["locate"]),
                                 ("perception", 200, ["locate", "locate", "read"])):
         c[name] = trainer("sft_coldstart.py", steps=steps, batch_size=16, micro_batch=16, min_length=64,
@@ -73,8 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
     # chained in context, which took 400-600 steps to click on top of the skills alone, and in one run whose
     # tokenizer had learnt slightly different hard-level phrases had not clicked after 900 (docs/demo.md).
     # min_windows 16: the 16 images of a batch fill it; 32 doubled the ViT's work (361 s -> 206 s a stage).
-    # Then `perception_hard`: the hard level's whole direct trajectories (checking the look-alikes for the white
-    # border, reading the one that has it), up to 4 images each. Off: 150 steps (138 s) left SFT at 28.1 % on
+    # Last, optionally, `perception_hard`: the hard level's whole direct trajectories (checking the look-alikes
+    # for the white border, reading the one that has it), up to 4 images each. Off: 150 steps (138 s) left SFT at 28.1 % on
     # hard, within noise of 21.9 % without; zooming the first and the next look-alike and telling the border in
     # context were not learned within 200-300 steps of the `bench/learnability.py` probe (docs/demo.md).
     # --config.perception_hard.train.steps=150 runs it.
@@ -86,6 +87,17 @@ def get_config() -> ml_collections.ConfigDict:
         c[name].style = "expert"
         c[name].optim.update(lr=1e-3, b2=0.95, warmup_ratio=0.1, weight_decay=0.0)
         c[name].checkpoint.every = 200
+
+    # then the hard level's first check ("check"): the first look-alike's box, and on its zoom either the border
+    # and the answer or "no border" and the next look-alike's box; the first look-alike is the target half the
+    # time, so the border decision is balanced. Whole hard trajectories (`perception_hard`, 150 steps) left the
+    # border at chance in context; this stage lifted SFT on hard from 21.9 % to 37.5 % (docs/demo.md).
+    c.perception_check = trainer("sft_coldstart.py", steps=250, batch_size=16, micro_batch=16, min_length=128,
+                                 max_length=512, logits_chunk=512, min_windows=32)
+    c.perception_check.skills = ["check"]
+    c.perception_check.style = "expert"
+    c.perception_check.optim.update(lr=1e-3, b2=0.95, warmup_ratio=0.1, weight_decay=0.0)
+    c.perception_check.checkpoint.every = 100
 
     # direct-answer baseline: the same model trained to answer from the full view, no zooming
     c.baseline = trainer("sft_coldstart.py", steps=100, batch_size=16, micro_batch=16, min_length=64,
@@ -108,7 +120,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Keep steps whose groups all score alike (zero advantage: no update) instead of resampling and then
     # stopping; a toy model that never answers right must still finish the demo and show it.
     c.rl.train.dynamic_sampling = False
-    c.rl.optim.update(lr=3e-4)
+    # lr 1e-4: 5 steps at 3e-4 cost 16 points on easy and 12 on hard in one run (docs/demo.md)
+    c.rl.optim.update(lr=1e-4)
     c.rl.env.update(max_turns=3, max_images=12, max_context=4096, context_guard=256)
     c.rl.rollout.update(samples=8, slots=32, max_len=4096, decode_chunk=16, max_turn_tokens=128, workers=2)
 

@@ -696,6 +696,28 @@ def test_perception_questions_match_what_the_expert_and_the_environment_produce(
         assert f'"bbox_2d": {conv[1]["value"]}' in e.gpt_turns[0] and "first red square" in conv[0]["value"]
     answers = {syn.perception_question(s, "dot", TOY)[0][1]["value"] for s in range(20)}
     assert answers == {"yes", "no"}
+    first_is_target = 0
+    for seed in range(40):  # "check": a hard trajectory up to the reaction to its first zoom
+        conv, images = syn.perception_question(seed, "check", TOY, style="expert")
+        p = next(q for n in range(64)  # the puzzle drawn: the seed's own, or the n-th redraw for balance
+                 if pixels((q := make_puzzle(syn._derive("check", seed, n) if n else seed, "hard", TOY)).image)
+                 == pixels(images[0]))
+        assert [m["from"] for m in conv] == ["human", "gpt", "human", "gpt"] and conv[0]["value"] == p.problem
+        assert len(images) == 2
+        box = json.loads(conv[1]["value"].split("<grounding>", 1)[1].split("</grounding>", 1)[0])["bbox_2d"]
+        obj = next(p.objects[i] for i in p.candidates  # the first zoom is a look-alike's cell, cropped as the env does
+                   if tuple(box) == tuple(v / 4 for v in (*p.objects[i].cell, p.objects[i].cell[0] + 1,
+                                                          p.objects[i].cell[1] + 1)))
+        assert pixels(images[1]) == pixels(p.image.crop(protocol.pixel_box(tuple(box), p.image.size)))
+        if obj.mark:
+            first_is_target += 1
+            assert conv[3]["value"] == f"<think>It has the border. It shows {obj.glyph}.</think>\n<answer>{obj.glyph}</answer>"
+        else:
+            assert conv[3]["value"].startswith("<think>No border here.") and "<grounding>" in conv[3]["value"]
+        assert syn.perception_question(seed, "check", TOY, style="expert")[0] == conv  # deterministic
+    assert 12 <= first_is_target <= 28  # balanced: the target half of the time
+    with pytest.raises(ConfigError, match="'expert' only"):
+        syn.perception_question(0, "check", TOY)
     with pytest.raises(ConfigError, match="'short' only"):
         syn.perception_question(0, "dot", TOY, style="expert")
     with pytest.raises(ConfigError, match="'expert' only"):

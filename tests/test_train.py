@@ -169,12 +169,16 @@ def test_rl_smoke_grpo_steps_log_and_checkpoint(parts, tmp_path):
     cfg.env.system_prompt = None  # as the warm-start data: the chat template's default system turn
     cfg.rollout.samples = 8
     cfg.train.max_gen_batches = 6
+    cfg.ppo.kl_coef = 0.05  # k3 KL to the reference policy: the model RL started from
     prompts = read_prompts(write_prompts(str(tmp_path / "prompts"), 4))
     lines: list[str] = []
     metrics = run_rl(cfg, prompts, tok, proc, console=lines.append)
     logged = read_jsonl_metrics(os.path.join(cfg.out_dir, "logs"))
     assert [r["step"] for r in logged] == [1, 2]
-    for key in ("reward_mean", "accuracy", "turns_mean", "over_turn_rate", "pg_loss", "clip_frac", "grad_norm",
+    # KL to the start: ~1e-4..1e-3 after a few small updates (against all-zero reference log-probs, as when the
+    # loop did not compute them, it read 0.4-0.5)
+    assert all(0.0 <= r["kl"] < 0.01 for r in logged), [r["kl"] for r in logged]
+    for key in ("reward_mean", "accuracy", "turns_mean", "over_turn_rate", "pg_loss", "clip_frac", "grad_norm", "kl",
                 "rollout_tokens_per_s", "train_tokens_per_s", "step_time_s", "valid_groups"):
         assert key in metrics and np.isfinite(metrics[key]), key
     assert 0.0 < metrics["reward_mean"] < 1.0  # the SFT model answers A or B: rewards vary

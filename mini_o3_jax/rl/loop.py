@@ -33,7 +33,7 @@ from mini_o3_jax.train.advantages import grpo_advantages, valid_groups
 from mini_o3_jax.train.batch import BatchSpec, batch_tokens, examples_from_trajectories, micro_batches
 from mini_o3_jax.train.checkpoint import PreemptionGuard
 from mini_o3_jax.train.metrics import StepTimer
-from mini_o3_jax.train.session import open_session
+from mini_o3_jax.train.session import build_model, open_session
 
 
 class Rewarder:
@@ -100,6 +100,8 @@ def run_rl(
     # `prompts_per_step` makes fewer optimizer updates.
     rl_step = int(session.meta.get("rl_step", trainer.step // updates_per_step))
     position = int(session.meta.get("prompt_position", 0))
+    # the KL term's reference policy: the model RL started from (`model_path`), also after a resume
+    ref_params = trainer.trainable_params(build_model(cfg, trainer.mesh)) if cfg.ppo.get("kl_coef", 0.0) else None
     rewarder = Rewarder(cfg.reward)
     engine = RolloutEngine(trainer.model(), tokenizer, processor, engine_config(cfg))
     spec = BatchSpec(micro_batch=t.micro_batch, min_length=t.min_length, max_length=t.max_length,
@@ -167,6 +169,8 @@ def run_rl(
                                                           mask_exceeded=t.mask_exceeded)
                     mbs = micro_batches(examples, trainer.model_config, spec)[0]
                     mbs = [b._replace(old_logprobs=np.asarray(trainer.logprobs(b))) for b in mbs]
+                    if ref_params is not None:
+                        mbs = [b._replace(ref_logprobs=np.asarray(trainer.logprobs(b, ref_params))) for b in mbs]
                     minibatches.append(mbs)
                 old_s = time.perf_counter() - t0
                 # -- updates

@@ -65,12 +65,7 @@ class Trainer:
             raise ConfigError(f"loss = {config.loss!r}; expected 'sft' or 'ppo'")
         self.config, self.optimizer, self.mesh, self.rules = config, optimizer, mesh, rules
         self.model_config = model.config
-        graphdef, frozen, params = nnx.split(model, _frozen_filter(config.trainable), ...)
-        if mesh is not None:
-            frozen = shard_state(nnx.to_pure_dict(frozen), state_shardings(frozen, mesh, rules))
-            params = shard_state(nnx.to_pure_dict(params), state_shardings(params, mesh, rules))
-        else:
-            frozen, params = nnx.to_pure_dict(frozen), nnx.to_pure_dict(params)
+        graphdef, frozen, params = self._split(model)
         self.graphdef = graphdef
         self.frozen, self.params = frozen, params
         self.opt_state = jax.jit(optimizer.init)(params)
@@ -80,6 +75,19 @@ class Trainer:
         self._logprob_fn = jax.jit(functools.partial(_logprobs_only, graphdef, config))
         self._apply_fn = jax.jit(functools.partial(_apply, optimizer), donate_argnums=(0, 1))
         self._add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=(0,))
+
+    def _split(self, model: Qwen25VL) -> tuple[Any, Any, Any]:
+        """graphdef, frozen and trainable state of `model` as (sharded) pure dicts."""
+        graphdef, frozen, params = nnx.split(model, _frozen_filter(self.config.trainable), ...)
+        if self.mesh is not None:
+            frozen = shard_state(nnx.to_pure_dict(frozen), state_shardings(frozen, self.mesh, self.rules))
+            params = shard_state(nnx.to_pure_dict(params), state_shardings(params, self.mesh, self.rules))
+            return graphdef, frozen, params
+        return graphdef, nnx.to_pure_dict(frozen), nnx.to_pure_dict(params)
+
+    def trainable_params(self, model: Qwen25VL) -> Any:
+        """`model`'s trainable parameters, placed like the trainer's: a reference policy for `logprobs`."""
+        return self._split(model)[2]
 
     # -- data placement ----------------------------------------------------------------------------
     def put(self, batch: TrainBatch) -> TrainBatch:
@@ -107,9 +115,10 @@ class Trainer:
         return TrainBatch(text=text, vision=vision, **rest)
 
     # -- compute -----------------------------------------------------------------------------------
-    def logprobs(self, batch: TrainBatch) -> jax.Array:
-        """(B, L) log-probs of the targets under the current parameters (no gradient)."""
-        return self._logprob_fn(self.params, self.frozen, self.put(batch))
+    def logprobs(self, batch: TrainBatch, params: Any = None) -> jax.Array:
+        """(B, L) log-probs of the targets under the current parameters, or under `params` (a reference
+        policy from `trainable_params`; the frozen ones are shared), without gradient."""
+        return self._logprob_fn(self.params if params is None else params, self.frozen, self.put(batch))
 
     def grads(self, batches: Sequence[TrainBatch]) -> tuple[Any, dict[str, float]]:
         """Gradients and metrics summed over micro-batches (= the step's, as weights are global)."""
