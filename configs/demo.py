@@ -2,7 +2,7 @@
 tiny Qwen2.5-VL trained from scratch, perception stages (the toy stand-in for Qwen2.5-VL's pretraining),
 a direct-answer baseline, cold-start SFT on scripted-expert trajectories, GRPO with over-turn masking
 (training turn limit below the test limit, as in the paper), evaluation and a report. Sized for a 2-core
-CPU (~10 minutes); every choice below was measured (docs/demo.md).
+CPU (~13 minutes); every choice below was measured (docs/demo.md).
 
     mini-o3 demo                                   # runs/demo/report.md
     mini-o3 demo --ablation                        # + RL without over-turn masking, from the same SFT
