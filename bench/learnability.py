@@ -228,6 +228,12 @@ def main() -> None:
     turns = {i: [tok.encode(m["value"]) for m in make(10**7 + i)[0] if m["from"] == "gpt"]
              for i in range(args.held_out)} if args.probe == "traj-read" or args.style == "expert" else {}
 
+    def weak(batch, j: int, lp: np.ndarray, at: int, n: int) -> list[tuple[str, float]]:
+        """The tokens of trained positions at..at+n that the model gives p < 0.9, with their p."""
+        ids = np.asarray(batch.targets[j])[np.asarray(batch.mask[j]) > 0][at:at + n]
+        return [(tok.decode([int(x)]), round(float(np.exp(v)), 2)) for x, v in zip(ids, lp[at:at + n])
+                if v < np.log(0.9)]
+
     def known() -> str:
         ok: dict[str, list[bool]] = {}
         for batch, rows in zip(*held):
@@ -243,15 +249,12 @@ def main() -> None:
                         for t, n in enumerate(len(x) for x in turns[idx][:-1]):  # the turns before the last
                             ok.setdefault(f"turn{t + 1}", []).append(bool(np.all(trained[at:at + n] > np.log(0.5))))
                             if args.verbose and idx < 12 and t > 0:
-                                ids = np.asarray(batch.targets[j])[mask[j] > 0][at:at + n]
-                                print("   ", idx, t, [(tok.decode([int(x)]), round(float(np.exp(v)), 2))
-                                                      for x, v in zip(ids, trained[at:at + n]) if v < np.log(0.9)])
+                                print("   ", idx, t, weak(batch, j, trained, at, n))
                             at += n + 2
                         answer = answer[-len(turns[idx][-1]):]
                         if args.verbose and idx < 12:  # the last turn's weak tokens
-                            ids = np.asarray(batch.targets[j])[mask[j] > 0][:-2][-len(answer):]
-                            print("   ", idx, "last", [(tok.decode([int(x)]), round(float(np.exp(v)), 2))
-                                                       for x, v in zip(ids, answer) if v < np.log(0.9)])
+                            last = len(trained) - 2 - len(answer)
+                            print("   ", idx, "last", weak(batch, j, trained, last, len(answer)))
                     if args.probe == "traj-read":  # the reading turn only: its tokens after the last <|im_end|>
                         first, last = len(turns[idx][0]), turns[idx][-1]  # and the zoom turn: the first trained tokens
                         ok.setdefault("zoom", []).append(bool(np.all(lp[j][mask[j] > 0][:first] > np.log(0.5))))

@@ -168,9 +168,9 @@ def run_rl(
                     examples = examples_from_trajectories(trajs, processor, agg=t.loss_agg, advantages=adv,
                                                           mask_exceeded=t.mask_exceeded)
                     mbs = micro_batches(examples, trainer.model_config, spec)[0]
-                    mbs = [b._replace(old_logprobs=np.asarray(trainer.logprobs(b))) for b in mbs]
-                    if ref_params is not None:
-                        mbs = [b._replace(ref_logprobs=np.asarray(trainer.logprobs(b, ref_params))) for b in mbs]
+                    mbs = [b._replace(old_logprobs=np.asarray(trainer.logprobs(b)), ref_logprobs=b.ref_logprobs
+                                      if ref_params is None else np.asarray(trainer.logprobs(b, ref_params)))
+                           for b in mbs]
                     minibatches.append(mbs)
                 old_s = time.perf_counter() - t0
                 # -- updates
