@@ -16,7 +16,7 @@ from mini_o3_jax.model.weights import load_hf
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.inputs import build_inputs
 from mini_o3_jax.rollout.cache import copy_slots, init_cache
-from mini_o3_jax.rollout.sampler import Sampling, decode, extend, sample_tokens
+from mini_o3_jax.rollout.sampler import Sampling, decode, extend, kv_window, sample_tokens
 from mini_o3_jax.rollout.stops import kmp_automaton, stop_table, truncate_at_stop
 from tests.hf_reference import hf_processor, qwen_tokenizer_dir, tiny_hf_model
 from tests.test_model_golden import make_inputs, rand_image
@@ -158,6 +158,44 @@ def test_decode_matches_full_forward_with_two_busy_slots(setup):
         seq = np.asarray(s.ids + [s.pending] + toks[slot, :n].tolist())
         ref = full_logits(model, seq[:-1], s.pixels, s.grids)
         np.testing.assert_array_equal(seq[len(s.ids) + 1:], ref[len(s.ids):].argmax(-1))
+
+
+def test_kv_window_is_a_power_of_two_prefix_covering_the_need():
+    assert [kv_window(n, 4096) for n in (0, 10, 256, 257, 300, 1024, 1025, 4000, 9000)] == \
+        [256, 256, 256, 512, 512, 1024, 2048, 4096, 4096]
+    assert kv_window(100, 4096, minimum=64) == 128 and kv_window(300, 384) == 384
+
+
+def test_decode_over_a_cache_prefix_equals_decode_over_the_whole_row(setup):
+    """The engine decodes over `kv_window` positions; with slots at different lengths and T=1 sampling
+    the tokens and the written cache equal a decode over the full 2048-position row, while a window
+    shorter than a slot changes them (the prefix is really what is attended)."""
+    _, model, processor = setup
+    ids_a, pv_a, grid_a = make_inputs(processor, ONE_IMAGE, [rand_image(300, 400, 4)])
+    ids_b, pv_b, grid_b = make_inputs(processor, ONE_IMAGE, [rand_image(196, 560, 5)])
+    steps, t1 = 24, Sampling(temperature=1.0)
+
+    def run(kv_len):
+        cache = init_cache(model.config.text, slots=2, max_len=2048, dtype=jnp.float32)
+        a = Slot(model, cache, slot=0)
+        a.extend(ids_a, pv_a, grid_a)
+        b = Slot(model, a.cache, slot=1)
+        b.graphdef, b.state = a.graphdef, a.state
+        b.extend(ids_b, pv_b, grid_b)
+        b.extend([1, 2, 3])
+        cache, toks, *_ = decode(a.graphdef, a.state, b.cache, jnp.array([a.pending, b.pending]),
+                                 jnp.array([True, True]), jnp.array([100, 100]), jnp.array([-7]), a.keys, t1, steps,
+                                 kv_len=kv_len)
+        return np.asarray(toks), np.asarray(cache.k), max(a.length, b.length)
+
+    full, k_full, longest = run(None)
+    window = kv_window(longest + steps, 2048)
+    assert window < 2048
+    part, k_part, _ = run(window)
+    np.testing.assert_array_equal(part, full)
+    np.testing.assert_allclose(k_part, k_full, rtol=1e-5, atol=1e-6)
+    short, _, _ = run(16)
+    assert (short != full).any()
 
 
 def test_stop_tokens_end_a_slot(setup):

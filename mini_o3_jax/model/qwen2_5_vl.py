@@ -77,6 +77,7 @@ class Qwen25VL(nnx.Module):
         v_cache: jax.Array,
         starts: jax.Array,
         slots: jax.Array | None = None,
+        kv_len: int | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Like `__call__` for a chunk appended to a KV cache at `starts` (see `TextDecoder.cached`);
         `text.positions` continue each slot's M-RoPE positions, `text.segment_ids > 0` marks real tokens."""
@@ -84,7 +85,7 @@ class Qwen25VL(nnx.Module):
         x = self.embed(text, features)
         cfg = self.config.text
         cos, sin = mrope(text.positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, x.dtype)
-        return self.text.cached(x, cos, sin, k_cache, v_cache, starts, text.segment_ids > 0, slots)
+        return self.text.cached(x, cos, sin, k_cache, v_cache, starts, text.segment_ids > 0, slots, kv_len)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "logits_dtype"))

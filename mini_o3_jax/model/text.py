@@ -103,21 +103,24 @@ class TextDecoder(nnx.Module):
         starts: jax.Array,
         valid: jax.Array,
         slots: jax.Array | None = None,
+        kv_len: int | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Run a (B, C) chunk against a KV cache: write its keys/values at `starts` and attend causally
         over everything the slot holds. Same layer code as the full forward.
 
         k_cache/v_cache: (layers, S, max_len, kv_heads, head_dim); `slots` (B,) picks the rows (None:
         all S rows in order, B == S); `valid` (B, C) marks real tokens (padding is written past the
-        slot's end, where it is masked and later overwritten). Returns (hidden, k_cache, v_cache).
+        slot's end, where it is masked and later overwritten). `kv_len` (static) attends over the first
+        `kv_len` cache positions only: the caller guarantees every real token's slot ends within them
+        (decoding reads the keys it needs, not a 32k-token row). Returns (hidden, k_cache, v_cache).
         """
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]
         eps = self.cfg.rms_norm_eps
         b, c = x.shape[:2]
-        max_len = k_cache.shape[2]
+        kv_len = k_cache.shape[2] if kv_len is None else min(kv_len, k_cache.shape[2])
         rows = jnp.arange(b) if slots is None else slots
         q_pos = starts[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
-        kv_pos = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (b, max_len))
+        kv_pos = jnp.broadcast_to(jnp.arange(kv_len, dtype=jnp.int32), (b, kv_len))
         end = starts + valid.sum(axis=-1).astype(jnp.int32)
         kv_seg = (kv_pos < end[:, None]).astype(jnp.int32)
         q_seg = valid.astype(jnp.int32)
@@ -130,7 +133,8 @@ class TextDecoder(nnx.Module):
                 nonlocal kc, vc
                 kc = kc.at[i, rows[:, None], q_pos].set(k.astype(kc.dtype), mode="drop")
                 vc = vc.at[i, rows[:, None], q_pos].set(v.astype(vc.dtype), mode="drop")
-                keys, values = (kc[i] if slots is None else kc[i, rows]), (vc[i] if slots is None else vc[i, rows])
+                keys = (kc[i] if slots is None else kc[i, rows])[:, :kv_len]
+                values = (vc[i] if slots is None else vc[i, rows])[:, :kv_len]
                 return attention(q, keys, values, q_seg, kv_seg, q_pos, kv_pos)
 
             x = decoder_layer(x, w, cos, sin, eps, attend)

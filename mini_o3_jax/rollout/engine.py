@@ -30,7 +30,7 @@ from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor, ImageSource
 from mini_o3_jax.processing.inputs import build_inputs
 from mini_o3_jax.rollout.cache import KVCache, copy_slots, init_cache
-from mini_o3_jax.rollout.sampler import Sampling, decode, extend, sample_tokens
+from mini_o3_jax.rollout.sampler import Sampling, decode, extend, kv_window, sample_tokens
 from mini_o3_jax.rollout.stops import stop_table, truncate_at_stop
 
 
@@ -198,10 +198,13 @@ class RolloutEngine:
         refill()
         while any(s is not None for s in slots):
             live = np.array([s is not None and i not in done_early for i, s in enumerate(slots)])
+            # the longest live slot after this call: its pending token and decode_chunk - 1 more are written
+            need = max((host_len[i] for i in np.flatnonzero(live)), default=0) + cfg.decode_chunk
             t0 = time.perf_counter()
             cache, toks, pend, still, stopped, state = decode(
                 self.graphdef, self.state, cache, jnp.asarray(pending), jnp.asarray(live), jnp.asarray(budget),
-                jnp.asarray(self.stop_ids), keys, self.sampling, cfg.decode_chunk, self.stop_table, jnp.asarray(stop_state))
+                jnp.asarray(self.stop_ids), keys, self.sampling, cfg.decode_chunk, self.stop_table, jnp.asarray(stop_state),
+                kv_len=kv_window(need, cfg.max_len))
             toks, still, stopped = np.asarray(toks), np.asarray(still), np.asarray(stopped)
             pending[:], stop_state[:] = np.asarray(pend), np.asarray(state)
             stats.decode_s += time.perf_counter() - t0

@@ -103,7 +103,15 @@ def extend(
     return KVCache(k, v, length, cache.delta.at[slots].set(deltas)), tokens, logits
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "steps"), donate_argnames=("cache",))
+def kv_window(need: int, max_len: int, minimum: int = 256) -> int:
+    """The cache prefix a decode call attends over: the smallest power of two >= `need` (and >=
+    `minimum`), at most `max_len`. Powers of two keep the compiled variants few (log2(max_len / minimum));
+    reading only the filled prefix keeps a long `max_len` from costing every decoded token."""
+    n = max(int(need), minimum, 1)
+    return min(1 << (n - 1).bit_length(), max_len)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "steps", "kv_len"), donate_argnames=("cache",))
 def decode(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -117,6 +125,7 @@ def decode(
     steps: int,
     stop_table: jax.Array | None = None,
     stop_state: jax.Array | None = None,
+    kv_len: int | None = None,
 ) -> tuple[KVCache, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """Up to `steps` tokens for every live slot, all slots together.
 
@@ -124,6 +133,8 @@ def decode(
     budget (S,): tokens each slot may still sample this turn; stop_ids (K,): tokens that end a turn;
     stop_table (m + 1, V) / stop_state (S,): a stop string's automaton (rollout/stops.py) and each
     slot's state in it (0 at the start of a turn; carried across calls within a turn).
+    kv_len (static): attend over the cache's first kv_len positions (`kv_window`); every live slot must
+    end within them after `steps` more tokens (default: the whole row).
     Returns (cache, tokens (S, steps) with -1 where a slot did not sample, pending (S,),
     live (S,) still running, stopped (S,) ended on a stop token or string, stop_state (S,)).
     """
@@ -146,7 +157,7 @@ def decode(
             segment_ids=live[:, None].astype(jnp.int32),
             image_rows=jnp.full((tok.shape[0], 1), -1, jnp.int32),
         )
-        hidden, k, v = model.cached(text, None, cache.k, cache.v, cache.length)
+        hidden, k, v = model.cached(text, None, cache.k, cache.v, cache.length, kv_len=kv_len)
         logits = model.text.logits(hidden[:, 0])
         length = cache.length + live.astype(jnp.int32)
         nxt = sample_tokens(logits, _step_keys(slot_keys, length), sampling)
