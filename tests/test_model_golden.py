@@ -164,6 +164,29 @@ def test_batch_and_bucket_padding_do_not_change_logits(untied, processor):
     np.testing.assert_allclose(both[1, : len(b[0])], alone[1], atol=1e-5)
 
 
+def test_full_attention_band_equals_the_whole_layout(untied, processor):
+    """Full-attention blocks read only the windows an image can span (`VisionInputs.band`). With six
+    images of 1-12 windows in a padded layout (banded path: 31 offsets < 64 windows) the tower's output
+    equals reading every window (a band as wide as the layout)."""
+    import jax.numpy as jnp
+
+    _, _, model = untied
+    sizes = [(300, 400), (56, 56), (224, 640), (112, 112), (476, 168), (84, 140)]
+    out = processor.image_processor([rand_image(h, w, i) for i, (h, w) in enumerate(sizes)], return_tensors="np")
+    pv, grid = out["pixel_values"], out["image_grid_thw"]
+    batch = build_inputs([np.full(int(np.prod(grid, axis=1).sum()) // 4, 151655)], [pv], [grid], model.config,
+                         num_windows=64)
+    v = batch.vision
+    assert v.band.shape[0] == 31 and v.pixels.shape[0] // 64 == 64
+    banded = np.asarray(model.visual(v))
+    whole = np.asarray(model.visual(v._replace(band=np.arange(-63, 64, dtype=np.int32))))
+    np.testing.assert_allclose(banded, whole, rtol=1e-5, atol=1e-5)
+    assert np.abs(banded).max() > 0.1
+    # and a band too narrow for the 12-window images changes it (the band is really what is read)
+    narrow = np.asarray(model.visual(v._replace(band=jnp.arange(-3, 4, dtype=jnp.int32))))
+    assert np.abs(narrow - whole).max() > 1e-3
+
+
 def test_rope_index_and_deltas_match_hf(untied, processor):
     hf, _, _ = untied
     images = [rand_image(300, 400, 1), rand_image(224, 640, 2), rand_image(476, 168, 3)]

@@ -2,8 +2,10 @@
 
 Input rows arrive in the padded-window layout built on the host (processing/positions.py), so the
 tower is a pure function of fixed-shape arrays. Window blocks attend inside each 64-row window;
-the `fullatt_block_indexes` blocks attend within each image (segment ids). Blocks are stacked and
-scanned; which kind a block is comes in as scanned data, so both share one compiled body.
+the `fullatt_block_indexes` blocks attend within each image (segment ids), reading only the windows
+an image can span (`VisionInputs.band`): a batch of many small images costs O(P * band), not O(P^2).
+Blocks are stacked and scanned; which kind a block is comes in as scanned data, so both share one
+compiled body.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ class VisionInputs(NamedTuple):
     pos_hw: jax.Array  # (P, 2) int32
     window_seg: jax.Array  # (P,) int32, 1 real / 0 pad
     image_seg: jax.Array  # (P,) int32, 1 + image index / 0 pad
+    # (2R-1,) int32 window offsets -(R-1)..R-1 with R >= the most windows one image spans (an image's
+    # windows are consecutive): full attention of window w reads windows w + band only
+    band: jax.Array
 
 
 class VisionBlocks(nnx.Module):
@@ -94,7 +99,22 @@ class VisionTower(nnx.Module):
             return o.reshape(q.shape)
 
         def full_attn(q, k, v):
-            return attention(q[None], k[None], v[None], iseg, iseg)[0]
+            n_win, n_band = p // win, inputs.band.shape[0]
+            if n_band >= n_win:  # one big image: the band is the whole layout
+                return attention(q[None], k[None], v[None], iseg, iseg)[0]
+            seg = jnp.asarray(inputs.image_seg).reshape(n_win, win)
+            idx = jnp.arange(n_win)[:, None] + jnp.asarray(inputs.band)[None, :]  # (W, band) windows each window reads
+            inside = (idx >= 0) & (idx < n_win)
+            idx = jnp.clip(idx, 0, n_win - 1)
+            # clipped duplicates get segment -1, which no query has: every key is counted once
+            kv_seg = jnp.where(inside[:, :, None], seg[idx], -1).reshape(n_win, n_band * win)
+
+            def band(x):
+                x = x.reshape((n_win, win) + x.shape[1:])
+                return x[idx].reshape((n_win, n_band * win) + x.shape[2:])
+
+            shape = (n_win, win) + q.shape[1:]
+            return attention(q.reshape(shape), band(k), band(v), seg, kv_seg).reshape(q.shape)
 
         def block(x, layer):
             w, full = layer

@@ -21,6 +21,7 @@ from mini_o3_jax.processing.positions import (
     image_token_rows,
     rope_index,
     vision_layout,
+    window_band,
 )
 
 PAD_ID = 151643  # <|endoftext|>, HF's pad token for Qwen2.5-VL
@@ -87,6 +88,7 @@ def build_inputs(
             pos_hw=layout.pos_hw,
             window_seg=layout.window_seg,
             image_seg=layout.image_seg,
+            band=window_band(layout.frame_windows),
         )
         merged_rows = layout.merged_rows
 

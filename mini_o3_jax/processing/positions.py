@@ -47,6 +47,8 @@ class VisionLayout:
       image_seg:   (P,) 1 + image/frame index for real patches, 0 for padding (full attention).
       merged_rows: (sum_i t*h*w/4,) for each LLM image token in order, its row in the merged output.
       num_windows: W, the number of real windows (the arrays may be padded beyond it).
+      frame_windows: the most windows one image (or video frame) spans; its windows are consecutive,
+                     so a full-attention block need not look further than frame_windows - 1 either side.
     """
 
     patch_src: np.ndarray
@@ -55,6 +57,7 @@ class VisionLayout:
     image_seg: np.ndarray
     merged_rows: np.ndarray
     num_windows: int
+    frame_windows: int = 1
 
     @property
     def num_slots(self) -> int:
@@ -86,6 +89,7 @@ def vision_layout(
     patch_offset = 0
     window_offset = 0
     segment = 0
+    most = 1
     for t, h, w in grids.tolist():
         if h % m or w % m:
             raise ChatFormatError(f"image grid {(t, h, w)} is not a multiple of merge size {m}")
@@ -101,6 +105,7 @@ def vision_layout(
         cols_in_win = np.minimum(ws, gw - (gj // ws) * ws)
         slot = local_r * cols_in_win + local_c
         frame_windows = nwh * nww
+        most = max(most, frame_windows)
         for f in range(t):
             windows = window_offset + f * frame_windows + win_in_frame
             merged_slot = windows * (ws * ws) + slot  # row in the merged (P/4) output
@@ -140,7 +145,15 @@ def vision_layout(
         image_seg=image_seg,
         merged_rows=merged_rows,
         num_windows=total_windows,
+        frame_windows=most,
     )
+
+
+def window_band(frame_windows: int) -> np.ndarray:
+    """Window offsets a full-attention block reads around each window: -(R-1)..R-1 with R the power of
+    two >= `frame_windows` (few distinct shapes, so few compilations). See `VisionInputs.band`."""
+    r = 1 << max(int(frame_windows) - 1, 0).bit_length()
+    return np.arange(-(r - 1), r, dtype=np.int32)
 
 
 def count_windows(grids_thw: Sequence[Sequence[int]] | np.ndarray, merge_size: int = 2, window_merged: int = 4) -> int:
