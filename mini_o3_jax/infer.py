@@ -22,7 +22,7 @@ from mini_o3_jax.rollout.engine import EngineConfig, Episode, RolloutEngine
 from mini_o3_jax.rollout.sampler import Sampling
 
 AGENT_FILE = "agent.json"
-# The toy recipe's GRPO model (`mini-o3 demo` at commit d28abd0, exported with `mini-o3 export --dtype
+# The toy recipe's GRPO model (`mini-o3 demo` at commit 802eafe, exported with `mini-o3 export --dtype
 # float32`, 4 MB): what `mini-o3 infer` runs without --model, on `sample_puzzle()` without --image.
 DEMO_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_model")
 _AGENT_KEYS = ("min_pixels", "max_pixels", "system_prompt", "max_turns", "max_context", "max_turn_tokens")
