@@ -88,33 +88,35 @@ class VisionTower(nnx.Module):
         cos, sin = vision_rotary(inputs.pos_hw, cfg.head_dim, cfg.rope_theta)
         cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
         p = x.shape[0]
-        wseg = inputs.window_seg.reshape(p // win, win)
-        iseg = inputs.image_seg.reshape(1, p)
+        n_win, n_band = p // win, inputs.band.shape[0]
+        wseg = jnp.asarray(inputs.window_seg).reshape(n_win, win)
+        iseg = jnp.asarray(inputs.image_seg).reshape(n_win, win)
+        # full attention reads, for each window, the windows at its band offsets (one big image: all of them)
+        banded = n_band < n_win
+        if banded:
+            idx = jnp.arange(n_win)[:, None] + jnp.asarray(inputs.band)[None, :]  # (W, band)
+            inside = (idx >= 0) & (idx < n_win)
+            idx = jnp.clip(idx, 0, n_win - 1)
+            # clipped duplicates get segment -1, which no query has: every key is counted once
+            band_seg = jnp.where(inside[:, :, None], iseg[idx], -1).reshape(n_win, n_band * win)
         is_full = jnp.zeros((cfg.depth,), bool).at[jnp.asarray(cfg.fullatt_block_indexes, jnp.int32)].set(True)
         eps = cfg.rms_norm_eps
 
         def window_attn(q, k, v):
-            shape = (p // win, win) + q.shape[1:]
+            shape = (n_win, win) + q.shape[1:]
             o = attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), wseg, wseg)
             return o.reshape(q.shape)
 
         def full_attn(q, k, v):
-            n_win, n_band = p // win, inputs.band.shape[0]
-            if n_band >= n_win:  # one big image: the band is the whole layout
-                return attention(q[None], k[None], v[None], iseg, iseg)[0]
-            seg = jnp.asarray(inputs.image_seg).reshape(n_win, win)
-            idx = jnp.arange(n_win)[:, None] + jnp.asarray(inputs.band)[None, :]  # (W, band) windows each window reads
-            inside = (idx >= 0) & (idx < n_win)
-            idx = jnp.clip(idx, 0, n_win - 1)
-            # clipped duplicates get segment -1, which no query has: every key is counted once
-            kv_seg = jnp.where(inside[:, :, None], seg[idx], -1).reshape(n_win, n_band * win)
+            if not banded:
+                flat = iseg.reshape(1, p)
+                return attention(q[None], k[None], v[None], flat, flat)[0]
 
-            def band(x):
-                x = x.reshape((n_win, win) + x.shape[1:])
-                return x[idx].reshape((n_win, n_band * win) + x.shape[2:])
+            def gather(x):
+                return x.reshape((n_win, win) + x.shape[1:])[idx].reshape((n_win, n_band * win) + x.shape[1:])
 
             shape = (n_win, win) + q.shape[1:]
-            return attention(q.reshape(shape), band(k), band(v), seg, kv_seg).reshape(q.shape)
+            return attention(q.reshape(shape), gather(k), gather(v), iseg, band_seg).reshape(q.shape)
 
         def block(x, layer):
             w, full = layer
