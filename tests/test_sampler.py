@@ -136,17 +136,24 @@ def test_incremental_logits_equal_one_full_forward(setup):
         assert seq[pos + 1] == ref[pos].argmax()
 
 
-def test_decode_matches_full_forward_with_two_busy_slots(setup):
-    _, model, processor = setup
+def two_busy_slots(model, processor, max_len: int, b_tail: list[int]) -> tuple[Slot, Slot]:
+    """Slots 0 and 1 of one cache, each prefilled with its own image prompt; slot b then extended by
+    `b_tail`, so the two sit at different lengths."""
     ids_a, pv_a, grid_a = make_inputs(processor, ONE_IMAGE, [rand_image(300, 400, 4)])
     ids_b, pv_b, grid_b = make_inputs(processor, ONE_IMAGE, [rand_image(196, 560, 5)])
-    cache = init_cache(model.config.text, slots=2, max_len=1024, dtype=jnp.float32)
-    a = Slot(model, cache, slot=0)
+    a = Slot(model, init_cache(model.config.text, slots=2, max_len=max_len, dtype=jnp.float32), slot=0)
     a.extend(ids_a, pv_a, grid_a)
     b = Slot(model, a.cache, slot=1)
     b.graphdef, b.state = a.graphdef, a.state
     b.extend(ids_b, pv_b, grid_b)
-    b.extend([])  # slot b is one token ahead: the slots now sit at different lengths
+    b.extend(b_tail)
+    return a, b
+
+
+def test_decode_matches_full_forward_with_two_busy_slots(setup):
+    _, model, processor = setup
+    a, b = two_busy_slots(model, processor, 1024, [])  # b.extend([]): slot b is one token ahead
+    ids_a, ids_b = a.ids, b.ids[:-1]
     steps = 6
     cache, toks, pending, live, stopped, _ = decode(
         a.graphdef, a.state, b.cache, jnp.array([a.pending, b.pending]), jnp.array([True, True]),
@@ -171,18 +178,10 @@ def test_decode_over_a_cache_prefix_equals_decode_over_the_whole_row(setup):
     the tokens and the written cache equal a decode over the full 2048-position row, while a window
     shorter than a slot changes them (the prefix is really what is attended)."""
     _, model, processor = setup
-    ids_a, pv_a, grid_a = make_inputs(processor, ONE_IMAGE, [rand_image(300, 400, 4)])
-    ids_b, pv_b, grid_b = make_inputs(processor, ONE_IMAGE, [rand_image(196, 560, 5)])
     steps, t1 = 24, Sampling(temperature=1.0)
 
     def run(kv_len):
-        cache = init_cache(model.config.text, slots=2, max_len=2048, dtype=jnp.float32)
-        a = Slot(model, cache, slot=0)
-        a.extend(ids_a, pv_a, grid_a)
-        b = Slot(model, a.cache, slot=1)
-        b.graphdef, b.state = a.graphdef, a.state
-        b.extend(ids_b, pv_b, grid_b)
-        b.extend([1, 2, 3])
+        a, b = two_busy_slots(model, processor, 2048, [1, 2, 3])
         cache, toks, *_ = decode(a.graphdef, a.state, b.cache, jnp.array([a.pending, b.pending]),
                                  jnp.array([True, True]), jnp.array([100, 100]), jnp.array([-7]), a.keys, t1, steps,
                                  kv_len=kv_len)
