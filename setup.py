@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 RUNTIME = [
     "jax>=0.10",
     "flax>=0.12",
-    "optax>=0.2",
+    "optax>=0.2.5",  # optax.tree_utils.tree_norm
     "orbax-checkpoint>=0.12",
     "ml-collections>=1.0",
     "numpy>=1.26",
@@ -48,7 +48,10 @@ setup(
     long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["mini_o3_jax", "mini_o3_jax.*"]),
+    # the repository's top-level configs/ ships as `mini_o3_jax.configs`, so an installed package (wheel or
+    # editable) resolves `--config configs/rl_grpo.py` from any directory (config_files.resolve_config_path)
+    packages=find_packages(include=["mini_o3_jax", "mini_o3_jax.*"]) + ["mini_o3_jax.configs"],
+    package_dir={"mini_o3_jax.configs": "configs"},
     package_data={"mini_o3_jax": ["assets/*", "assets/demo_model/*"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,

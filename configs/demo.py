@@ -133,7 +133,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # evaluation: Avg@K at T=1.0 with a test turn limit above the training one
     # K=8: each puzzle's accuracy in steps of 1/8, not 1/2
+    # scorer "auto": exact match on the puzzles' one-word answers, offline (not the paper's LLM judge)
     c.eval = ml_collections.ConfigDict(dict(k=8, max_turns=6, max_context=4096, context_guard=256,
                                             max_turn_tokens=128, slots=32, decode_chunk=16, workers=2,
-                                            turn_limits=[1, 2, 3, 4, 5, 6], save_crops=2))
+                                            turn_limits=[1, 2, 3, 4, 5, 6], save_crops=2, scorer="auto"))
     return c

@@ -1,8 +1,14 @@
-"""Mini-o3's released evaluation (spec §5): Avg@32 at T=1.0, top-p 1, 12 turns, 32k context.
+"""Mini-o3's released evaluation (spec §5): Avg@32 at T=1.0, top-p 1, 12 turns, 32k context, GPT-4o judge.
 
     mini-o3 data prepare --benchmark vstar --source ~/data/vstar_bench --data-dir data/tfds
+    export MINI_O3_JUDGE_URL=http://127.0.0.1:8000/v1   # or Azure: END_POINT, API_KEY, API_VERSION
     mini-o3 eval --config configs/eval.py --config.model_path=ckpt/mini-o3-7b \
         --config.benchmarks=visualprobe_hard,vstar --config.data_dir=data/tfds
+
+The judge scores every answer, as in the paper; `--config.eval.scorer=auto` (or choice / exact / numeric)
+scores offline by rule instead, and results.md says so. Turns, context, guard, tokens a turn, pixels and
+the system prompt left "auto" (0, -1, "auto") come from the checkpoint's agent.json when it has one, as
+`mini-o3 infer` does, else are the released eval's; a value set here or on the command line wins.
 
 A benchmark not yet prepared is prepared from `sources.<name>` (the downloaded folder). Re-running
 the same command resumes: finished questions are kept. `eval.max_turns=32` with
@@ -14,7 +20,8 @@ import dataclasses
 import ml_collections
 
 from mini_o3_jax.data.benchmarks import BENCHMARKS
-from mini_o3_jax.eval.run import EvalConfig
+from mini_o3_jax.eval.run import AUTO_AGENT, EvalConfig
+from mini_o3_jax.rl.rewards import config_defaults
 
 PAPER_BENCHMARKS = "visualprobe_hard,visualprobe_medium,visualprobe_easy,vstar,hrbench_4k,hrbench_8k,mme_realworld"
 
@@ -31,6 +38,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.image_root = ""  # $BASE_IMAGE_DIR for Mini-o3 JSON files whose image paths are relative to it
     c.eval = ml_collections.ConfigDict(
         {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(EvalConfig()).items()})
-    c.eval.system_prompt = c.eval.system_prompt or ""
-    c.judge = ml_collections.ConfigDict()  # JudgeConfig overrides when eval.scorer == "judge"
+    # "auto": the checkpoint's agent.json, else the released value (12 turns, 32,768 context, 8,192 tokens a
+    # turn, 40k-2M pixels, the tool_crop system prompt, guard min(2000, context / 4)); "" = no system prompt
+    c.eval.update(AUTO_AGENT)
+    # JudgeConfig when eval.scorer == "judge": url / model / api_key / api_version "" = from the environment
+    # (MINI_O3_JUDGE_URL, MINI_O3_JUDGE_MODEL, ... or the released Azure END_POINT / API_KEY / API_VERSION);
+    # system_prompt / user_prompt = the released judge prompts
+    c.judge = ml_collections.ConfigDict(config_defaults())
     return c

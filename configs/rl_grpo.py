@@ -11,6 +11,9 @@ API_KEY/END_POINT/API_VERSION or MINI_O3_JUDGE_URL for any OpenAI-compatible ser
 
 import ml_collections
 
+from mini_o3_jax.agent.prompts import SYSTEM_PROMPT_TOOL_CROP
+from mini_o3_jax.rl.rewards import config_defaults
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -39,9 +42,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.env.min_pixels = 40_000
     c.env.max_pixels = 2_000_000
     c.env.observation_numbering = "released"
+    c.env.exif_transpose = False  # as stored, as the release (spec 2); True rotates photos by their EXIF tag
+    # the system turn of every episode: the released `tool_crop` prompt (spec 1.1); "" (or False / None) for
+    # none, as a model trained without one needs (the packaged demo model: its agent.json says so)
+    c.env.system_prompt = SYSTEM_PROMPT_TOOL_CROP
 
     c.rollout = ml_collections.ConfigDict()
     c.rollout.samples = 16  # n rollouts per prompt (one GRPO group)
+    # the sampling temperature, and the one the trainer's log-probs (old and new) are computed at: one setting,
+    # as the release samples and recomputes old log-probs at T=1.0 (a disagreeing `train.temperature` is an error)
     c.rollout.temperature = 1.0
     c.rollout.top_k = 0
     c.rollout.top_p = 1.0
@@ -53,7 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.reward = ml_collections.ConfigDict()
     c.reward.kind = "judge"  # or "choice" / "exact" / "numeric" (rule-based, no judge)
-    c.reward.judge = ml_collections.ConfigDict()  # JudgeConfig overrides, e.g. cache_path, concurrency
+    # JudgeConfig: url / model / api_key / api_version "" = from the environment (MINI_O3_JUDGE_URL or the
+    # released Azure API_KEY/END_POINT/API_VERSION); system_prompt / user_prompt = the released prompts
+    c.reward.judge = ml_collections.ConfigDict(config_defaults())
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 100
@@ -68,7 +79,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.max_length = 32768 + 8192
     c.train.min_length = 1024
     c.train.logits_chunk = 1024
-    c.train.temperature = 1.0
 
     c.ppo = ml_collections.ConfigDict()
     c.ppo.clip_low = 0.2

@@ -36,7 +36,7 @@ Options:
 
 Example (v5p-64 = 8 workers x 4 chips):
   launch/tpu_pod.sh my-v5p-64 us-east5-a --project my-proj -- \
-      mini-o3 rl --config configs/rl_grpo.py --model gs://bucket/sft-ckpt
+      mini-o3 rl --config configs/rl_grpo.py --config.model_path=/path/on/every/worker/sft-ckpt
 
 Environment for the command: prefix it with `env`, e.g.
   launch/tpu_pod.sh my-tpu us-east5-a -- env LIBTPU_INIT_ARGS=--xla_tpu_enable_latency_hiding_scheduler=true mini-o3 ...

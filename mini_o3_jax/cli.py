@@ -20,7 +20,16 @@ import os
 import sys
 import time
 
-from mini_o3_jax.errors import MiniO3Error
+from mini_o3_jax.errors import ConfigError, MiniO3Error
+
+
+class UsageError(MiniO3Error):
+    """A command line argparse rejects (unknown option, missing or bad value): one line, exit code 2."""
+
+
+def _path(text: str) -> str:
+    """Type of every path option: `~` is expanded here, once (the shell leaves `--out=~/x` alone)."""
+    return os.path.expanduser(text)
 
 
 def _mesh(spec: str | None):
@@ -31,20 +40,24 @@ def _mesh(spec: str | None):
 
     shape = {}
     for part in spec.split(","):
-        k, v = part.split("=")
-        shape[k.strip()] = int(v)
+        k, _, v = part.partition("=")
+        try:
+            shape[k.strip()] = int(v)
+        except ValueError:
+            raise UsageError(f"--mesh {spec}: expected axis=size pairs, e.g. fsdp=-1,tensor=2") from None
     return make_mesh(shape)
 
 
 def cmd_init(args) -> None:
     from flax import nnx
 
-    from mini_o3_jax.config_files import load_config
     from mini_o3_jax.model.config import ModelConfig
     from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
     from mini_o3_jax.model.weights import save_hf
 
-    cfg = load_config(args.config, args.override)
+    cfg = _init_config(args)
+    if not args.out:
+        raise UsageError("mini-o3 init: --out DIR is required (where to write the checkpoint)")
     model = Qwen25VL(ModelConfig.from_config_dict(cfg.model), dtype=args.dtype or cfg.dtype, rngs=nnx.Rngs(args.seed))
     save_hf(model, args.out, dtype=args.dtype or cfg.dtype, side_files_from=args.tokenizer)
     print(f"wrote random-weight checkpoint to {args.out}")
@@ -61,33 +74,42 @@ def cmd_convert(args) -> None:
 
 
 def cmd_export(args) -> None:
+    import jax.numpy as jnp
     from tqdm import tqdm
 
     from mini_o3_jax.model.weights import hf_tensors, load_model, save_hf
 
-    model = load_model(args.model)
+    model = load_model(args.model)  # in the checkpoint's own dtype
+    own = jnp.dtype(model.dtype).name
+    dtype = args.dtype or own
+    if dtype == own:
+        print(f"writing {dtype} (the checkpoint's dtype)", flush=True)
+    else:
+        print(f"casting {own} -> {dtype} as asked (--dtype {dtype})", flush=True)
     n = sum(1 for _ in hf_tensors(model))
     with tqdm(total=n, desc="export", unit="tensor") as bar:
-        save_hf(model, args.out, dtype=args.dtype, max_shard_bytes=int(args.shard_gb * 1024**3),
+        save_hf(model, args.out, dtype=dtype, max_shard_bytes=int(args.shard_gb * 1024**3),
                 side_files_from=args.model, progress=lambda _: bar.update())
-    print(f"wrote HF checkpoint {args.out}")
+    print(f"wrote HF checkpoint {args.out} ({dtype})")
 
 
 def cmd_run(args) -> None:
-    from mini_o3_jax.pipeline import Pipeline
+    from mini_o3_jax.pipeline import Pipeline, format_next_tokens
 
+    if args.top_k < 1:
+        raise MiniO3Error(f"--top-k {args.top_k}: expected at least 1 token to show")
     pipe = Pipeline.from_pretrained(args.model, dtype=args.dtype, mesh=_mesh(args.mesh), mini_o3_resize=not args.no_resize)
     t0 = time.time()
-    top = pipe.top_next_tokens(args.image, args.question, k=args.top_k)
-    print(f"next-token distribution ({time.time() - t0:.2f}s incl. compile):")
-    for tok, p in top:
-        print(f"  {p:8.4f}  {tok!r}")
+    top = pipe.top_next_token_ids(args.image, args.question, k=args.top_k)
+    print(f"next-token distribution ({time.time() - t0:.2f}s incl. compile), top {len(top)}:")
+    for line in format_next_tokens(top, vocab_size=pipe.model.config.text.vocab_size):
+        print(line)
 
 
 def cmd_infer(args) -> None:
     from tqdm import tqdm
 
-    from mini_o3_jax.infer import DEMO_MODEL, infer, sample_puzzle
+    from mini_o3_jax.infer import DEMO_MODEL, infer, sample_puzzle, toy_model_warning
 
     model, image, question = args.model, args.image, args.question
     if image is None:  # the packaged sample: a toy puzzle, for the packaged toy model
@@ -102,6 +124,9 @@ def cmd_infer(args) -> None:
     if model is None:
         model = DEMO_MODEL
         print(f"model: the packaged toy demo model ({model}; docs/demo.md)")
+    warning = toy_model_warning(model, image)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     bar = tqdm(desc="turns", unit="turn")
 
     def on_turn(sample: int, step) -> None:
@@ -110,11 +135,13 @@ def cmd_infer(args) -> None:
         detail = t.error or (f"box {list(t.box)} on {t.source}" if t.box is not None else "")
         tqdm.write(f"[sample {sample}] {t.outcome}{': ' + detail if detail else ''}\n{t.text}\n")
 
-    trajs = infer(model, image, question, max_turns=args.max_turns, samples=args.samples,
-                  temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                  max_context=args.max_context, max_turn_tokens=args.max_turn_tokens, dtype=args.dtype,
-                  out_dir=args.out, on_turn=on_turn)
-    bar.close()
+    try:  # the bar is closed on failure too, so it does not print after the error line
+        trajs = infer(model, image, question, max_turns=args.max_turns, samples=args.samples,
+                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                      max_context=args.max_context, max_turn_tokens=args.max_turn_tokens, dtype=args.dtype,
+                      out_dir=args.out, on_turn=on_turn)
+    finally:
+        bar.close()
     for s, t in enumerate(trajs):
         flags = [f for f in ("over_turn", "over_length", "void") if getattr(t, f)]
         print(f"sample {s}: answer {t.answer!r} after {t.num_turns} turn(s)" + (f" [{', '.join(flags)}]" if flags else ""))
@@ -122,14 +149,25 @@ def cmd_infer(args) -> None:
 
 
 def _config(args):
+    """The `--config` file (a path, or a packaged config's name) with the `--config.<field>` overrides."""
     from mini_o3_jax.config_files import load_config
 
-    overrides = []
-    for extra in args.overrides:
-        if not extra.startswith("--config."):
-            raise MiniO3Error(f"unknown argument {extra!r}; expected --config.<field>=<value>")
-        overrides.append(extra[len("--config."):])
-    return load_config(args.config, overrides)
+    return load_config(args.config, args=args.overrides)
+
+
+def _init_config(args):
+    from mini_o3_jax.config_files import load_config
+
+    return load_config(args.config, args.override, args=args.overrides)
+
+
+def _demo_config(args):
+    cfg = _config(args)
+    if args.out:
+        cfg.out_dir = args.out
+    if args.ablation:
+        cfg.ablation = True
+    return cfg
 
 
 def _train_parts(args):
@@ -139,10 +177,14 @@ def _train_parts(args):
     from mini_o3_jax.processing.image import ImageProcessor
 
     cfg = _config(args)
+    for key in ("model_path", "tokenizer_path"):
+        if cfg.get(key) and not os.path.isdir(cfg[key]):
+            raise ConfigError(f"{key} = {cfg[key]}: no such directory (expected a HF or Orbax checkpoint directory)")
     initialize()
     tok_dir = cfg.get("tokenizer_path") or cfg.get("model_path")
     if not tok_dir:
-        raise MiniO3Error(f"{args.config}: set model_path (a checkpoint) or tokenizer_path (tokenizer files)")
+        raise ConfigError(f"{args.config}: set --config.model_path=DIR (a checkpoint) or --config.tokenizer_path=DIR "
+                          "(tokenizer files, for a random model of the config's `model` block)")
     proc_dir = cfg.get("model_path") or tok_dir
     has_proc = os.path.exists(os.path.join(proc_dir, "preprocessor_config.json"))
     processor = ImageProcessor.from_pretrained(proc_dir) if has_proc else ImageProcessor()
@@ -150,10 +192,20 @@ def _train_parts(args):
 
 
 def cmd_sft(args) -> None:
-    from mini_o3_jax.sft.loop import sft_from_file
+    from mini_o3_jax.sft.loop import run_sft, sft_from_file
 
     cfg, tok, proc, side = _train_parts(args)
-    metrics = sft_from_file(cfg, tok, proc, side_files_from=side)
+    d = cfg.data
+    if not d.get("path") and not d.get("tfds_dir"):
+        if not d.get("synthetic"):
+            raise ConfigError(f"{args.config}: no training data: set --config.data.path=FILE (a LLaMA-Factory sharegpt "
+                              "JSON such as Mini-o3-Coldstart.json) or --config.data.tfds_dir=DIR (the prepared set)")
+        from mini_o3_jax.data.synthetic_sources import sft_examples
+
+        load, n = sft_examples(d, tok, proc)  # generated scripted-expert trajectories (configs/sft_tiny.py)
+        metrics = run_sft(cfg, load, n, proc, side_files_from=side, pad_id=tok.endoftext_id)
+    else:
+        metrics = sft_from_file(cfg, tok, proc, side_files_from=side)
     print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
 
 
@@ -162,30 +214,48 @@ def cmd_rl(args) -> None:
     from mini_o3_jax.rl.loop import run_rl
 
     cfg, tok, proc, side = _train_parts(args)
-    if cfg.data.get("sets"):  # prepared registry sets, e.g. visualprobe_train,deepeyes_train_4k
-        prompts = DatasetPrompts([n.strip() for n in cfg.data.sets.split(",") if n.strip()], cfg.data.tfds_dir)
+    d = cfg.data
+    if d.get("sets"):  # prepared registry sets, e.g. visualprobe_train,deepeyes_train_4k
+        prompts = DatasetPrompts([n.strip() for n in d.sets.split(",") if n.strip()], d.tfds_dir)
+    elif d.get("path"):
+        prompts = read_prompts(d.path, d.get("image_root") or None)
+    elif d.get("synthetic"):  # generated puzzles (configs/rl_tiny.py)
+        from mini_o3_jax.data.synthetic_sources import rl_prompts
+
+        prompts = rl_prompts(d)
     else:
-        prompts = read_prompts(cfg.data.path, cfg.data.get("image_root") or None)
+        raise ConfigError(f"{args.config}: no RL prompts: set --config.data.path=FILE (the released JSON: images / "
+                          "problem / solution) or --config.data.sets=NAMES (prepared with `mini-o3 data prepare`)")
     metrics = run_rl(cfg, prompts, tok, proc, side_files_from=side)
     print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
 
 
 def cmd_eval(args) -> None:
     from mini_o3_jax.data import loader
-    from mini_o3_jax.eval.run import EvalConfig, run_eval
+    from mini_o3_jax.eval.run import EvalConfig, explicit_agent_settings, judge_config, run_eval
+    from mini_o3_jax.infer import AGENT_FILE, agent_settings
     from mini_o3_jax.model.weights import load_model
     from mini_o3_jax.processing.chat import Tokenizer
     from mini_o3_jax.processing.image import ImageProcessor
-    from mini_o3_jax.rl.rewards import JudgeConfig
 
     cfg = _config(args)
     if not cfg.model_path:
         raise MiniO3Error(f"{args.config}: set --config.model_path to a checkpoint directory")
-    try:
-        ecfg = EvalConfig.from_config(cfg.eval)
+    try:  # settings and the judge first: a mistake stops the run before anything is loaded
+        ecfg = EvalConfig.from_config(cfg.eval, checkpoint=cfg.model_path)
+        judge = judge_config(cfg.get("judge")) if ecfg.scorer == "judge" else None
     except MiniO3Error as e:
         raise MiniO3Error(f"{args.config}: {e}") from None
+    agent = agent_settings(cfg.model_path)  # already read (and checked) by from_config
+    if agent:
+        mine = explicit_agent_settings(cfg.eval)
+        shown = {k: (v if not isinstance(v, str) or len(v) <= 40 else v[:37] + "...") for k, v in agent.items()
+                 if k not in mine}
+        print(f"{os.path.join(cfg.model_path, AGENT_FILE)}: running the model as it was trained, with {shown}"
+              + (f"; the config's {sorted(set(mine) & set(agent))} win over it" if set(mine) & set(agent) else ""))
     names = [b.strip() for b in str(cfg.benchmarks).split(",") if b.strip()]
+    for name in names:  # every name is known before any set is prepared or loaded
+        loader.benchmark(name)
     benchmarks, bad = {}, {}
     for name in names:
         source = cfg.sources.get(name) or None
@@ -197,7 +267,6 @@ def cmd_eval(args) -> None:
             print(f"{name}: {len(bad[name])} bad record(s) left out, e.g. {bad[name][0]}", file=sys.stderr)
     model = load_model(cfg.model_path, dtype=cfg.dtype or None)
     tok, proc = Tokenizer.from_pretrained(cfg.model_path), ImageProcessor.from_pretrained(cfg.model_path)
-    judge = JudgeConfig.from_env(**dict(cfg.judge)) if ecfg.scorer == "judge" else None
     label = cfg.label or os.path.basename(os.path.normpath(cfg.model_path))
     run_eval(model, tok, proc, benchmarks, ecfg, cfg.out_dir, judge=judge, bad_records=bad, label=label)
 
@@ -207,124 +276,246 @@ def cmd_data(args) -> None:
         from mini_o3_jax.data import loader
 
         report = loader.prepare(args.benchmark, args.source, args.data_dir, image_root=args.image_root,
-                                strict=args.strict)
-        print(f"{args.benchmark}: {report.num_records} records in {report.path}; {len(report.bad)} bad")
+                                strict=args.strict, overwrite=args.overwrite)
+        print(report.summary())
+        if report.reused:
+            print("  (already prepared: --overwrite prepares it again from --source)")
         for bad in report.bad[:20]:
             print(f"  {bad}")
     else:
         from mini_o3_jax.data import synthetic
 
-        for path in synthetic.write_all(args.out, n=args.n, seed=args.seed, preset=args.preset):
+        if args.n < 1:
+            raise MiniO3Error(f"--n {args.n}: expected at least 1 question per level")
+        levels = synthetic.PRESETS[args.preset]().levels
+        print(f"writing {args.n} question(s) per level ({', '.join(levels)}), {3 * args.n} training puzzles and "
+              f"{args.n} cold-start trajectories ({args.preset} preset, seed {args.seed}) under "
+              f"{os.path.abspath(args.out)}", flush=True)
+        for path in synthetic.write_all(args.out, n=args.n, seed=args.seed, preset=args.preset, progress=True):
             print(f"wrote {path}")
 
 
 def cmd_demo(args) -> None:
     from mini_o3_jax.recipe import run_recipe
 
-    cfg = _config(args)
-    if args.out:
-        cfg.out_dir = args.out
-    if args.ablation:
-        cfg.ablation = True
-    summary = run_recipe(cfg)
+    summary = run_recipe(_demo_config(args))
     print(json.dumps(summary, indent=2))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mini-o3", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (`error: ...`, exit code 2 from `main`), not usage + exit."""
 
-    s = sub.add_parser("init", help="random-weight checkpoint of a config, in HF layout")
-    s.add_argument("--config", required=True, help="configs/*.py file with get_config()")
-    s.add_argument("--override", action="append", default=[], help="key=value, e.g. model.text.num_hidden_layers=4")
-    s.add_argument("--out", required=True)
-    s.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
-    s.add_argument("--tokenizer", default=None, help="directory whose tokenizer files to copy")
-    s.add_argument("--seed", type=int, default=0)
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; each option's default appended when it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or not action.option_strings or default is None or default is False
+                or default == [] or default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def _config_help(command: str) -> str:
+    """How to choose, list and override config fields (the epilog of every config-driven command)."""
+    from mini_o3_jax.config_files import packaged_configs
+
+    return f"""
+config fields:
+  --config takes a file, or the name of a packaged config (works from any directory):
+    {", ".join(packaged_configs())}
+  Override any field with --config.<field>=<value> or --config.<field> <value>; nested fields with dots
+  (--config.train.steps=5), lists as a,b or [a, b], bools as true/false (a bare --config.<flag> is true),
+  None to clear a text field. Values are checked against the field's type; a leading ~ is expanded.
+  List every field and its value (after overrides) and exit: mini-o3 {command} --config FILE --show-config
+"""
+
+
+def _benchmark_names() -> str:
+    """The registry's names (mini_o3_jax.data.benchmarks), wrapped and indented for an epilog."""
+    import textwrap
+
+    from mini_o3_jax.data.benchmarks import BENCHMARKS
+
+    return textwrap.fill(", ".join(sorted(BENCHMARKS)), width=100, initial_indent="  ", subsequent_indent="  ")
+
+
+def _add_config(s: argparse.ArgumentParser, default: str | None, configure) -> None:
+    s.add_argument("--config", default=default, required=default is None, metavar="FILE",
+                   help="ml-collections config: a path, or a packaged config's name (e.g. rl_tiny)")
+    s.add_argument("--show-config", action="store_true",
+                   help="print the resolved config (every field, after overrides) and exit")
+    s.set_defaults(configure=configure, overrides=[])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mini-o3", formatter_class=_Formatter,
+                description="Mini-o3 (Qwen2.5-VL + a zoom tool, cold-start SFT then GRPO) in JAX/Flax.",
+                epilog="""examples:
+  mini-o3 infer                             # the packaged toy model on a sample puzzle, in seconds
+  mini-o3 rl --config configs/rl_tiny.py    # a few GRPO steps from it, about a minute on a CPU
+  mini-o3 demo                              # the whole recipe at toy scale (docs/demo.md)
+
+`mini-o3 <command> --help` shows a command's options, defaults and examples.""")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+
+    def command(name: str, help: str, examples: str, epilog: str = "") -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=_Formatter,
+                              epilog=f"examples:\n{examples.strip(chr(10))}\n{epilog}")
+
+    dtypes = ["float32", "bfloat16"]
+    s = command("init", "random-weight checkpoint of a config, in HF layout", """
+  mini-o3 init --config configs/qwen2_5_vl_tiny.py --out ~/ckpt/tiny-random
+  mini-o3 init --config qwen2_5_vl_7b --out ~/ckpt/qwen7b-random --tokenizer ~/ckpt/Qwen2.5-VL-7B-Instruct
+  mini-o3 init --config qwen2_5_vl_tiny --config.model.text.num_hidden_layers=4 --show-config""",
+                _config_help("init"))
+    _add_config(s, None, _init_config)
+    s.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
+                   help="as --config.FIELD=VALUE, e.g. model.text.num_hidden_layers=4 (repeatable)")
+    s.add_argument("--out", type=_path, default=None, help="directory to write (required)")
+    s.add_argument("--dtype", default=None, choices=dtypes, help="default: the config's dtype")
+    s.add_argument("--tokenizer", type=_path, default=None, help="directory whose tokenizer files to copy")
+    s.add_argument("--seed", type=int, default=0, help="initialisation seed")
     s.set_defaults(fn=cmd_init)
 
-    s = sub.add_parser("convert", help="HF checkpoint -> Orbax")
-    s.add_argument("--hf", required=True, help="HF Qwen2.5-VL directory (config.json + safetensors)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: the checkpoint's")
+    s = command("convert", "HF checkpoint -> Orbax", """
+  mini-o3 convert --hf ~/ckpt/Qwen2.5-VL-7B-Instruct --out ~/ckpt/qwen7b-orbax
+  mini-o3 convert --hf ~/ckpt/Mini-o3-7B-v1 --out ~/ckpt/mini-o3-7b --dtype bfloat16 --mesh fsdp=-1""")
+    s.add_argument("--hf", type=_path, required=True, help="HF Qwen2.5-VL directory (config.json + safetensors)")
+    s.add_argument("--out", type=_path, required=True, help="Orbax checkpoint directory to write")
+    s.add_argument("--dtype", default=None, choices=dtypes, help="default: the checkpoint's")
     s.add_argument("--mesh", default=None, help="e.g. fsdp=-1,tensor=2 (load sharded over local devices)")
     s.set_defaults(fn=cmd_convert)
 
-    s = sub.add_parser("export", help="any checkpoint -> HF directory (transformers / vLLM)")
-    s.add_argument("--model", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    s.add_argument("--shard-gb", type=float, default=4.0)
+    s = command("export", "any checkpoint -> HF directory (transformers / vLLM)", """
+  mini-o3 export --model ~/ckpt/qwen7b-orbax --out ~/ckpt/qwen7b-hf
+  mini-o3 export --model runs/rl/final --out runs/rl/hf --dtype bfloat16""")
+    s.add_argument("--model", type=_path, required=True, help="HF or Orbax checkpoint directory")
+    s.add_argument("--out", type=_path, required=True, help="HF directory to write")
+    s.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="default: the checkpoint's own dtype (a float32 checkpoint is written as float32)")
+    s.add_argument("--shard-gb", type=float, default=4.0, help="largest safetensors shard, in GiB")
     s.set_defaults(fn=cmd_export)
 
-    s = sub.add_parser("run", help="image + question -> next-token distribution")
-    s.add_argument("--model", required=True)
-    s.add_argument("--image", required=True)
-    s.add_argument("--question", required=True)
-    s.add_argument("--top-k", type=int, default=5)
-    s.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
-    s.add_argument("--mesh", default=None)
+    s = command("run", "image + question -> next-token distribution", """
+  mini-o3 run --model ~/ckpt/qwen7b-orbax --image photo.jpg --question "What is on the sign?"
+  mini-o3 run --model ~/ckpt/qwen7b-orbax --image photo.jpg --question "Colour?" --top-k 10 --dtype bfloat16""")
+    s.add_argument("--model", type=_path, required=True, help="HF or Orbax checkpoint directory")
+    s.add_argument("--image", type=_path, required=True, help="image file")
+    s.add_argument("--question", required=True, help="the question about the image")
+    s.add_argument("--top-k", type=int, default=5, help="how many of the most likely next tokens to print")
+    s.add_argument("--dtype", default=None, choices=dtypes, help="default: the checkpoint's")
+    s.add_argument("--mesh", default=None, help="e.g. fsdp=-1,tensor=2 (load sharded over local devices)")
     s.add_argument("--no-resize", action="store_true", help="skip Mini-o3's 40k..2M pixel pre-resize")
     s.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("infer", help="image + question -> multi-turn visual search with zooms, HTML report")
-    s.add_argument("--model", default=None, help="HF or Orbax checkpoint dir (e.g. a converted Mini-o3-7B); "
+    s = command("infer", "image + question -> multi-turn visual search with zooms, HTML report", """
+  mini-o3 infer                # the packaged toy demo model on a sample toy puzzle, in seconds
+  mini-o3 infer --model ~/ckpt/mini-o3-7b --image photo.jpg --question "What is written on the sign?" \\
+      --max-turns 12 --samples 4 --out runs/infer     # then open runs/infer/report.html""")
+    s.add_argument("--model", type=_path, default=None, help="HF or Orbax checkpoint dir (e.g. a converted Mini-o3-7B); "
                    "default: the packaged toy demo model (4 MB, trained by `mini-o3 demo`)")
-    s.add_argument("--image", default=None, help="default: a sample toy puzzle (written to --out)")
+    s.add_argument("--image", type=_path, default=None, help="default: a sample toy puzzle (written to --out)")
     s.add_argument("--question", default=None, help="required with --image; default: the sample's question")
     s.add_argument("--max-turns", type=int, default=None,
                    help="default 12 (the released eval; the model scales to 32+) or the checkpoint's agent.json")
-    s.add_argument("--samples", type=int, default=1)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--top-p", type=float, default=1.0)
-    s.add_argument("--top-k", type=int, default=0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--samples", type=int, default=1, help="episodes to sample")
+    s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    s.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed")
     s.add_argument("--max-context", type=int, default=None, help="default 32768 or the checkpoint's agent.json")
     s.add_argument("--max-turn-tokens", type=int, default=None, help="default 8192 or the checkpoint's agent.json")
-    s.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
-    s.add_argument("--out", default="runs/infer", help="directory for report.html and its images")
+    s.add_argument("--dtype", default=None, choices=dtypes, help="default: the checkpoint's")
+    s.add_argument("--out", type=_path, default="runs/infer", help="directory for report.html and its images")
     s.set_defaults(fn=cmd_infer)
 
-    for name, fn, default, what in (("sft", cmd_sft, "configs/sft_coldstart.py", "cold-start SFT"),
-                                    ("rl", cmd_rl, "configs/rl_grpo.py", "GRPO with over-turn masking")):
-        s = sub.add_parser(name, help=f"{what}; --config.key=value overrides (e.g. --config.model_path=DIR)")
-        s.add_argument("--config", default=default, help=f"ml-collections file (default {default})")
-        s.set_defaults(fn=fn, overrides=[])
+    s = command("sft", "cold-start SFT (spec 3): full fine-tuning on multi-turn trajectories", """
+  mini-o3 sft --config configs/sft_tiny.py       # runs as is: the packaged toy model, generated data, ~1 min
+  mini-o3 sft --config configs/sft_coldstart.py --config.model_path=~/ckpt/qwen7b-orbax \\
+      --config.data.path=data/coldstart/Mini-o3-Coldstart.json --config.out_dir=runs/sft
+  mini-o3 sft --config sft_coldstart --config.train.batch_size=64 --show-config""", _config_help("sft"))
+    _add_config(s, "configs/sft_coldstart.py", _config)
+    s.set_defaults(fn=cmd_sft)
 
-    s = sub.add_parser("eval", help="Avg@K over benchmarks; --config.key=value overrides (configs/eval.py)")
-    s.add_argument("--config", default="configs/eval.py", help="ml-collections file (default configs/eval.py)")
-    s.set_defaults(fn=cmd_eval, overrides=[])
+    s = command("rl", "GRPO with over-turn masking (spec 4); resumes from its out_dir", """
+  mini-o3 rl --config configs/rl_tiny.py         # runs as is: 3 GRPO steps from the packaged toy model, ~1 min
+  mini-o3 rl --config configs/rl_grpo.py --config.model_path=runs/sft/final \\
+      --config.data.path=data/VisualProbe_train/train.json --config.data.image_root=$BASE_IMAGE_DIR
+  mini-o3 rl --config rl_grpo --config.reward.kind=choice --show-config""", _config_help("rl"))
+    _add_config(s, "configs/rl_grpo.py", _config)
+    s.set_defaults(fn=cmd_rl)
 
-    s = sub.add_parser("data", help="prepare a downloaded benchmark (TFDS) or write synthetic puzzles")
-    dsub = s.add_subparsers(dest="action", required=True)
-    d = dsub.add_parser("prepare", help="read a downloaded benchmark folder, validate, write a TFDS dataset")
-    d.add_argument("--benchmark", required=True, help="registry name, e.g. vstar, visualprobe_hard, hrbench_4k")
-    d.add_argument("--source", required=True, help="the folder downloaded from the Hugging Face hub")
-    d.add_argument("--data-dir", default="data/tfds")
-    d.add_argument("--image-root", default=None, help="$BASE_IMAGE_DIR for relative image paths")
+    s = command("eval", "Avg@K over benchmarks: metrics.json, results.md, turn curve, HTML; resumes", """
+  mini-o3 eval --config configs/eval.py --config.model_path=~/ckpt/mini-o3-7b --config.data_dir=~/data/tfds \\
+      --config.benchmarks=visualprobe_hard,vstar --config.out_dir=runs/eval""",
+                f"\nbenchmarks (--config.benchmarks, comma-separated registry names):\n{_benchmark_names()}\n"
+                + _config_help("eval"))
+    _add_config(s, "configs/eval.py", _config)
+    s.set_defaults(fn=cmd_eval)
+
+    s = command("data", "prepare a downloaded benchmark (TFDS) or write synthetic puzzles", """
+  mini-o3 data prepare --benchmark visualprobe_hard --source ~/data/VisualProbe_Hard --data-dir ~/data/tfds
+  mini-o3 data synthetic --out data/synthetic --n 100 --preset toy""")
+    dsub = s.add_subparsers(dest="action", required=True, metavar="action")
+    d = dsub.add_parser("prepare", help="read a downloaded benchmark folder, validate, write a TFDS dataset",
+                        description="read a downloaded benchmark folder, validate, write a TFDS dataset",
+                        formatter_class=_Formatter, epilog=f"""examples:
+  mini-o3 data prepare --benchmark visualprobe_hard --source ~/data/VisualProbe_Hard --data-dir ~/data/tfds
+  mini-o3 data prepare --benchmark vstar --source ~/data/vstar_bench --strict
+
+benchmarks:
+{_benchmark_names()}
+""")
+    d.add_argument("--benchmark", required=True, metavar="NAME", help="registry name (listed below)")
+    d.add_argument("--source", type=_path, required=True, help="the folder downloaded from the Hugging Face hub")
+    d.add_argument("--data-dir", type=_path, default="data/tfds", help="where prepared datasets live")
+    d.add_argument("--image-root", type=_path, default=None, help="$BASE_IMAGE_DIR for relative image paths")
     d.add_argument("--strict", action="store_true", help="write nothing and fail, listing every bad record")
-    d = dsub.add_parser("synthetic", help="synthetic VisualProbe-style benchmarks and cold-start trajectories")
-    d.add_argument("--out", default="data/synthetic")
+    d.add_argument("--overwrite", action="store_true", help="prepare again even if already prepared")
+    d = dsub.add_parser("synthetic", help="synthetic VisualProbe-style benchmarks and cold-start trajectories",
+                        description="synthetic VisualProbe-style benchmarks and cold-start trajectories",
+                        formatter_class=_Formatter, epilog="""examples:
+  mini-o3 data synthetic --out data/synthetic --n 100
+  mini-o3 data synthetic --out data/toy --n 20 --preset toy     # the packaged demo model's puzzles
+""")
+    d.add_argument("--out", type=_path, default="data/synthetic", help="output folder")
     d.add_argument("--n", type=int, default=100, help="questions per level")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--preset", default="default", choices=["default", "tiny", "demo", "grid4", "toy"])
+    d.add_argument("--seed", type=int, default=0, help="puzzle seed")
+    d.add_argument("--preset", default="default", choices=["default", "tiny", "demo", "grid4", "toy"],
+                   help="scene preset (synthetic.PRESETS)")
     s.set_defaults(fn=cmd_data)
 
-    s = sub.add_parser("demo", help="the whole recipe at toy scale on a CPU: synthetic data, baseline, SFT, "
-                                    "RL with over-turn masking, evaluation, report (configs/demo.py)")
-    s.add_argument("--config", default="configs/demo.py", help="ml-collections file (default configs/demo.py)")
-    s.add_argument("--out", default=None, help="run directory (default: the config's out_dir, runs/demo)")
+    s = command("demo", "the whole recipe at toy scale on a CPU: synthetic data, baseline, SFT, "
+                        "RL with over-turn masking, evaluation, report (configs/demo.py)", """
+  mini-o3 demo                                   # runs/demo/report.md, ~11 min on 2 CPU cores
+  mini-o3 demo --ablation --out runs/demo_ablation
+  mini-o3 demo --config.sft.train.steps=400 --show-config""", _config_help("demo"))
+    _add_config(s, "configs/demo.py", _demo_config)
+    s.add_argument("--out", type=_path, default=None, help="run directory (default: the config's out_dir, runs/demo)")
     s.add_argument("--ablation", action="store_true", help="also train RL without over-turn masking, compare")
-    s.set_defaults(fn=cmd_demo, overrides=[])
+    s.set_defaults(fn=cmd_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, extra = build_parser().parse_known_args(argv)
-    if extra and args.command not in ("sft", "rl", "eval", "demo"):
-        build_parser().parse_args(argv)  # reports the unknown arguments the usual way
-    args.overrides = extra
+    """Run one command; bad input (ours or argparse's) is one `error: ...` line and exit code 2."""
     try:
+        args, extra = build_parser().parse_known_args(argv)
+        if extra and not hasattr(args, "configure"):
+            prog = " ".join(["mini-o3", args.command] + ([args.action] if getattr(args, "action", None) else []))
+            raise UsageError(f"{prog}: unrecognized arguments: {' '.join(extra)} (see {prog} --help)")
+        args.overrides = extra
+        if getattr(args, "show_config", False):
+            from mini_o3_jax.config_files import format_config, resolve_config_path
+
+            print(format_config(args.configure(args), os.path.abspath(resolve_config_path(args.config))))
+            return 0
         args.fn(args)
     except MiniO3Error as e:
         print(f"error: {e}", file=sys.stderr)

@@ -48,7 +48,8 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: str | None = None, mesh=None, **kwargs) -> Pipeline:
-        path = os.fspath(path)
+        """Model, tokenizer and image processor of a HF or Orbax checkpoint directory (`~` expanded)."""
+        path = os.path.expanduser(os.fspath(path))
         model = load_model(path, dtype=dtype, mesh=mesh)
         return cls(model, Tokenizer.from_pretrained(path), ImageProcessor.from_pretrained(path), **kwargs)
 
@@ -59,7 +60,9 @@ class Pipeline:
         system: str | None = SYSTEM_PROMPT_TOOL_CROP,
     ) -> Batch:
         """Mini-o3's first-turn prompt: system prompt, then one user turn `<image>\\n{question}`."""
-        pil = [load_image(i) if not isinstance(i, Image.Image) else i for i in images]
+        # a path may start with `~`; bytes and PIL images pass through
+        sources = [os.path.expanduser(os.fspath(i)) if isinstance(i, str | os.PathLike) else i for i in images]
+        pil = [i if isinstance(i, Image.Image) else load_image(i) for i in sources]
         if self.mini_o3_resize:
             pil = [resize_original(i) for i in pil]
         processed = self.image_processor(pil)
@@ -78,7 +81,33 @@ class Pipeline:
     def top_next_tokens(
         self, image: ImageSource, question: str, k: int = 5, system: str | None = SYSTEM_PROMPT_TOOL_CROP
     ) -> list[tuple[str, float]]:
+        """The `k` most likely next tokens as (text, probability), most likely first."""
+        return [(text, p) for _, text, p in self.top_next_token_ids(image, question, k, system)]
+
+    def top_next_token_ids(
+        self, image: ImageSource, question: str, k: int = 5, system: str | None = SYSTEM_PROMPT_TOOL_CROP
+    ) -> list[tuple[int, str, float]]:
+        """The `k` most likely next tokens as (id, text, probability): the id tells apart tokens that
+        decode to the same text (e.g. partial UTF-8 bytes, all shown as U+FFFD)."""
         logprobs = self.next_token_logprobs(self.prepare([image], question, system))[0]
         top = np.argsort(-logprobs)[:k]
-        return [(self.tokenizer.decode([int(i)]), float(np.exp(logprobs[i]))) for i in top]
+        return [(int(i), self.tokenizer.decode([int(i)]), float(np.exp(logprobs[i]))) for i in top]
+
+
+def format_probability(p: float) -> str:
+    """A probability as a percentage with three significant digits, however small: a model with a
+    150k-token vocabulary puts ~0.0007 % on each token when untrained, which fixed decimals print as 0.
+
+        format_probability(0.5) == "50.0%"; format_probability(6.58e-6) == "0.000658%"
+    """
+    return f"{100 * p:#.3g}".removesuffix(".") + "%"
+
+
+def format_next_tokens(top: Sequence[tuple[int, str, float]], vocab_size: int | None = None) -> list[str]:
+    """`top_next_token_ids` as aligned lines: rank, probability, token id, token text (quoted, so
+    spaces and newlines show). With `vocab_size`, a first line gives the uniform probability to compare."""
+    lines = [f"  (uniform over {vocab_size:,} tokens: {format_probability(1 / vocab_size)} each)"] if vocab_size else []
+    lines.append(f"  {'rank':>4}  {'prob':>10}  {'id':>7}  token")
+    lines += [f"  {r:>4}  {format_probability(p):>10}  {i:>7}  {text!r}" for r, (i, text, p) in enumerate(top, 1)]
+    return lines
 

@@ -230,8 +230,9 @@ class Recipe:
         return final
 
     def evaluate(self, name: str, ckpt: str, sets, tok: Tokenizer, proc: ImageProcessor) -> dict[str, Any]:
+        # scored by rule (exact match on the puzzles' one-word answers), offline, unless the config says otherwise
         ecfg = EvalConfig.from_config(self.cfg.eval, seed=self.cfg.seed, min_pixels=self.scene.min_pixels,
-                                      max_pixels=self.scene.view_pixels,
+                                      max_pixels=self.scene.view_pixels, scorer=self.cfg.eval.get("scorer", "auto"),
                                       system_prompt=EvalConfig.system_prompt if self.cfg.system_prompt else None)
         out = os.path.join(self.out, "eval", name)  # run_eval resumes: a finished evaluation only re-reports
         return run_eval(load_model(ckpt), tok, proc, sets, ecfg, out, label=name, console=self.console)
@@ -261,6 +262,99 @@ class Recipe:
 
 def run_recipe(cfg: ml_collections.ConfigDict, console: Callable[[str], None] | None = print) -> dict[str, Any]:
     return Recipe(cfg, console).run()
+
+
+def seed_dir(out: str, seed: int) -> str:
+    return os.path.join(out, f"seed_{seed}")
+
+
+def run_seeds(cfg: ml_collections.ConfigDict, seeds: Sequence[int],
+              console: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """The recipe once per training seed (`out_dir/seed_<s>`, each resumable), then `out_dir/report.md`:
+    accuracy as mean +- standard error over the seeds, and the paired RL - SFT difference.
+
+    A seed changes everything a training run draws (initial weights, which puzzles each stage trains on and in
+    what order, sampling); the held-out puzzles and the tokenizer stay fixed, so models of different seeds are
+    compared on the same questions. One run's numbers move by several points with the seed (and with the
+    machine's float rounding: docs/demo.md), so a claim about the recipe needs several."""
+    if len(set(seeds)) < 2:
+        raise ConfigError(f"seeds {list(seeds)}: give at least two different seeds to measure a spread")
+    out = os.path.abspath(cfg.out_dir)
+    for s in seeds:
+        c = cfg.copy_and_resolve_references()
+        c.seed, c.out_dir = int(s), seed_dir(out, int(s))
+        if console:
+            console(f"[demo] seed {s} -> {c.out_dir}")
+        run_recipe(c, console)
+    report, summary = write_seeds_report(out, [int(s) for s in seeds])
+    if console:
+        console(f"[demo] report over seeds {list(seeds)}: {report}")
+    return summary
+
+
+def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error (sample standard deviation / sqrt(n)) of `values`."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    return mean, (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
+
+
+def write_seeds_report(out: str, seeds: Sequence[int]) -> tuple[str, dict[str, Any]]:
+    """`out/report.md` and `out/seeds.json` from the `summary.json` of each seed's run."""
+    runs = {}
+    for s in seeds:
+        with open(os.path.join(seed_dir(out, s), "summary.json"), encoding="utf-8") as f:
+            runs[s] = json.load(f)["results"]
+    first = runs[seeds[0]]
+    models = list(first)
+    levels = [b.removeprefix("synthetic_") for b in first[models[0]]]
+
+    def acc(s: int, model: str, level: str) -> float:
+        return float(runs[s][model][f"synthetic_{level}"]["avg_at_k"])
+
+    table: dict[str, Any] = {}
+    for m in models:
+        row = {lv: dict(zip(("mean", "se"), _mean_se([acc(s, m, lv) for s in seeds]))) for lv in levels}
+        row["mean_turns"] = _mean_se([sum(runs[s][m][f"synthetic_{lv}"]["mean_turns"] for lv in levels) / len(levels)
+                                      for s in seeds])[0]
+        table[m] = row
+    diffs = {}
+    for a, b in (("rl", "sft"), ("sft", "baseline"), ("rl", "rl_no_mask")):
+        if a in models and b in models:
+            for lv in levels:
+                per_seed = [acc(s, a, lv) - acc(s, b, lv) for s in seeds]
+                mean, se = _mean_se(per_seed)
+                diffs[f"{a}-{b}/{lv}"] = {"mean": mean, "se": se, "per_seed": per_seed}
+    summary = {"seeds": list(seeds), "accuracy": table, "differences": diffs,
+               "per_seed": {s: {m: {lv: acc(s, m, lv) for lv in levels} for m in models} for s in seeds}}
+    k = next(iter(first[models[0]].values())).get("samples_per_question", "K")
+    lines = [f"# Mini-o3 at toy scale over {len(seeds)} training seeds ({', '.join(map(str, seeds))})", "",
+             f"Avg@{k} (%) on the same held-out puzzles for every seed; mean +- standard error over the seeds "
+             "(sample standard deviation / sqrt(seeds)). Each seed's own report: seed_<s>/report.md.", "",
+             "| model | " + " | ".join(levels) + " | mean turns |", "|---" * (len(levels) + 2) + "|"]
+    for m in models:
+        cells = [f"{table[m][lv]['mean']:.1f} +- {table[m][lv]['se']:.1f}" for lv in levels]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {table[m]['mean_turns']:.2f} |")
+    lines += ["", "Paired differences (the same seed's models; mean +- standard error over seeds):", "",
+              "| difference | " + " | ".join(levels) + " |", "|---" * (len(levels) + 1) + "|"]
+    for pair in dict.fromkeys(key.split("/")[0] for key in diffs):
+        cells = []
+        for lv in levels:
+            d = diffs[f"{pair}/{lv}"]
+            cells.append(f"{d['mean']:+.1f} +- {d['se']:.1f} ({', '.join(f'{v:+.1f}' for v in d['per_seed'])})")
+        lines.append(f"| {pair.replace('-', ' - ')} | " + " | ".join(cells) + " |")
+    lines += ["", "Per seed:", "", "| seed | model | " + " | ".join(levels) + " |", "|---" * (len(levels) + 2) + "|"]
+    for s in seeds:
+        for m in models:
+            lines.append(f"| {s} | {m} | " + " | ".join(f"{acc(s, m, lv):.1f}" for lv in levels) + " |")
+    path = os.path.join(out, "report.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(out, "seeds.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    return path, summary
 
 
 # -- report ----------------------------------------------------------------------------------------------
@@ -324,15 +418,18 @@ def write_recipe_report(out: str, results: dict[str, dict], timings: dict[str, f
 
     lines = ["# Mini-o3 at toy scale: the measured run", "",
              f"Held-out puzzles: {cfg.data.eval_per_level} per level; Avg@{k} at T=1.0, test limit "
-             f"{cfg.eval.max_turns} turns; RL trained with {cfg.rl.env.max_turns} turns.", "",
+             f"{cfg.eval.max_turns} turns; RL trained with {cfg.rl.env.max_turns} turns; training seed {cfg.seed}. "
+             "Accuracy +- its standard error over the held-out puzzles (this run's evaluation noise; training "
+             "seeds move the numbers further: `mini-o3 demo --seeds 0,1,2`).", "",
              "| model | " + " | ".join(levels) + " | mean turns | answered | over-turn |",
              "|---" * (len(levels) + 4) + "|"]
     for n in names:
         bm = results[n]["benchmarks"]
-        acc = [bm[f"synthetic_{lv}"]["avg_at_k"] for lv in levels]
+        acc = [f'{bm[f"synthetic_{lv}"]["avg_at_k"]:.1f} +- {bm[f"synthetic_{lv}"].get("avg_at_k_se", float("nan")):.1f}'
+               for lv in levels]
         turns, answered, over = (sum(bm[f"synthetic_{lv}"][key] for lv in levels) / len(levels)
                                  for key in ("mean_turns", "answered_rate", "over_turn_rate"))
-        lines.append(f"| {n} | " + " | ".join(f"{a:.1f}" for a in acc)
+        lines.append(f"| {n} | " + " | ".join(acc)
                      + f" | {turns:.2f} | {answered:.0%} | {over:.0%} |")
     lines += ["", "![accuracy](accuracy.png)", "", "## Accuracy vs test-time turn limit", "", "![turns](turns.png)", ""]
     limits = sorted(int(t) for t in results[names[0]]["benchmarks"]["synthetic_hard"]["turn_curve"])
@@ -356,4 +453,4 @@ def write_recipe_report(out: str, results: dict[str, dict], timings: dict[str, f
     return path
 
 
-__all__ = ["PuzzlePrompts", "Recipe", "run_recipe", "write_recipe_report"]
+__all__ = ["PuzzlePrompts", "Recipe", "run_recipe", "run_seeds", "write_recipe_report", "write_seeds_report"]

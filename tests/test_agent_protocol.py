@@ -251,7 +251,8 @@ def test_tool_call_at_the_last_turn_is_over_turn(tok, proc):
     traj = env.trajectory()
     assert traj.over_turn and traj.exceed and not traj.void and traj.answer is None
     assert len(env.observations) == 2  # the last call was not executed
-    assert traj.loss_mask[-1] == 1 and tok.decode(traj.token_ids[-8:]).endswith("</grounding>")
+    # the over-turn call ends at </grounding>, after the response's last <|im_end|>: no loss (spec §4.3)
+    assert traj.loss_mask[-1] == 0 and tok.decode(traj.token_ids[-8:]).endswith("</grounding>")
 
 
 def test_answer_at_the_last_turn_is_final(tok, proc):
@@ -304,7 +305,7 @@ def test_context_overflow_after_the_observation_is_rolled_back(tok, proc):
     traj = env.trajectory()
     assert r.done and r.turn.outcome == "over_length" and traj.over_length and r.image is None
     assert len(env.observations) == 1 and len(traj.images) == 1  # crop and image rolled back
-    assert len(traj) == env.prompt_length + len(turn) and traj.loss_mask[-1] == 1
+    assert len(traj) == env.prompt_length + len(turn) and not traj.loss_mask.any()  # no <|im_end|> sampled
     # one token more room and the observation fits
     env = make_env(tok, proc, max_context=limit + 2001)
     assert env.step(turn).turn.outcome == "crop"

@@ -41,7 +41,7 @@ def test_init_convert_run_export(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--model", str(orbax), "--image", str(image), "--question", "What is red?"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("next-token distribution") and len(lines) == 6
+    assert lines[0].startswith("next-token distribution") and len(lines) == 3 + 5  # + uniform line, column names
     out = tmp_path / "exported"
     assert main(["export", "--model", str(orbax), "--out", str(out), "--dtype", "float32"]) == 0
     a, b = load_hf(hf), load_model(out)
@@ -63,7 +63,8 @@ def test_config_override_errors(tmp_path):
     cfg = os.path.join(REPO, "configs", "qwen2_5_vl_7b.py")
     c = load_config(cfg, ["model.text.num_hidden_layers=4"])
     assert c.model.text.num_hidden_layers == 4 and c.model.vision.out_hidden_size == 3584
-    with pytest.raises(ConfigError, match="no field 'hidden'"):
+    with pytest.raises(ConfigError, match=r"no field 'model.text.hidden' in .*qwen2_5_vl_7b.py \(did you mean "
+                                          r"'model.text.hidden_size'\?\); model.text has hidden_size, "):
         load_config(cfg, ["model.text.hidden=4"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.py")

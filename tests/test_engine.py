@@ -48,12 +48,13 @@ def test_greedy_trajectories_are_the_full_forward_argmax(parts):
     trajs = run(parts, sampling=Sampling(temperature=0.0))
     assert len(trajs) == 6
     for t in trajs:
-        assert t.token_ids.shape == t.loss_mask.shape and t.num_turns >= 1
-        assert t.loss_mask[: t.prompt_length].sum() == 0 and t.loss_mask.sum() > 0
+        assert t.token_ids.shape == t.loss_mask.shape == t.sampled_mask.shape and t.num_turns >= 1
+        assert t.sampled_mask[: t.prompt_length].sum() == 0 and t.sampled_mask.sum() == t.sampled_tokens > 0
+        assert (t.loss_mask <= t.sampled_mask).all()  # trained tokens are sampled ones (up to the last <|im_end|>)
         assert (t.token_ids <= tok.vocab_size - 1).all()
         pixels = [proc([im]).pixel_values for im in t.images]
         ref = full_logits(model, t.token_ids, pixels, [g[None] for g in t.grids])
-        sampled = np.flatnonzero(t.loss_mask)
+        sampled = np.flatnonzero(t.sampled_mask)
         np.testing.assert_array_equal(t.token_ids[sampled], ref[sampled - 1, : tok.vocab_size].argmax(-1))
     # greedy: the two samples of an episode are the same trajectory
     for a, b in zip(trajs[::2], trajs[1::2]):

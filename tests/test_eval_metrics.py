@@ -117,7 +117,7 @@ def test_cli_data_synthetic_then_prepare(tmp_path, capsys):
     assert main(["data", "synthetic", "--out", str(tmp_path / "syn"), "--n", "2", "--preset", "tiny"]) == 0
     assert main(["data", "prepare", "--benchmark", "synthetic_hard", "--source", str(tmp_path / "syn" / "synthetic_hard"),
                  "--data-dir", str(tmp_path / "tfds")]) == 0
-    assert "synthetic_hard: 2 records" in capsys.readouterr().out
+    assert "synthetic_hard: prepared 2 record(s)" in capsys.readouterr().out
     # a source with a broken row: reported by name, the good row kept
     import json
 
@@ -128,4 +128,5 @@ def test_cli_data_synthetic_then_prepare(tmp_path, capsys):
     assert main(["data", "prepare", "--benchmark", "synthetic_easy", "--source", str(path.parent),
                  "--data-dir", str(tmp_path / "tfds")]) == 0
     out = capsys.readouterr().out
-    assert "synthetic_easy: 1 records" in out and "1 bad" in out and rows[1]["doc_id"] in out and "<image>" in out
+    assert "synthetic_easy: prepared 1 record(s)" in out and "1 unusable row" in out and rows[1]["doc_id"] in out \
+        and "<image>" in out

@@ -22,6 +22,7 @@ from mini_o3_jax.processing.image import (
     MINI_O3_MIN_PIXELS,
     ImageProcessor,
     load_image,
+    load_rgb,
     num_image_tokens,
     resize_crop,
     resize_original,
@@ -285,7 +286,7 @@ def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 @pytest.mark.parametrize("orientation", [3, 6, 8])
-def test_load_image_applies_exif_orientation_like_hf(tmp_path, orientation):
+def test_load_image_applies_exif_orientation_like_hf_when_asked(tmp_path, orientation):
     from transformers.image_utils import load_image as hf_load_image
 
     exif = Image.Exif()
@@ -293,16 +294,23 @@ def test_load_image_applies_exif_orientation_like_hf(tmp_path, orientation):
     path = tmp_path / f"rotated_{orientation}.jpg"
     _img(60, 100).save(path, "JPEG", exif=exif, quality=90)
 
-    ours = load_image(path)
+    ours = load_image(path, exif_transpose=True)
     ref = hf_load_image(str(path))
     with Image.open(path) as raw:
         expected_size = raw.size if orientation == 3 else raw.size[::-1]
+        stored = np.asarray(raw.convert("RGB"))
     assert ours.size == ref.size == expected_size
     np.testing.assert_array_equal(np.asarray(ours.convert("RGB")), np.asarray(ref))
     # Same pixels from bytes and from an already-open PIL image.
-    np.testing.assert_array_equal(np.asarray(load_image(path.read_bytes())), np.asarray(ours))
+    np.testing.assert_array_equal(np.asarray(load_image(path.read_bytes(), exif_transpose=True)), np.asarray(ours))
     with Image.open(path) as opened:
-        np.testing.assert_array_equal(np.asarray(load_image(opened)), np.asarray(ours))
+        np.testing.assert_array_equal(np.asarray(load_image(opened, exif_transpose=True)), np.asarray(ours))
+    # The default is the released pipeline's: the file as stored, no rotation (spec §2).
+    for source in (path, path.read_bytes()):
+        plain = load_image(source)
+        assert plain.size == (100, 60) != ours.size or orientation == 3
+        np.testing.assert_array_equal(np.asarray(plain), stored)
+    assert not np.array_equal(np.asarray(load_rgb(path)), np.asarray(ours.convert("RGB")))
 
 
 def test_load_image_keeps_mode_and_decodes(tmp_path):
@@ -508,3 +516,101 @@ def test_mini_o3_pipeline_matches_hf(hf_processors):
     np.testing.assert_array_equal(ours.grid_thw, ref["image_grid_thw"])
     assert np.abs(ours.pixel_values - ref["pixel_values"]).max() <= ATOL
     assert num_image_tokens(ours.grid_thw[0]) <= 2_600
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading order on the Mini-o3 path: decode -> convert("RGB") -> pre-resize -> processor (spec §2)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen_tok():
+    from mini_o3_jax.processing.chat import Tokenizer
+    from tests.hf_reference import qwen_tokenizer_dir
+
+    return Tokenizer.from_pretrained(qwen_tokenizer_dir())
+
+
+def _env(path, tok, **cfg):
+    from mini_o3_jax.agent.environment import EnvConfig, VisualSearchEnv
+
+    return VisualSearchEnv(str(path), "<image>\nWhat is it?", tok, ImageProcessor(),
+                           EnvConfig(min_pixels=3136, max_pixels=60_000, **cfg))
+
+
+@pytest.mark.parametrize("kind", ["palette", "rgba"])
+def test_environment_converts_to_rgb_before_the_lanczos_pre_resize(tmp_path, qwen_tok, kind):
+    path = tmp_path / f"{kind}.png"
+    (_img(300, 400, 5).quantize(colors=64) if kind == "palette" else _rgba(300, 400)).save(path)
+    env = _env(path, qwen_tok)
+    # the released `Image.open(p).convert("RGB")`, then the 60k-px budget: sqrt(0.5) -> 282 x 212, LANCZOS
+    with Image.open(path) as im:
+        assert im.mode == ("P" if kind == "palette" else "RGBA")
+        rgb = im.convert("RGB")
+        old_order = np.asarray(im.resize((282, 212), Image.Resampling.LANCZOS).convert("RGB"), np.int16)
+    expected = np.asarray(rgb.resize((282, 212), Image.Resampling.LANCZOS))
+    assert env.images[0].mode == "RGB" and env.images[0].size == (282, 212)
+    np.testing.assert_array_equal(np.asarray(env.images[0]), expected)
+    np.testing.assert_array_equal(np.asarray(env.observations[0]), np.asarray(rgb))  # crops come from RGB
+    # resizing first (PIL: NEAREST for a palette, premultiplied alpha for RGBA) gives other pixels
+    assert np.abs(old_order - expected).mean() > 1.0
+    # the model's input is the processor on exactly that image
+    np.testing.assert_array_equal(env.prompt_pixels.pixel_values, ImageProcessor()(Image.fromarray(expected)).pixel_values)
+
+
+def test_environment_sees_an_exif_rotated_photo_as_stored_unless_asked(tmp_path, qwen_tok):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "phone.jpg"
+    _img(300, 400).save(path, "JPEG", exif=exif, quality=95)
+    with Image.open(path) as im:
+        stored = im.convert("RGB")
+    env = _env(path, qwen_tok)
+    assert env.observations[0].size == (400, 300)
+    np.testing.assert_array_equal(np.asarray(env.observations[0]), np.asarray(stored))
+    upright = _env(path, qwen_tok, exif_transpose=True)
+    assert upright.observations[0].size == (300, 400)
+    np.testing.assert_array_equal(np.asarray(upright.observations[0]),
+                                  np.asarray(stored.transpose(Image.Transpose.ROTATE_270)))
+    assert upright.images[0].size == (212, 282) and env.images[0].size == (282, 212)
+    from mini_o3_jax.agent.environment import EnvConfig
+
+    with pytest.raises(ConfigError, match="exif_transpose"):
+        EnvConfig(exif_transpose="yes")
+
+
+def test_exif_option_is_off_in_the_rl_and_eval_configs_and_reaches_the_environment():
+    import os
+
+    from mini_o3_jax.agent.environment import EnvConfig
+    from mini_o3_jax.config_files import load_config
+    from mini_o3_jax.eval.run import EvalConfig
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rl = load_config(os.path.join(repo, "configs", "rl_grpo.py"))
+    assert rl.env.exif_transpose is False and EnvConfig(**dict(rl.env)).exif_transpose is False
+    rl.env.exif_transpose = True
+    assert EnvConfig(**dict(rl.env)).exif_transpose is True
+    assert EvalConfig().env().exif_transpose is False and "exif_transpose" not in EvalConfig().fingerprint()
+    on = EvalConfig(exif_transpose=True)
+    assert on.env().exif_transpose is True and on.fingerprint()["exif_transpose"] is True
+
+
+def test_sft_images_follow_llamafactory_order():
+    """LLaMA-Factory's `_preprocess_image` (written out): resize with PIL's default filter, then convert."""
+    from mini_o3_jax.processing.image import resize_llamafactory
+
+    def reference(image, max_pixels, min_pixels):
+        if image.width * image.height > max_pixels:
+            f = math.sqrt(max_pixels / (image.width * image.height))
+            image = image.resize((int(image.width * f), int(image.height * f)))
+        if image.width * image.height < min_pixels:
+            f = math.sqrt(min_pixels / (image.width * image.height))
+            image = image.resize((int(image.width * f), int(image.height * f)))
+        return image if image.mode == "RGB" else image.convert("RGB")
+
+    for image in (_img(300, 400, 5).quantize(colors=64), _rgba(300, 400), _img(30, 40)):
+        ours = resize_llamafactory(image, min_pixels=3136 if image.width > 100 else 40_000, max_pixels=60_000)
+        ref = reference(image, 60_000, 3136 if image.width > 100 else 40_000)
+        assert ours.mode == "RGB" and ours.size == ref.size
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))

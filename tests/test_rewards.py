@@ -11,6 +11,7 @@ import concurrent.futures
 import dataclasses
 import http.server
 import json
+import os
 import re
 import socket
 import threading
@@ -24,9 +25,12 @@ from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.rl.rewards import (
     SCORERS,
     SYSTEM_PROMPT,
+    USER_PROMPT_TEMPLATE,
     JudgeConfig,
     JudgeItem,
     LLMJudge,
+    build_messages,
+    config_defaults,
     extract_answer,
     parse_score,
     rule_score,
@@ -35,7 +39,13 @@ from mini_o3_jax.rl.rewards import (
     score_numeric,
 )
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUESTION = "<image>\nWhat colour is the car parked next to the red door?"
+
+# The judge prompts exactly as spec §4.5 prints them (copied from the spec, not imported: `\n` and `\"` in the
+# spec are this literal's escapes).
+SPEC_SYSTEM = "You are an intelligent chatbot designed for evaluating the correctness of generative outputs for question-answer pairs.\nYour task is to compare the predicted answer with the correct answer and determine if they match meaningfully. Here's how you can accomplish the task:\n------\n##INSTRUCTIONS:\n- Focus on the meaningful match between the predicted answer and the correct answer.\n- Consider synonyms or paraphrases as valid matches.\n- Evaluate the correctness of the prediction compared to the answer."
+SPEC_USER = "I will give you a question related to an image and the following text as inputs:\n\n1. **Question Related to the Image**: {question}\n2. **Ground Truth Answer**: {ground_truth}\n3. **Model Predicted Answer**: {prediction}\n\nYour task is to evaluate the model's predicted answer against the ground truth answer, based on the context provided by the question related to the image. Consider the following criteria for evaluation:\n- **Relevance**: Does the predicted answer directly address the question posed, considering the information provided by the given question?\n- **Accuracy**: Compare the predicted answer to the ground truth answer. You need to evaluate from the following two perspectives:\n(1) If the ground truth answer is open-ended, consider whether the prediction accurately reflects the information given in the ground truth without introducing factual inaccuracies. If it does, the prediction should be considered correct.\n(2) If the ground truth answer is a definitive answer, strictly compare the model's prediction to the actual answer. Pay attention to unit conversions such as length and angle, etc. As long as the results are consistent, the model's prediction should be deemed correct.\n**Output Format**:\nYour response should include an integer score indicating the correctness of the prediction: 1 for correct and 0 for incorrect. Note that 1 means the model's prediction strictly aligns with the ground truth, while 0 means it does not.\nThe format should be \"Score: 0 or 1\""
 
 # --------------------------------------------------------------------------------------------------------------
 # A fake judge server
@@ -62,7 +72,8 @@ class Reply:
     raw: bytes | None = None  # sent verbatim instead of a chat-completions JSON
 
 
-_GRADED = re.compile(r"Ground-truth answer: (.*?)\nPredicted answer: (.*?)\n\nInstructions:", re.DOTALL)
+_GRADED = re.compile(r"\*\*Ground Truth Answer\*\*: (.*?)\n3\. \*\*Model Predicted Answer\*\*: (.*?)\n\nYour task",
+                     re.DOTALL)
 
 
 def grade(req: Recorded, n: int) -> Reply:
@@ -200,7 +211,11 @@ def test_extract_answer(texts: list[str] | str, expected: str | None) -> None:
         ("Score: 1\nOn reflection... Score: 0", 0.0),  # the last 'score:' wins
         ("Score: 0\nCorrection, score: **1**", 1.0),
         ("Score:\n\n1", 1.0),  # first whitespace-separated token, across newlines
+        ("Score: 0.1", 1.0),  # contains a '1'
+        ("Score: **0**", 0.0),
         ("The answer is correct.", None),  # no 'score:' -> the attempt is retried
+        ("Score: maybe", None),  # neither 0 nor 1 in the token -> retried, not scored 0
+        ("Score: 1\nOn reflection, score: unclear", None),  # the last 'score:' decides, and it holds no digit
         ("Score:   ", None),
         ("", None),
     ],
@@ -234,7 +249,7 @@ def test_openai_style_request(server: FakeJudgeServer) -> None:
         assert all(isinstance(m["content"], str) for m in body["messages"])  # text only, no image parts
         assert QUESTION in req.user  # the raw question, <image> placeholder included
         assert "Blue" in req.user
-    assert sorted(re.search(r"Predicted answer: (\w+)", r.user).group(1) for r in server.requests) == [
+    assert sorted(re.search(r"Model Predicted Answer\*\*: (\w+)", r.user).group(1) for r in server.requests) == [
         "blue",
         "green",
     ]
@@ -296,6 +311,15 @@ def test_reply_without_score_is_retried(server: FakeJudgeServer) -> None:
     with make_judge(server) as judge:
         assert judge.score([JudgeItem(QUESTION, "blue", "navy")]) == [1.0]
     assert len(server.requests) == 2
+
+
+def test_score_without_0_or_1_is_retried_and_a_later_score_wins(server: FakeJudgeServer) -> None:
+    server.script = lambda req, n: Reply("Hard to say. Score: maybe") if n == 0 else Reply("Score: 1")
+    with make_judge(server) as judge:
+        assert judge.score([JudgeItem(QUESTION, "blue", "navy")]) == [1.0]  # not 0.0 from the first reply
+    temps = [r.body["temperature"] for r in server.requests if r.body]
+    assert temps == pytest.approx([0.0, 0.2])  # a second attempt, at the next temperature
+    assert judge.stats.retries == 1 and judge.stats.failures == 0
 
 
 def test_garbage_every_time_gives_none(server: FakeJudgeServer) -> None:
@@ -423,6 +447,120 @@ def test_submit_after_close_is_an_error(server: FakeJudgeServer) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The judge's prompts (spec §4.5)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _fill(template: str, question: str, truth: str, prediction: str) -> str:
+    """The template with its three fields substituted by plain replacement (independent of str.format)."""
+    return template.replace("{question}", question).replace("{ground_truth}", truth).replace("{prediction}", prediction)
+
+
+def test_judge_prompts_are_the_released_strings() -> None:
+    assert SYSTEM_PROMPT == SPEC_SYSTEM and USER_PROMPT_TEMPLATE == SPEC_USER
+    assert (JudgeConfig().system_prompt, JudgeConfig().user_prompt) == (SPEC_SYSTEM, SPEC_USER)
+    assert SPEC_USER.endswith('The format should be "Score: 0 or 1"') and "\\" not in SPEC_USER
+
+
+def test_build_messages_fills_the_raw_fields() -> None:
+    question = "<image>\nWhat is written on the {left} sign?\n(A) STOP\n(B) EXIT"  # braces in data are data
+    messages = build_messages(question, "B", "(B) EXIT")
+    assert messages == [{"role": "system", "content": SPEC_SYSTEM},
+                        {"role": "user", "content": _fill(SPEC_USER, question, "B", "(B) EXIT")}]
+    assert messages[1]["content"].startswith(
+        "I will give you a question related to an image and the following text as inputs:\n\n"
+        "1. **Question Related to the Image**: <image>\nWhat is written on the {left} sign?\n(A) STOP\n(B) EXIT\n"
+        "2. **Ground Truth Answer**: B\n3. **Model Predicted Answer**: (B) EXIT\n\nYour task is to evaluate")
+
+
+def test_request_sends_the_released_prompts(server: FakeJudgeServer) -> None:
+    question = "<image>\nWhich is larger? (A) the cup (B) the bowl"
+    with make_judge(server) as judge:
+        assert judge.score([JudgeItem(question, "B", "B")]) == [1.0]
+    (req,) = server.requests
+    assert req.body is not None
+    assert req.body["messages"] == [{"role": "system", "content": SPEC_SYSTEM},
+                                    {"role": "user", "content": _fill(SPEC_USER, question, "B", "B")}]
+
+
+@pytest.mark.parametrize(
+    ("template", "match"),
+    [
+        ("Q: {question} truth: {ground_truth}", r"missing \['prediction'\]"),
+        ("{question} {ground_truth} {prediction} {answer}", r"unknown field\(s\) \['answer'\]"),
+        ("{question} {solution} {prediction}", r"unknown field\(s\) \['solution'\]; missing \['ground_truth'\]"),
+        ("{} {question} {ground_truth} {prediction}", r"unknown field\(s\) \[''\]"),
+        ("{question {ground_truth} {prediction}", "not a valid format string"),
+    ],
+)
+def test_bad_user_prompt_is_a_config_error(template: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        JudgeConfig(user_prompt=template)
+
+
+CUSTOM_USER = "Q: {question}\nTruth: {ground_truth}\nSaid: {prediction}\nScore?"
+
+
+def test_prompts_are_overridable_in_the_rl_config(server: FakeJudgeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`reward.judge` of configs/rl_grpo.py, as `mini-o3 rl` reads it (`Rewarder.check` builds its judge)."""
+    from mini_o3_jax.config_files import load_config
+    from mini_o3_jax.rl.loop import Rewarder
+
+    monkeypatch.setenv("MINI_O3_JUDGE_URL", server.url + "/v1")
+    server.script = lambda req, n: Reply("Score: 1")  # `grade` reads the released prompt only
+    cfg = load_config(os.path.join(REPO, "configs", "rl_grpo.py"),
+                      ["reward.judge.system_prompt=Be strict.", f"reward.judge.user_prompt={CUSTOM_USER}"])
+    judge_cfg = Rewarder.check(cfg.reward)
+    assert judge_cfg is not None and judge_cfg.url == server.url + "/v1"  # the endpoint still from the environment
+    with LLMJudge(judge_cfg) as judge:
+        assert judge.score([JudgeItem(QUESTION, "blue", "navy")]) == [1.0]
+    (req,) = server.requests
+    assert req.body is not None and req.body["messages"] == [
+        {"role": "system", "content": "Be strict."},
+        {"role": "user", "content": f"Q: {QUESTION}\nTruth: blue\nSaid: navy\nScore?"}]
+    default = load_config(os.path.join(REPO, "configs", "rl_grpo.py"))
+    assert Rewarder.check(default.reward) == JudgeConfig.from_env()  # the block's defaults change nothing
+    bad = load_config(os.path.join(REPO, "configs", "rl_grpo.py"), ["reward.judge.user_prompt={question}"])
+    with pytest.raises(ConfigError, match=r"missing \['ground_truth', 'prediction'\]"):
+        Rewarder.check(bad.reward)
+
+
+def test_prompts_are_overridable_in_the_eval_config(server: FakeJudgeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `judge` block of configs/eval.py, as `mini-o3 eval` reads it (`eval.run.judge_config`)."""
+    from mini_o3_jax.config_files import load_config
+    from mini_o3_jax.eval.run import judge_config
+
+    monkeypatch.setenv("MINI_O3_JUDGE_URL", server.url + "/v1")
+    server.script = lambda req, n: Reply("Score: 1")  # `grade` reads the released prompt only
+    cfg = load_config(os.path.join(REPO, "configs", "eval.py"), [f"judge.user_prompt={CUSTOM_USER}"])
+    with LLMJudge(judge_config(cfg.judge)) as judge:
+        assert judge.score([JudgeItem(QUESTION, "blue", "blue")]) == [1.0]
+    (req,) = server.requests
+    assert req.body is not None and req.body["messages"][0]["content"] == SPEC_SYSTEM
+    assert req.body["messages"][1]["content"] == f"Q: {QUESTION}\nTruth: blue\nSaid: blue\nScore?"
+    bad = load_config(os.path.join(REPO, "configs", "eval.py"),
+                      ["judge.user_prompt={question} {ground_truth} {prediction} {image}"])
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['image'\]"):
+        judge_config(bad.judge)
+
+
+def test_a_changed_prompt_does_not_reuse_cached_scores(server: FakeJudgeServer, tmp_path) -> None:
+    cache = str(tmp_path / "judge.jsonl")
+    item = JudgeItem(QUESTION, "blue", "blue")
+    with make_judge(server, cache_path=cache) as judge:
+        assert judge.score([item]) == [1.0]
+    server.script = lambda req, n: Reply("Score: 0")  # the stricter prompt's judge disagrees
+    with make_judge(server, cache_path=cache, system_prompt="Be very strict.") as judge:
+        assert judge.score([item]) == [0.0]  # asked again, not the score cached under the released prompt
+    with make_judge(server, cache_path=cache, user_prompt=CUSTOM_USER) as judge:
+        assert judge.score([item]) == [0.0]
+    assert len(server.requests) == 3
+    with make_judge(server, cache_path=cache) as judge:  # the released prompts again: their cached score
+        assert judge.score([item]) == [1.0]
+    assert len(server.requests) == 3
+
+
+# --------------------------------------------------------------------------------------------------------------
 # JudgeConfig
 # --------------------------------------------------------------------------------------------------------------
 
@@ -494,6 +632,12 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
     with pytest.raises(ConfigError, match="temprature"):
         JudgeConfig.from_env(temprature=0.5)
+
+    # A config file's judge block holds the endpoint fields empty: they stay the environment's.
+    block = config_defaults()
+    assert (block["url"], block["model"], block["system_prompt"], block["cache_path"]) == ("", "", SPEC_SYSTEM, "")
+    assert JudgeConfig.from_env(**block) == JudgeConfig.from_env()
+    assert JudgeConfig.from_env(**block).url == "http://127.0.0.1:8000/v1"
 
 
 # --------------------------------------------------------------------------------------------------------------

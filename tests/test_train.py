@@ -3,6 +3,7 @@ micro-batching does not change gradients, and GRPO runs, logs and checkpoints.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -19,7 +20,7 @@ from mini_o3_jax.processing.image import ImageProcessor
 from mini_o3_jax.rl.data import read_prompts
 from mini_o3_jax.rl.loop import run_rl
 from mini_o3_jax.sft.data import conversation_trajectory, read_sharegpt, sharegpt_trajectories
-from mini_o3_jax.sft.loop import run_sft
+from mini_o3_jax.sft.loop import run_sft, step_indices
 from mini_o3_jax.train.batch import BatchSpec, examples_from_trajectories, micro_batches
 from mini_o3_jax.train.metrics import read_jsonl_metrics, read_tensorboard_scalars
 from mini_o3_jax.train.optim import OptimConfig, make_optimizer
@@ -120,6 +121,7 @@ def test_gradients_do_not_depend_on_micro_batch_size(parts):
 def sft_run(parts, tmp_path_factory):
     tok, proc, trajs, mcfg = parts
     cfg = load_config(os.path.join(REPO, "configs/sft_tiny.py"))
+    cfg.model_path = ""  # a random model of the `model` block, not the config's packaged demo model
     cfg.model = mcfg.to_config_dict()
     cfg.out_dir = str(tmp_path_factory.mktemp("sft_run"))
     cfg.train.steps = 16
@@ -127,7 +129,9 @@ def sft_run(parts, tmp_path_factory):
     cfg.optim.schedule = "constant"
     cfg.checkpoint.every = 8
     lines: list[str] = []
-    metrics = run_sft(cfg, lambda idx: [trajs[i] for i in idx], len(trajs), proc, console=lines.append,
+    # sample 0 is flagged as cut to the cutoff (same tokens), so the truncation count has something to count
+    flagged = [dataclasses.replace(t, truncated=i == 0) for i, t in enumerate(trajs)]
+    metrics = run_sft(cfg, lambda idx: [flagged[i] for i in idx], len(trajs), proc, console=lines.append,
                       pad_id=tok.endoftext_id)
     return cfg, metrics, lines, mcfg
 
@@ -150,6 +154,14 @@ def test_sft_drives_the_assistant_token_loss_down(sft_run):
     assert final.config == mcfg
 
 
+def test_sft_reports_truncated_samples(sft_run):
+    cfg, _, lines, _ = sft_run
+    logged = read_jsonl_metrics(os.path.join(cfg.out_dir, "logs"))
+    expected = [step_indices(4, step, cfg.train.batch_size, cfg.seed).count(0) for step in range(16)]
+    assert [r["truncated"] for r in logged] == expected and 0 < sum(expected) < 16
+    assert f"sft: {sum(expected)} of the 32 samples trained on in this run were truncated to max_length=4096 tokens" in lines
+
+
 def test_rl_smoke_grpo_steps_log_and_checkpoint(parts, tmp_path):
     tok, proc, _, mcfg = parts
     # warm start: SFT on one-line answers "A"/"B" to near-identical questions, so that sampling at
@@ -157,6 +169,7 @@ def test_rl_smoke_grpo_steps_log_and_checkpoint(parts, tmp_path):
     records = read_sharegpt(write_sharegpt(str(tmp_path / "sft"), 4, multi_turn=False))
     answers = list(sharegpt_trajectories(records, tok, proc, min_pixels=3136, max_pixels=60_000))
     sft = load_config(os.path.join(REPO, "configs/sft_tiny.py"))
+    sft.model_path = ""  # a random model of the `model` block, not the config's packaged demo model
     sft.model = mcfg.to_config_dict()
     sft.out_dir = str(tmp_path / "sft_out")
     sft.train.steps, sft.optim.lr, sft.optim.schedule, sft.checkpoint.every = 30, 3e-2, "constant", 100
@@ -170,6 +183,11 @@ def test_rl_smoke_grpo_steps_log_and_checkpoint(parts, tmp_path):
     cfg.rollout.samples = 8
     cfg.train.max_gen_batches = 6
     cfg.ppo.kl_coef = 0.05  # k3 KL to the reference policy: the model RL started from
+    # the settings this warm start was made for (rl_tiny.py itself is tuned for the packaged toy model)
+    cfg.env.update(min_pixels=3136, max_pixels=60_000)
+    cfg.rollout.max_turn_tokens = 24
+    cfg.reward.kind = "choice"
+    cfg.train.update(micro_batch=1, min_length=64, min_windows=0)
     prompts = read_prompts(write_prompts(str(tmp_path / "prompts"), 4))
     lines: list[str] = []
     metrics = run_rl(cfg, prompts, tok, proc, console=lines.append)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from mini_o3_jax.agent import protocol
 from mini_o3_jax.agent.prompts import ERROR_TEMPLATE, OBSERVATION_TEMPLATE, SYSTEM_PROMPT_TOOL_CROP
-from mini_o3_jax.agent.trajectory import Outcome, Trajectory, Turn
+from mini_o3_jax.agent.trajectory import Outcome, Trajectory, Turn, mask_after_last_end
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.processing.chat import (
     DATASET_IMAGE_PLACEHOLDER,
@@ -39,7 +39,7 @@ from mini_o3_jax.processing.image import (
     ImageProcessor,
     ImageSource,
     ProcessedImages,
-    load_image,
+    load_rgb,
     resize_crop,
     resize_original,
 )
@@ -62,6 +62,9 @@ class EnvConfig:
     # not. None: the tokenizer's last id (151664 for Qwen2.5-VL, the released filter's constant).
     max_token_id: int | None = None
     system_prompt: str | None = SYSTEM_PROMPT_TOOL_CROP
+    # Rotate the question image by its EXIF orientation on load. Off, as in the release (spec §2):
+    # the model was trained and evaluated on photos as stored; on only for data that needs it.
+    exif_transpose: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_turns", "max_images", "max_context", "min_pixels", "max_pixels"):
@@ -73,6 +76,8 @@ class EnvConfig:
                 f"EnvConfig.context_guard = {self.context_guard!r}; expected 0 <= guard < max_context "
                 f"({self.max_context})"
             )
+        if not isinstance(self.exif_transpose, bool):
+            raise ConfigError(f"EnvConfig.exif_transpose = {self.exif_transpose!r}; expected true or false")
         if self.observation_numbering not in ("released", "crops"):
             raise ConfigError(
                 f"EnvConfig.observation_numbering = {self.observation_numbering!r}; expected 'released' or 'crops'"
@@ -106,8 +111,9 @@ class VisualSearchEnv:
         self.max_token_id = self.config.max_token_id
         if self.max_token_id is None:
             self.max_token_id = tokenizer.vocab_size - 1
-        raw = image if isinstance(image, Image.Image) else load_image(image)
-        self.observations: list[Image.Image] = [raw]  # full resolution: crops are cut from these
+        # decode -> plain convert("RGB") -> pre-resize -> processor, as the release (spec §2)
+        raw = load_rgb(image, exif_transpose=self.config.exif_transpose)
+        self.observations: list[Image.Image] = [raw]  # full resolution, RGB: crops are cut from these
         first = resize_original(raw, self.config.min_pixels, self.config.max_pixels)
         processed = processor([first])
         self.images: list[Image.Image] = [first]  # what the model sees
@@ -207,9 +213,13 @@ class VisualSearchEnv:
         return StepResult(done=True, append_ids=np.zeros((0,), np.int32), image=None, turn=turn)
 
     def trajectory(self) -> Trajectory:
+        """The episode so far. Its loss mask is 1 on sampled tokens up to the response's last
+        `<|im_end|>` (spec §4.3 item 5): a cut, over-turn or over-length last turn carries no loss."""
+        ids = np.concatenate(self._ids).astype(np.int32)
+        sampled = np.concatenate(self._mask).astype(np.int8)
         return Trajectory(
-            token_ids=np.concatenate(self._ids).astype(np.int32),
-            loss_mask=np.concatenate(self._mask).astype(np.int8),
+            token_ids=ids,
+            loss_mask=mask_after_last_end(ids, sampled, self.prompt_length, self.tokenizer.im_end_id),
             images=list(self.images),
             grids=np.stack(self.grids).astype(np.int64),
             prompt_length=self.prompt_length,
@@ -218,4 +228,5 @@ class VisualSearchEnv:
             over_turn=self.over_turn,
             over_length=self.over_length,
             void=self.void,
+            sampled_mask=sampled,
         )

@@ -8,6 +8,7 @@ for the benchmarks; the 12.6 GB VisualProbe_train is better streamed or prepared
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 import re
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from mini_o3_jax.data import formats
 from mini_o3_jax.data.formats import ParseContext, Parsed, Parser
 from mini_o3_jax.data.records import BadRecord, ConversationRecord, Record, SourceError
+from mini_o3_jax.errors import ConfigError
 
 CC_BY_NC = "CC BY-NC 4.0 (Mini-o3 data; non-commercial use)"
 
@@ -115,10 +117,20 @@ BENCHMARKS: dict[str, BenchmarkInfo] = _registry()
 PAPER_COLUMNS = ("VP hard", "VP medium", "VP easy", "V*", "HR-4K", "HR-8K", "MME-RW")
 
 
+class UnknownBenchmark(ConfigError, KeyError):
+    """A name not in the registry: a KeyError for lookups, and one of our input errors, so the CLI
+    reports it as one line (`mini-o3 data prepare --benchmark`, eval's `--config.benchmarks`)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
 def benchmark(name: str) -> BenchmarkInfo:
-    """The registry entry; the error lists the known names."""
+    """The registry entry; the error suggests the closest names and lists them all."""
     if name not in BENCHMARKS:
-        raise KeyError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
+        close = difflib.get_close_matches(name, list(BENCHMARKS), n=2, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise UnknownBenchmark(f"unknown benchmark {name!r}{hint}; expected one of: {', '.join(sorted(BENCHMARKS))}")
     return BENCHMARKS[name]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import grain
 import tensorflow_datasets as tfds
 
-from mini_o3_jax.data.benchmarks import benchmark
+from mini_o3_jax.data.benchmarks import benchmark, source_files
 from mini_o3_jax.data.builders import (
     SPLIT,
     make_builder,
@@ -63,7 +63,7 @@ def prepare(name: str, source_dir: str | Path, data_dir: str | Path, *, image_ro
     Unusable rows are kept out and listed in the report and in bad_records.jsonl; with strict=True
     any unusable row raises RecordError naming it and nothing is written. Works offline.
     """
-    benchmark(name)
+    source_files(benchmark(name), source_dir)  # a source that is not there fails, even when a copy is prepared
     builder = make_builder(name, data_dir, source_dir=source_dir, image_root=image_root, strict=strict)
     if _prepared(builder) and not overwrite:
         report = _report(name, builder, reused=True)

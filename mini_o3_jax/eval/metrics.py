@@ -70,6 +70,20 @@ def avg_at_k(results: Sequence[QuestionResult]) -> float:
     return 100.0 * sum(per_question) / len(per_question) if per_question else float("nan")
 
 
+def avg_at_k_se(results: Sequence[QuestionResult]) -> float:
+    """Standard error of `avg_at_k` over questions, in percent: the sample standard deviation of the
+    per-question accuracies (each the mean of its K samples) over sqrt(#questions). It treats the questions
+    as a sample of the benchmark's distribution and includes the sampling noise of the K samples; it says
+    nothing about training noise (for that, compare runs of several seeds). NaN below two questions."""
+    per_question = [sum(r.scores) / len(r.scores) for r in results if r.samples]
+    n = len(per_question)
+    if n < 2:
+        return float("nan")
+    mean = sum(per_question) / n
+    var = sum((p - mean) ** 2 for p in per_question) / (n - 1)
+    return 100.0 * math.sqrt(var / n)
+
+
 def default_ks(k: int) -> list[int]:
     """1, 2, 4, ... up to K (and K itself)."""
     out, v = [], 1
@@ -121,6 +135,7 @@ def summarize(results: Sequence[QuestionResult], ks: Sequence[int] | None = None
         "samples": n,
         "samples_per_question": k,
         "avg_at_k": avg_at_k(results),
+        "avg_at_k_se": avg_at_k_se(results),
         "pass_at_k": passes,
         "mean_turns": sum(s.turns for s in samples) / n,
         "mean_turns_correct": (sum(s.turns for s in samples if s.score == 1.0)

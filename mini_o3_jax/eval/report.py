@@ -39,6 +39,32 @@ def _cell(v: float | None) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
 
 
+PAPER_JUDGE = "gpt-4o-2024-11-20"
+
+
+def scorer_notes(metrics: Mapping[str, Any]) -> list[str]:
+    """One line per scorer the run used, saying whether its numbers are the paper's kind.
+
+    The paper judged every answer with GPT-4o (spec §5); a rule scorer is an offline convenience whose
+    numbers differ (exact match under-counts paraphrased free-form answers), so a table must say so.
+    """
+    by_scorer: dict[str, list[str]] = {}
+    for b, m in metrics["benchmarks"].items():
+        for kind in str(m.get("scorer") or metrics.get("config", {}).get("scorer", "?")).split(","):
+            by_scorer.setdefault(kind, []).append(b)
+    notes = []
+    for kind, names in sorted(by_scorer.items()):
+        where = ", ".join(names)
+        if kind == "judge":
+            model = metrics.get("judge_model") or "?"
+            same = "the paper's judge" if model == PAPER_JUDGE else f"the paper used GPT-4o, {PAPER_JUDGE}"
+            notes.append(f"Scorer: LLM judge `{model}` ({same}) for {where}.")
+        else:
+            notes.append(f"**Scorer: {kind} (offline rule, not the paper's GPT-4o judge)** for {where}: "
+                         "not comparable with the paper's rows.")
+    return notes
+
+
 def results_table(metrics: Mapping[str, Any], label: str = "this run") -> str:
     """Markdown: the paper's table with our row beneath, then any benchmark outside the paper's columns."""
     benches: Mapping[str, Any] = metrics["benchmarks"]
@@ -52,8 +78,9 @@ def results_table(metrics: Mapping[str, Any], label: str = "this run") -> str:
     ours = [benches[b]["avg_at_k"] if b in benches else None for b, _ in PAPER_COLUMNS]
     lines.append(f"| **{label}** (Avg@{k}, {turns} turns) | " + " | ".join(f"**{_cell(v)}**" if v is not None
                                                                        else "–" for v in ours) + " |")
-    lines += ["", "Paper rows: Avg@32 at T=1.0 (Mini-o3 README / project page). † Avg@1 as reported; "
-              "‡ re-evaluated by the Mini-o3 authors at Avg@32.", ""]
+    lines += ["", "Paper rows: Avg@32 at T=1.0 (Mini-o3 README / project page), GPT-4o judge. † Avg@1 as "
+              "reported; ‡ re-evaluated by the Mini-o3 authors at Avg@32.", ""]
+    lines += [*scorer_notes(metrics), ""]
     other = [b for b in benches if b not in dict(PAPER_COLUMNS)]
     if other:
         lines += ["## Other benchmarks", "", "| Benchmark | Avg@K | pass@1 | pass@K | mean turns | over-turn | void |",
@@ -65,14 +92,15 @@ def results_table(metrics: Mapping[str, Any], label: str = "this run") -> str:
             lines.append(f"| {b} | {_cell(m.get('avg_at_k'))} | {_cell(passes.get('1'))} | {_cell(last)} | "
                          f"{m.get('mean_turns', 0):.2f} | {m.get('over_turn_rate', 0):.1%} | {m.get('void_rate', 0):.1%} |")
         lines.append("")
-    lines += ["## Per benchmark", "", "| Benchmark | category | questions | Avg@K | mean turns | answered | "
-              "over-turn | over-length | void | judge failed |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Per benchmark", "", "| Benchmark | category | scorer | questions | Avg@K | mean turns | answered | "
+              "over-turn | over-length | void | judge failed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for b, m in benches.items():
         rows = [("all", m)] + list(m.get("by_category", {}).items())
         for cat, x in rows:
             if not x.get("samples"):
                 continue
-            lines.append(f"| {b} | {cat} | {x['questions']} | {_cell(x['avg_at_k'])} | {x['mean_turns']:.2f} | "
+            lines.append(f"| {b} | {cat} | {m.get('scorer', '?')} | {x['questions']} | {_cell(x['avg_at_k'])} | "
+                         f"{x['mean_turns']:.2f} | "
                          f"{x['answered_rate']:.1%} | {x['over_turn_rate']:.1%} | {x['over_length_rate']:.1%} | "
                          f"{x['void_rate']:.1%} | {x['judge_failed']} |")
     curves = {b: m.get("turn_curve", {}) for b, m in benches.items() if m.get("turn_curve")}

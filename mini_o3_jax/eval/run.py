@@ -31,6 +31,7 @@ from mini_o3_jax.data.records import BadRecord, Record
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.eval.metrics import QuestionResult, SampleResult, summarize_benchmark
 from mini_o3_jax.eval.report import write_reports
+from mini_o3_jax.infer import resolve_agent
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import MINI_O3_MAX_PIXELS, MINI_O3_MIN_PIXELS, ImageProcessor
@@ -38,10 +39,26 @@ from mini_o3_jax.rl.rewards import SCORERS, JudgeConfig, JudgeItem, LLMJudge, ru
 from mini_o3_jax.rollout.engine import EngineConfig, Episode, RolloutEngine
 from mini_o3_jax.rollout.sampler import Sampling
 
+# Config-file values that mean "not set here": the checkpoint's agent.json decides, else the released eval
+# (`infer.resolve_agent`, the rule `mini-o3 infer` follows). configs/eval.py holds these by default.
+AUTO_AGENT: dict[str, Any] = {"max_turns": 0, "max_context": 0, "max_turn_tokens": 0, "min_pixels": 0,
+                              "max_pixels": 0, "context_guard": -1, "system_prompt": "auto"}
+
+
+def explicit_agent_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The agent settings an eval block sets itself (not left at `AUTO_AGENT`), "" for the system prompt
+    read as None (no system prompt)."""
+    out = {k: settings[k] for k in AUTO_AGENT if k in settings and settings[k] != AUTO_AGENT[k]}
+    if "system_prompt" in out:
+        out["system_prompt"] = out["system_prompt"] or None
+    return out
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """The released eval (spec §5): Avg@32 at T=1.0, top-p 1, 12 turns, 12 images, 32k context."""
+    """The released eval (spec §5): Avg@32 at T=1.0, top-p 1, 12 turns, 12 images, 32k context, every
+    answer judged by an LLM judge (GPT-4o in the paper); "auto" / "choice" / "exact" / "numeric" are
+    offline rule scorers whose numbers are not the paper's."""
 
     k: int = 32
     temperature: float = 1.0
@@ -56,7 +73,8 @@ class EvalConfig:
     max_pixels: int = MINI_O3_MAX_PIXELS
     max_turn_tokens: int = 8192
     system_prompt: str | None = EnvConfig.system_prompt
-    scorer: str = "auto"  # "auto" (choice for multiple choice, else exact), "judge", or a rule scorer
+    exif_transpose: bool = False  # rotate images by their EXIF tag; off as in the released eval (spec §2)
+    scorer: str = "judge"  # or offline: "auto" (choice for multiple choice, else exact), or a rule scorer
     turn_limits: tuple[int, ...] = (4, 8, 12, 16, 24, 32)  # the accuracy-vs-turns curve (<= max_turns)
     limit: int = 0  # questions per benchmark (0: all)
     save_crops: int = 4  # samples per question whose crops are saved as images (-1: all)
@@ -68,11 +86,20 @@ class EvalConfig:
         if self.k < 1 or self.max_turns < 1:
             raise ConfigError(f"EvalConfig: k={self.k}, max_turns={self.max_turns}; expected both >= 1")
         if self.scorer not in ("auto", "judge", *SCORERS):
-            raise ConfigError(f"EvalConfig.scorer = {self.scorer!r}; expected 'auto', 'judge' or one of {sorted(SCORERS)}")
+            raise ConfigError(f"EvalConfig.scorer = {self.scorer!r}; expected 'judge' (the paper's), or offline "
+                              f"'auto' or one of {sorted(SCORERS)}")
+        self.env()  # turns, context, guard and pixels checked now, not when the engine starts
 
     @classmethod
-    def from_config(cls, settings: Mapping[str, Any], **overrides: Any) -> EvalConfig:
-        """From an ml-collections `eval` block (lists for tuples, "" for no system prompt)."""
+    def from_config(cls, settings: Mapping[str, Any], *, checkpoint: str | os.PathLike | None = None,
+                    **overrides: Any) -> EvalConfig:
+        """From an ml-collections `eval` block (lists for tuples, "" for no system prompt).
+
+        The agent settings (turns, context, guard, tokens a turn, pixels, system prompt) that the block
+        sets win; those it leaves out or at `AUTO_AGENT` come from `checkpoint`'s agent.json when it has
+        one (a model trained with another pixel budget or prompt only behaves when run the same way),
+        else from the released eval, by `infer.resolve_agent`, exactly as `mini-o3 infer` resolves them.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         kw = {**dict(settings), **overrides}
         unknown = sorted(set(kw) - known)
@@ -80,9 +107,10 @@ class EvalConfig:
             raise ConfigError(f"unknown eval settings {unknown}; known: {sorted(known)}")
         limits = kw.get("turn_limits", cls.turn_limits)
         kw["turn_limits"] = (limits,) if isinstance(limits, int) else tuple(limits)
-        if "system_prompt" in kw:
-            kw["system_prompt"] = kw["system_prompt"] or None
-        return cls(**kw)
+        explicit = explicit_agent_settings(kw)
+        for k in AUTO_AGENT:
+            kw.pop(k, None)
+        return cls(**kw, **resolve_agent(checkpoint, explicit))
 
     @property
     def curve_limits(self) -> list[int]:
@@ -91,7 +119,8 @@ class EvalConfig:
     def env(self) -> EnvConfig:
         return EnvConfig(max_turns=self.max_turns, max_images=self.max_images or self.max_turns,
                          max_context=self.max_context, context_guard=self.context_guard,
-                         min_pixels=self.min_pixels, max_pixels=self.max_pixels, system_prompt=self.system_prompt)
+                         min_pixels=self.min_pixels, max_pixels=self.max_pixels, system_prompt=self.system_prompt,
+                         exif_transpose=self.exif_transpose)
 
     def engine(self) -> EngineConfig:
         return EngineConfig(slots=self.slots, max_len=self.max_context, decode_chunk=self.decode_chunk,
@@ -101,6 +130,8 @@ class EvalConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The settings a finished question's samples depend on: a resumed run must match them."""
         skip = {"limit", "save_crops", "slots", "decode_chunk", "workers", "turn_limits"}
+        if not self.exif_transpose:  # the default: runs saved before the option existed still resume
+            skip.add("exif_transpose")
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -147,10 +178,22 @@ def read_results(path: str) -> list[QuestionResult]:
     return out
 
 
-def judge_solution(solution: str, answer_text: str) -> str:
-    """The ground truth the judge sees: "(B) blue" for multiple choice (letter and option text), else
-    the answer itself."""
-    return f"({solution}) {answer_text}" if answer_text and answer_text != solution else solution
+def judge_config(settings: Mapping[str, Any] | None = None) -> JudgeConfig:
+    """The judge of an eval run: the config's `judge` block over the environment (`JudgeConfig.from_env`).
+
+    Fails at once, in one line, when no judge is configured, so that `mini-o3 eval` stops before loading
+    the model rather than after the first questions' rollouts.
+    """
+    judge = JudgeConfig.from_env(**dict(settings or {}))
+    if not judge.url:
+        raise ConfigError(
+            "eval.scorer is 'judge' (the paper's GPT-4o judge scores every answer) but no judge is configured: "
+            "set MINI_O3_JUDGE_URL (any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1, with "
+            "MINI_O3_JUDGE_MODEL) or the released Azure variables END_POINT, API_KEY and API_VERSION, or "
+            "--config.judge.url=...; or score offline by rule with --config.eval.scorer=auto "
+            "(or choice / exact / numeric), whose numbers are not the paper's")
+    judge.validate()
+    return judge
 
 
 class _Scorer:
@@ -158,7 +201,7 @@ class _Scorer:
 
     def __init__(self, kind: str, judge: JudgeConfig | None):
         self.kind = kind
-        self.judge = LLMJudge(judge or JudgeConfig.from_env()) if kind == "judge" else None
+        self.judge = LLMJudge(judge or judge_config()) if kind == "judge" else None
         self.ready: queue.Queue = queue.Queue()
 
     def submit(self, record: Record, answers: Sequence[str | None], done: Callable[[list[float | None]], None]) -> None:
@@ -166,11 +209,12 @@ class _Scorer:
             kind = record.scorer if self.kind == "auto" else self.kind
             done([rule_score(kind, a, record.solution) for a in answers])
             return
-        self.submit_text(record.problem, judge_solution(record.solution, record.answer_text), answers, done)
+        self.submit_text(record.problem, record.solution, answers, done)
 
     def submit_text(self, problem: str, solution: str, answers: Sequence[str | None],
                     done: Callable[[list[float | None]], None]) -> None:
-        """Judge `answers` to `problem` against `solution` (the text the judge sees as ground truth)."""
+        """Judge `answers` to the raw `problem` against the raw `solution`, as the release does: a bare
+        letter for multiple choice, no option text added (spec §4.5)."""
         future = self.judge.submit([JudgeItem(problem, solution, a) for a in answers])
         future.add_done_callback(lambda f: self.ready.put((done, f.result())))
 
@@ -209,7 +253,7 @@ def _rejudge(scorer: _Scorer, results: Mapping[str, list[QuestionResult]], files
 
         for r in failed:
             redo = [x for x in r.samples if x.score is None]
-            scorer.submit_text(r.problem, judge_solution(r.solution, r.answer_text), [x.answer for x in redo],
+            scorer.submit_text(r.problem, r.solution, [x.answer for x in redo],
                                lambda scores, redo=redo: done(scores, redo))
         while pending:
             if not scorer.drain(block=True):
@@ -249,7 +293,7 @@ def _sample(traj: Trajectory, crops: dict[int, str]) -> SampleResult:
         detail.append(d)
     return SampleResult(score=None, answer=traj.answer, turns=traj.num_turns, over_turn=traj.over_turn,
                         over_length=traj.over_length, void=traj.void, tokens=len(traj),
-                        response_tokens=int(traj.loss_mask.sum()), detail=detail)
+                        response_tokens=traj.sampled_tokens, detail=detail)
 
 
 def run_eval(
@@ -351,19 +395,28 @@ def run_eval(
     with open(os.path.join(run_dir, "runs.jsonl"), "a", encoding="utf-8") as f:
         f.write(json.dumps({"questions": len(todo), "samples": len(todo) * k, "sampled_tokens": sampled,
                             "wall_s": wall, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
-    metrics = compute_metrics(run_dir, config, {b: results[b] for b in benchmarks}, bad_records)
+    metrics = compute_metrics(run_dir, config, {b: results[b] for b in benchmarks}, bad_records,
+                              judge_model=scorer.judge.config.model if scorer.judge is not None else None)
     write_reports(run_dir, metrics, results, label=label)
     if console:
         for b, m in metrics["benchmarks"].items():
             console(f"{b}: Avg@{k} {m.get('avg_at_k', float('nan')):.1f} over {m['questions']} questions, "
-                    f"mean turns {m.get('mean_turns', 0):.2f}")
+                    f"mean turns {m.get('mean_turns', 0):.2f}, scorer {m.get('scorer', config.scorer)}")
+            if m.get("samples") and m.get("void_rate") == 1.0:
+                console(f"warning: {b}: every sample is void (no <answer>): is the model run as it was trained? "
+                        "A checkpoint's agent.json sets its system prompt, pixel budget and limits; settings "
+                        "given in the config win over it")
         console(f"wrote {os.path.join(run_dir, 'metrics.json')}, results.md, turn_curve.png, index.html")
     return metrics
 
 
 def compute_metrics(run_dir: str, config: EvalConfig, results: Mapping[str, Sequence[QuestionResult]],
-                    bad_records: Mapping[str, Sequence[BadRecord]] | None = None) -> dict[str, Any]:
-    """metrics.json from the results files (and the runs log for wall time and sampled tokens)."""
+                    bad_records: Mapping[str, Sequence[BadRecord]] | None = None,
+                    judge_model: str | None = None) -> dict[str, Any]:
+    """metrics.json from the results files (and the runs log for wall time and sampled tokens).
+
+    Each benchmark records the scorer(s) its samples were scored by ("judge" or a rule scorer's name), and
+    `judge_model` the judge's model, so that results.md can say whether the numbers are the paper's kind."""
     runs = []
     path = os.path.join(run_dir, "runs.jsonl")
     if os.path.exists(path):
@@ -373,6 +426,7 @@ def compute_metrics(run_dir: str, config: EvalConfig, results: Mapping[str, Sequ
     for b, rs in results.items():
         m = summarize_benchmark(rs, config.curve_limits)
         m["bad_records"] = len(bad_records.get(b, [])) if bad_records else 0
+        m["scorer"] = ",".join(sorted({r.scorer for r in rs if r.scorer})) or config.scorer
         benches[b] = m
     metrics = {
         "config": {**dataclasses.asdict(config), "max_images": config.max_images or config.max_turns},
@@ -380,6 +434,7 @@ def compute_metrics(run_dir: str, config: EvalConfig, results: Mapping[str, Sequ
         "wall_s": sum(r["wall_s"] for r in runs),
         "sampled_tokens": sum(r["sampled_tokens"] for r in runs),
         "invocations": len(runs),
+        "judge_model": judge_model,
     }
     with open(os.path.join(run_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=1)

@@ -194,7 +194,7 @@ def load_hf(
 
     `dtype` defaults to the checkpoint's own (`torch_dtype`/`dtype` in config.json, else bf16).
     """
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: not a directory (expected a HF checkpoint with config.json + *.safetensors)")
     cfg = ModelConfig.from_json_file(path)
@@ -260,7 +260,7 @@ def save_hf(
     progress: Callable[[str], None] | None = None,
 ) -> str:
     """Write a HF-loadable Qwen2.5-VL directory (hub key layout) from `model`."""
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     os.makedirs(path, exist_ok=True)
     np_dtype = np.dtype(DTYPES[dtype])
     _, state = nnx.split(model)
@@ -341,7 +341,7 @@ def save_orbax(model: Qwen25VL, path: str | os.PathLike, side_files_from: str | 
     """Save params with Orbax next to `mini_o3.json` (the model config) and tokenizer files."""
     import orbax.checkpoint as ocp
 
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     os.makedirs(path, exist_ok=True)
     _, state = nnx.split(model)
     params_dir = os.path.join(path, "params")
@@ -369,7 +369,7 @@ def load_orbax(
     """Restore a `save_orbax` checkpoint, resharding onto `mesh` (or the default device)."""
     import orbax.checkpoint as ocp
 
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     meta_path = os.path.join(path, ORBAX_META)
     if not os.path.exists(meta_path):
         raise CheckpointError(f"{path}: no {ORBAX_META} (not a mini_o3_jax Orbax checkpoint)")
@@ -405,8 +405,8 @@ def load_orbax(
 
 
 def load_model(path: str | os.PathLike, **kwargs) -> Qwen25VL:
-    """Load either checkpoint format: an Orbax dir from `mini-o3 convert` or a HF directory."""
-    path = os.fspath(path)
+    """Load either checkpoint format: an Orbax dir from `mini-o3 convert` or a HF directory (`~` expanded)."""
+    path = os.path.expanduser(os.fspath(path))
     if os.path.exists(os.path.join(path, ORBAX_META)):
         return load_orbax(path, **kwargs)
     return load_hf(path, **kwargs)

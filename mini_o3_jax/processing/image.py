@@ -10,8 +10,10 @@ the *behaviour* of transformers' `Qwen2VLImageProcessorPil` (5.24) step by step:
 4. `x.astype(float64) * (1/255)` then cast to float32; `(x - mean) / std` in float32.
 5. Patchify into rows of (C, T, py, px) with T = 2 identical frames, rows merge-block-major.
 
-It also holds Mini-o3's own pre-resize rules (`resize_original`, `resize_crop`), which run
-*before* the processor and bound the pixel count of originals and zoom-in crops.
+It also holds Mini-o3's own loading and pre-resize rules (`load_rgb`, `resize_original`,
+`resize_crop`), which run *before* the processor and bound the pixel count of originals and zoom-in
+crops: decode, plain `convert("RGB")`, pre-resize, processor (recipe spec §2). EXIF orientation is
+not applied unless asked for (`exif_transpose=True`), as in the released pipeline.
 
 Nothing here imports torch or transformers; the tests compare against transformers directly.
 """
@@ -40,6 +42,7 @@ __all__ = [
     "ImageProcessor",
     "ProcessedImages",
     "load_image",
+    "load_rgb",
     "num_image_tokens",
     "resize_crop",
     "resize_original",
@@ -95,18 +98,23 @@ def _check_pixel_limit(image: Image.Image, name: str) -> None:
         )
 
 
-def load_image(source: ImageSource) -> Image.Image:
-    """Open and fully decode an image, upright, keeping its mode.
+def load_image(source: ImageSource, *, exif_transpose: bool = False) -> Image.Image:
+    """Open and fully decode an image, as stored, keeping its mode.
 
     Accepts a file path, encoded bytes, or a PIL image (passed through). The pixels are decoded
     now (`load()`), so a truncated or corrupt file fails here with the file's name rather than
-    later inside a batch. EXIF orientation is applied with `PIL.ImageOps.exif_transpose`, exactly
-    as `transformers.image_utils.load_image` does, so a phone photo has the same pixels as in HF.
+    later inside a batch.
+
+    EXIF orientation is *not* applied by default: Mini-o3's released pipeline (`Image.open`) and
+    LLaMA-Factory do not rotate, so a rotated phone photo is seen as stored, and rotating it would
+    change the pixels (and left/right answers) the model was trained and evaluated on (spec §2).
+    `exif_transpose=True` applies `PIL.ImageOps.exif_transpose`, exactly as
+    `transformers.image_utils.load_image` does, for HF parity.
 
     Unlike HF's `load_image` this does *not* call `convert("RGB")`: HF's plain convert drops alpha
     (no white compositing), whereas the image processor composites alpha on white. Keeping the mode
-    lets the caller choose; `resize_original`/`resize_crop` do the plain convert Mini-o3 used, and
-    `to_rgb_array` does the processor's compositing. URLs and base64 strings are not accepted.
+    lets the caller choose; `load_rgb` does the plain convert Mini-o3 used, and `to_rgb_array` the
+    processor's compositing. URLs and base64 strings are not accepted.
 
     Raises:
         ImageError: missing file, not an image, truncated data, or more than
@@ -116,7 +124,7 @@ def load_image(source: ImageSource) -> Image.Image:
         name = _source_name(source)
         try:
             source.load()
-            return ImageOps.exif_transpose(source)
+            return ImageOps.exif_transpose(source) if exif_transpose else source
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise ImageError(
                 f"image {name} could not be decoded ({e}); expected a complete, valid image"
@@ -165,13 +173,27 @@ def load_image(source: ImageSource) -> Image.Image:
         _check_pixel_limit(image, name)
         try:
             image.load()
-            upright = ImageOps.exif_transpose(image)
+            # exif_transpose returns a new image; otherwise copy, as the file handle is closed below.
+            decoded = ImageOps.exif_transpose(image) if exif_transpose else image.copy()
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             # PIL reports truncation as OSError("image file is truncated ...") or a broken stream.
             raise ImageError(
                 f"image {name} could not be decoded, it is truncated or corrupt ({e}); expected a complete image file"
             ) from e
-    return upright
+    return decoded
+
+
+def load_rgb(source: ImageSource, *, exif_transpose: bool = False) -> Image.Image:
+    """Decode and plain-`convert("RGB")`: Mini-o3's `Image.open(path).convert("RGB")` (spec §2).
+
+    The conversion comes before any pre-resize (`resize_original`, `resize_crop`), as in the
+    released `multimodal_dataset.py::process_image`: alpha is dropped (not composited), a palette
+    image is expanded to its colours, and no EXIF rotation is applied unless `exif_transpose`.
+
+    Raises:
+        ImageError: as `load_image`, or a mode PIL cannot convert to RGB.
+    """
+    return _plain_rgb(load_image(source, exif_transpose=exif_transpose))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -499,8 +521,16 @@ def _fit_pixel_budget(
 
 
 def _plain_rgb(image: Image.Image) -> Image.Image:
-    # The released code does a plain PIL convert: alpha is dropped, not composited.
-    return image if image.mode == "RGB" else image.convert("RGB")
+    """The released code's plain PIL convert: alpha is dropped, not composited."""
+    if image.mode == "RGB":
+        return image
+    try:
+        return image.convert("RGB")
+    except ValueError as e:
+        raise ImageError(
+            f"image {_source_name(image)} of PIL mode {image.mode!r} cannot be converted to RGB ({e}); "
+            "expected a mode PIL can convert (RGB, RGBA, L, LA, P, 1, I, I;16, F, CMYK, ...)"
+        ) from e
 
 
 def resize_original(
@@ -509,10 +539,12 @@ def resize_original(
     """Mini-o3's rule for the original (question) image, before the HF processor.
 
     Bounds the token count (2M px is about 2,551 visual tokens) so that several zoom turns fit in
-    the context window. Following `multimodal_dataset.py::process_image`:
-    if w*h > max_pixels scale both sides by sqrt(max_pixels/(w*h)) with int() truncation (LANCZOS);
-    then if w*h < min_pixels scale up the same way; both sides must be >= 28; then a plain
-    `convert("RGB")` if the mode is not RGB (alpha dropped, as in the released code).
+    the context window. Following `multimodal_dataset.py::process_image` (spec §2): first a plain
+    `convert("RGB")` if the mode is not RGB (the released code opens with
+    `Image.open(p).convert("RGB")`: alpha dropped, palette expanded, before any resize; resizing a
+    palette image first would make PIL fall back to NEAREST); then if w*h > max_pixels scale both
+    sides by sqrt(max_pixels/(w*h)) with int() truncation (LANCZOS); then if w*h < min_pixels scale
+    up the same way; both sides must be >= 28.
 
     Unlike the released code we also reject an aspect ratio >= 200 up front (the crop tool's
     rule), with a message naming the image, instead of failing later inside smart_resize.
@@ -526,14 +558,14 @@ def resize_original(
             f"image {_source_name(image)} is {w0}x{h0} (WxH): aspect ratio {max(w0, h0) / max(min(w0, h0), 1):.1f} "
             f"is not below {_MAX_ASPECT}, the limit of Qwen2.5-VL's processor and Mini-o3's zoom tool"
         )
-    image = _fit_pixel_budget(image, min_pixels, max_pixels, Image.Resampling.LANCZOS)
+    image = _fit_pixel_budget(_plain_rgb(image), min_pixels, max_pixels, Image.Resampling.LANCZOS)
     width, height = image.size
     if width < _MIN_SIDE or height < _MIN_SIDE:
         raise ImageError(
             f"image {_source_name(image)} is {width}x{height} (WxH) after Mini-o3's pixel-budget resize; "
             f"expected both sides >= {_MIN_SIDE}"
         )
-    return _plain_rgb(image)
+    return image
 
 
 def resize_crop(
@@ -546,12 +578,14 @@ def resize_crop(
     paraphrase of the released `vllm_async_engine.py::process_image` (the exact code was not
     available), interpreted as:
 
+    0. Plain `convert("RGB")` if the mode is not RGB. Crops are cut from the original, which the
+       environment already converted on load (`load_rgb`), so this only matters for a caller's
+       non-RGB crop; with NEAREST resampling the order makes no difference to the pixels.
     1. The same pixel budget as `resize_original` but with NEAREST: if w*h > max_pixels scale by
        sqrt(max_pixels/(w*h)), then if w*h < min_pixels by sqrt(min_pixels/(w*h)); sides int()-truncated.
     2. If min(w, h) < 28: every side becomes int(side * 28 / min(w, h)) + 1 (the short side becomes
        29), NEAREST.
     3. If max(w, h) / min(w, h) >= 200: the short side becomes int(long / 190) + 1, NEAREST.
-    4. Plain `convert("RGB")` if the mode is not RGB.
 
     Note that step 1 usually lifts a small crop to a 28+ px short side already (a 10x500 crop
     becomes 28x1414), so step 2 only fires for very elongated crops.
@@ -559,7 +593,7 @@ def resize_crop(
     Raises:
         ImageError: the pixel budget would shrink a side to zero.
     """
-    image = _fit_pixel_budget(image, min_pixels, max_pixels, Image.Resampling.NEAREST)
+    image = _fit_pixel_budget(_plain_rgb(image), min_pixels, max_pixels, Image.Resampling.NEAREST)
     width, height = image.size
     short = min(width, height)
     if short < _MIN_SIDE:
@@ -571,7 +605,7 @@ def resize_crop(
         else:
             height = int(width / 190) + 1
         image = image.resize((width, height), resample=Image.Resampling.NEAREST)
-    return _plain_rgb(image)
+    return image
 
 
 def resize_llamafactory(
@@ -583,6 +617,12 @@ def resize_llamafactory(
     Pixel budget as `resize_original` but with PIL's default (bicubic) resampling; then a side
     below 28 px is raised to 28, and an aspect ratio above 200 is cut to 180 by stretching the
     short side, so every image the SFT data holds is accepted by smart_resize.
+
+    Unlike the RL/eval path, and exactly like LLaMA-Factory's `_preprocess_image`, the plain
+    `convert("RGB")` comes *after* the resizes and no EXIF rotation is applied (LLaMA-Factory
+    opens with a bare `Image.open`): the SFT images are what LLaMA-Factory fed the model. (PIL
+    resizes a palette image with NEAREST whatever filter is asked for, and RGBA premultiplied; for
+    RGB and L images, such as the JPEGs of the cold-start set, the order makes no difference.)
     """
     image = _fit_pixel_budget(image, min_pixels, max_pixels, Image.Resampling.BICUBIC)
     width, height = image.size

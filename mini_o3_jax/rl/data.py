@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mini_o3_jax.data.records import SourceError
 from mini_o3_jax.errors import ConfigError
 
 
@@ -27,12 +28,22 @@ class Prompt:
 
 def read_prompts(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[Prompt]:
     """Every record of a released RL/val JSON file; a bad record raises naming its index and field."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: prompt file not found")
-    with open(path, encoding="utf-8") as f:
-        records = json.load(f) if not path.endswith(".jsonl") else [json.loads(x) for x in f if x.strip()]
-    root = os.fspath(image_root) if image_root else os.path.dirname(os.path.abspath(path))
+    path = os.path.expanduser(os.fspath(path))
+    if not path:
+        raise ConfigError("no RL prompt file given: set data.path to the released JSON (images / problem / solution), "
+                          "or data.sets to prepared datasets")
+    if not os.path.isfile(path):
+        what = "is a directory" if os.path.isdir(path) else "not found"
+        raise SourceError(f"{path}: RL prompt file {what}; expected the released JSON (a list of records with "
+                          "images / problem / solution)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = json.load(f) if not path.endswith(".jsonl") else [json.loads(x) for x in f if x.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a JSON{' Lines' if path.endswith('.jsonl') else ''} prompt file ({e})") from None
+    if not isinstance(records, list):
+        raise ConfigError(f"{path}: expected a JSON list of prompt records, got a {type(records).__name__}")
+    root = os.path.expanduser(os.fspath(image_root)) if image_root else os.path.dirname(os.path.abspath(path))
     out = []
     for i, r in enumerate(records):
         images = r.get("images") if isinstance(r, dict) else None

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from mini_o3_jax.agent.environment import EnvConfig
 from mini_o3_jax.agent.trajectory import Trajectory
+from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
 from mini_o3_jax.rl.data import Prompt, prompt_indices, take
@@ -33,7 +34,7 @@ from mini_o3_jax.train.advantages import grpo_advantages, valid_groups
 from mini_o3_jax.train.batch import BatchSpec, batch_tokens, examples_from_trajectories, micro_batches
 from mini_o3_jax.train.checkpoint import PreemptionGuard
 from mini_o3_jax.train.metrics import StepTimer
-from mini_o3_jax.train.session import build_model, open_session
+from mini_o3_jax.train.session import build_model, logprob_temperature, open_session
 
 
 class Rewarder:
@@ -42,11 +43,18 @@ class Rewarder:
 
     def __init__(self, cfg: ml_collections.ConfigDict):
         self.kind = cfg.kind
-        self.judge = None
-        if self.kind == "judge":
-            self.judge = LLMJudge(JudgeConfig.from_env(**dict(cfg.get("judge") or {})))
-        else:
-            rule_score(self.kind, None, "")  # validates the kind now, not after the first rollout
+        self.judge = LLMJudge(self.check(cfg)) if self.kind == "judge" else None
+
+    @staticmethod
+    def check(cfg: ml_collections.ConfigDict) -> JudgeConfig | None:
+        """Validate the `reward` block (the judge's endpoint and prompts, or the rule scorer's name) without
+        starting anything, so that a mistake stops the run before the model is loaded."""
+        if cfg.kind != "judge":
+            rule_score(cfg.kind, None, "")
+            return None
+        judge = JudgeConfig.from_env(**dict(cfg.get("judge") or {}))
+        judge.validate()
+        return judge
 
     def submit(self, prompts: Sequence[Prompt], trajs: Sequence[Trajectory]) -> concurrent.futures.Future:
         answers = [None if t.answer is None else t.answer.strip() for t in trajs]  # as rewards.extract_answer
@@ -70,9 +78,34 @@ class Rewarder:
             self.judge.close()
 
 
+def system_prompt(value: str | bool | None) -> str | None:
+    """`env.system_prompt` as the environment takes it: the text, or None for no system turn, which the
+    config spells "" / False / None (on the command line also `False` or `None`, which stay strings)."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "false", "none")):
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"env.system_prompt = {value!r}: expected the prompt text, or '' / False for none")
+    return value
+
+
+def no_varying_groups(step: int, gen: int, rewards: np.ndarray, failed: int, cfg: ml_collections.ConfigDict) -> str:
+    """The one-line explanation when a step's rollouts leave GRPO nothing to learn from, and what to change."""
+    r, t = cfg.rollout, cfg.train
+    seen = f"rl step {step}: no prompt group with varying rewards in {gen} rollout batch(es) of " \
+           f"{t.prompts_per_step} prompt(s) x {r.samples} sample(s) (mean reward {rewards.mean():.3f}"
+    if failed == len(rewards):
+        return f"{seen}; the judge failed on every answer): check the judge endpoint (reward.judge, MINI_O3_JUDGE_URL)"
+    return (f"{seen}): GRPO learns only from prompts whose samples score differently. Start from a model that "
+            f"sometimes answers right (model_path), draw more samples or prompts (rollout.samples, "
+            f"train.prompts_per_step, train.max_gen_batches), check the reward (reward.kind={cfg.reward.kind!r}), "
+            "or set train.dynamic_sampling=False to keep such steps (they make no update)")
+
+
 def engine_config(cfg: ml_collections.ConfigDict) -> EngineConfig:
     r = cfg.rollout
-    env = EnvConfig(**dict(cfg.env))
+    settings = dict(cfg.env)
+    settings["system_prompt"] = system_prompt(settings.get("system_prompt", EnvConfig.system_prompt))
+    env = EnvConfig(**settings)
     sampling = Sampling(temperature=r.temperature, top_k=r.get("top_k", 0), top_p=r.get("top_p", 1.0))
     return EngineConfig(slots=r.slots, max_len=r.max_len, decode_chunk=r.decode_chunk,
                         max_turn_tokens=r.max_turn_tokens, sampling=sampling, env=env, workers=r.get("workers", 4))
@@ -92,8 +125,10 @@ def run_rl(
     t, r = cfg.train, cfg.rollout
     n, per_step, mini = r.samples, t.prompts_per_step, t.mini_batch_prompts
     if per_step % mini:
-        raise ValueError(f"prompts_per_step={per_step} is not a multiple of mini_batch_prompts={mini}")
+        raise ConfigError(f"train.prompts_per_step={per_step} is not a multiple of train.mini_batch_prompts={mini}")
     updates_per_step = per_step // mini
+    logprob_temperature(cfg, "ppo")  # one temperature for sampling and log-probs: checked before any loading
+    Rewarder.check(cfg.reward)
     session = open_session(cfg, "ppo", t.steps * updates_per_step, console=console)
     trainer = session.trainer
     # RL steps are counted on their own: a step whose dynamic sampling kept fewer groups than
@@ -119,6 +154,7 @@ def run_rl(
                 kept: list[tuple[Prompt, list[Trajectory], np.ndarray, np.ndarray]] = []
                 all_trajs: list[Trajectory] = []
                 all_rewards: list[np.ndarray] = []
+                failed_all = 0
                 rollout_s = judge_wait_s = 0.0
                 sampled = 0
                 gen = 0
@@ -140,6 +176,7 @@ def run_rl(
                     keep = valid_groups(rewards, groups, failed) if t.dynamic_sampling else ~failed
                     all_trajs += trajs
                     all_rewards.append(rewards)
+                    failed_all += int(failed.sum())
                     for g, p in enumerate(batch_prompts):
                         sl = slice(g * n, (g + 1) * n)
                         if keep[sl].all():
@@ -149,14 +186,11 @@ def run_rl(
                 step_metrics = rollout_metrics(all_trajs, rewards_all)
                 step_metrics.update(valid_groups=len(kept), gen_batches=gen, rollout_s=rollout_s,
                                     judge_wait_s=judge_wait_s, rollout_tokens_per_s=sampled / max(rollout_s, 1e-9))
-                if len(kept) < per_step:
-                    if console:
-                        console(f"rl step {rl_step}: only {len(kept)} of {per_step} prompt groups have varying "
-                                f"rewards after {gen} rollout batches; updating on those")
-                    if not kept:
-                        raise RuntimeError(
-                            f"rl step {rl_step}: no prompt group with varying rewards in {gen} rollout batches "
-                            f"({len(all_trajs)} trajectories, mean reward {rewards_all.mean():.3f})")
+                if not kept:
+                    raise ConfigError(no_varying_groups(rl_step, gen, rewards_all, failed_all, cfg))
+                if len(kept) < per_step and console:
+                    console(f"rl step {rl_step}: only {len(kept)} of {per_step} prompt groups have varying "
+                            f"rewards after {gen} rollout batches; updating on those")
                 kept = kept[:per_step]
                 # -- old log-probs for every mini-batch under the weights that sampled them
                 t0 = time.perf_counter()
@@ -213,5 +247,5 @@ def rollout_metrics(trajs: Sequence[Trajectory], rewards: np.ndarray) -> dict[st
         "over_length_rate": sum(t.over_length for t in trajs) / k,
         "void_rate": sum(t.void for t in trajs) / k,
         "answered_rate": sum(t.answered for t in trajs) / k,
-        "response_tokens_mean": sum(int(t.loss_mask.sum()) for t in trajs) / k,
+        "response_tokens_mean": sum(t.sampled_tokens for t in trajs) / k,
     }

@@ -49,7 +49,10 @@ __all__ = [
     "JudgeItem",
     "JudgeStats",
     "LLMJudge",
+    "PROMPT_FIELDS",
     "build_messages",
+    "check_user_prompt",
+    "config_defaults",
     "extract_answer",
     "parse_score",
     "rule_score",
@@ -77,44 +80,81 @@ def extract_answer(texts: Sequence[str] | str) -> str | None:
 # LLM judge: prompts and reply parsing
 # --------------------------------------------------------------------------------------------------------------
 
+# The released judge prompts, byte for byte (verl `general_qa_tool.py`, `SYSTEM_PROMPT` and `QUERY_PROMPT`;
+# spec §4.5): the judge is part of the reward, so its wording is protocol data like the agent's system prompt.
 SYSTEM_PROMPT = (
-    "You are an intelligent chatbot that grades the outputs of generative question-answering systems. "
-    "Decide whether a predicted answer matches the ground-truth answer in meaning: look for a meaningful "
-    "match rather than identical wording, and accept synonyms and paraphrases as correct."
+    "You are an intelligent chatbot designed for evaluating the correctness of generative outputs for question-answer pairs.\n"
+    "Your task is to compare the predicted answer with the correct answer and determine if they match meaningfully. Here's how you can accomplish the task:\n"
+    "------\n"
+    "##INSTRUCTIONS:\n"
+    "- Focus on the meaningful match between the predicted answer and the correct answer.\n"
+    "- Consider synonyms or paraphrases as valid matches.\n"
+    "- Evaluate the correctness of the prediction compared to the answer."
 )
 
+# Format fields: {question} (the raw dataset `problem`, "<image>\n" included), {ground_truth} (the raw
+# `solution`, a bare letter for multiple choice) and {prediction} (the extracted answer).
 USER_PROMPT_TEMPLATE = (
-    "Grade the following question-answer pair.\n"
-    "Question: {question}\n"
-    "Ground-truth answer: {solution}\n"
-    "Predicted answer: {answer}\n"
+    "I will give you a question related to an image and the following text as inputs:\n"
     "\n"
-    "Instructions:\n"
-    "- Judge whether the predicted answer is relevant to the question and accurate.\n"
-    "- If the ground-truth answer is open-ended, check that the predicted answer is factually consistent "
-    "with it.\n"
-    "- If the ground-truth answer is definitive (an option, a number, a name, yes/no), compare strictly; "
-    "expressing the same quantity in other units still counts as a match.\n"
-    "Reply with an integer score, 1 if the predicted answer is correct and 0 if it is not, written as "
-    "'Score: 0' or 'Score: 1'."
+    "1. **Question Related to the Image**: {question}\n"
+    "2. **Ground Truth Answer**: {ground_truth}\n"
+    "3. **Model Predicted Answer**: {prediction}\n"
+    "\n"
+    "Your task is to evaluate the model's predicted answer against the ground truth answer, based on the context provided by the question related to the image. Consider the following criteria for evaluation:\n"
+    "- **Relevance**: Does the predicted answer directly address the question posed, considering the information provided by the given question?\n"
+    "- **Accuracy**: Compare the predicted answer to the ground truth answer. You need to evaluate from the following two perspectives:\n"
+    "(1) If the ground truth answer is open-ended, consider whether the prediction accurately reflects the information given in the ground truth without introducing factual inaccuracies. If it does, the prediction should be considered correct.\n"
+    "(2) If the ground truth answer is a definitive answer, strictly compare the model's prediction to the actual answer. Pay attention to unit conversions such as length and angle, etc. As long as the results are consistent, the model's prediction should be deemed correct.\n"
+    "**Output Format**:\n"
+    "Your response should include an integer score indicating the correctness of the prediction: 1 for correct and 0 for incorrect. Note that 1 means the model's prediction strictly aligns with the ground truth, while 0 means it does not.\n"
+    'The format should be "Score: 0 or 1"'
 )
 
+PROMPT_FIELDS = ("question", "ground_truth", "prediction")
 
-def build_messages(question: str, solution: str, answer: str) -> list[dict[str, str]]:
+
+def check_user_prompt(template: str, where: str = "JudgeConfig.user_prompt") -> None:
+    """Raise ConfigError unless ``template`` uses exactly the fields {question}, {ground_truth}, {prediction}.
+
+    A template missing one would judge without that input; an unknown one (a typo, a positional ``{}``)
+    would fail on the first judgement, deep in a worker thread, instead of at startup.
+    """
+    try:
+        used = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:  # a lone "{" or "}"
+        raise ConfigError(f"{where}: not a valid format string ({exc}); write literal braces as {{{{ and }}}}") from None
+    unknown, missing = sorted(used - set(PROMPT_FIELDS)), [f for f in PROMPT_FIELDS if f not in used]
+    if unknown or missing:
+        problems = ([f"unknown field(s) {unknown}"] if unknown else []) + ([f"missing {missing}"] if missing else [])
+        raise ConfigError(f"{where}: {'; '.join(problems)}; the template must use exactly "
+                          "{question}, {ground_truth} and {prediction}")
+
+
+def build_messages(
+    question: str,
+    ground_truth: str,
+    prediction: str,
+    *,
+    system_prompt: str = SYSTEM_PROMPT,
+    user_prompt: str = USER_PROMPT_TEMPLATE,
+) -> list[dict[str, str]]:
     """Return the chat messages ``[system, user]`` for one judgement (text only: the judge never sees the image).
 
-    ``question`` is the raw user text of the task, ``<image>`` placeholder included, as in the release.
+    ``question`` is the raw dataset ``problem`` (``<image>`` placeholder included) and ``ground_truth`` the raw
+    ``solution``, as in the release; only the user prompt is a template, the system prompt is sent as is.
     """
-    user = USER_PROMPT_TEMPLATE.format(question=question, solution=solution, answer=answer)
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    user = user_prompt.format(question=question, ground_truth=ground_truth, prediction=prediction)
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
 
 
 def parse_score(reply: str) -> float | None:
     """Parse a judge reply into 1.0 / 0.0, or ``None`` when it holds no score (the attempt is then retried).
 
-    The released rule: take the text after the *last* ``score:`` (case-insensitive), keep its first
-    whitespace-separated token, and score 1.0 when that token contains the character ``1``. The rule is
-    kept verbatim for fidelity, quirks included: ``Score:10`` or ``Score: 0.1`` both give 1.0.
+    The released rule: take the text after the *last* ``score:`` (case-insensitive) and keep its first
+    whitespace-separated token. A reply without ``score:``, or whose token holds neither ``0`` nor ``1``
+    ("Score: maybe"), is a failed attempt. Otherwise the score is 1.0 when the token contains ``1``, else
+    0.0, quirks included: ``Score:10`` or ``Score: 0.1`` both give 1.0.
     """
     lowered = reply.lower()
     at = lowered.rfind("score:")
@@ -123,7 +163,9 @@ def parse_score(reply: str) -> float | None:
     tokens = lowered[at + len("score:") :].split()
     if not tokens:
         return None
-    return 1.0 if "1" in tokens[0] else 0.0
+    if "1" in tokens[0]:
+        return 1.0
+    return 0.0 if "0" in tokens[0] else None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -133,12 +175,16 @@ def parse_score(reply: str) -> float | None:
 
 @dataclasses.dataclass(frozen=True)
 class JudgeConfig:
-    """Where and how to reach the judge; the defaults are the released Mini-o3 settings.
+    """Where and how to reach the judge and what to ask it; the defaults are the released Mini-o3 settings.
 
     ``api_version`` selects the URL style. Non-empty means Azure OpenAI:
     ``POST {url}/openai/deployments/{model}/chat/completions?api-version=...`` with an ``api-key`` header.
     Empty means a plain OpenAI-compatible server (OpenAI, vLLM, SGLang, ...): ``POST {url}/chat/completions``
     with ``Authorization: Bearer <api_key>`` (omitted when there is no key), ``url`` ending in ``/v1``.
+
+    ``system_prompt`` / ``user_prompt`` default to the released prompts (spec §4.5); a different judge model
+    may want other wording, but the user prompt must keep the fields {question}, {ground_truth} and
+    {prediction} (checked here, a ConfigError otherwise).
     """
 
     url: str = ""
@@ -151,6 +197,20 @@ class JudgeConfig:
     max_tokens: int = 16384
     concurrency: int = 32
     cache_path: str | None = None
+    system_prompt: str = SYSTEM_PROMPT
+    user_prompt: str = USER_PROMPT_TEMPLATE
+
+    def __post_init__(self) -> None:
+        if self.cache_path == "":  # a config file's "no cache"
+            object.__setattr__(self, "cache_path", None)
+        if not isinstance(self.system_prompt, str) or not isinstance(self.user_prompt, str):
+            raise ConfigError("JudgeConfig.system_prompt and .user_prompt must be strings, got "
+                              f"{type(self.system_prompt).__name__} and {type(self.user_prompt).__name__}")
+        check_user_prompt(self.user_prompt)
+
+    def validate(self) -> None:
+        """Raise ConfigError unless a judge can be reached with these settings (a URL, a model, sane limits)."""
+        _validate(self)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> JudgeConfig:
@@ -160,6 +220,8 @@ class JudgeConfig:
         names of the released code, ``END_POINT`` / ``API_KEY`` / ``API_VERSION`` (Azure when an API version
         is set). The fallback to ``API_VERSION`` applies only when the URL itself came from ``END_POINT``:
         a leftover Azure variable must not turn a local ``MINI_O3_JUDGE_URL`` server into an Azure one.
+        An empty override of an endpoint field (``url``, ``model``, ``api_key``, ``api_version``) means "not
+        set here", so a config block holding them empty (:func:`config_defaults`) leaves them to the environment.
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
@@ -175,13 +237,29 @@ class JudgeConfig:
         }
         if env.get("MINI_O3_JUDGE_MODEL"):
             values["model"] = env["MINI_O3_JUDGE_MODEL"]
-        values.update(overrides)
+        values.update({k: v for k, v in overrides.items() if not (k in _ENDPOINT_FIELDS and v in ("", None))})
         return cls(**values)
+
+
+_ENDPOINT_FIELDS = ("url", "model", "api_key", "api_version")
+
+
+def config_defaults() -> dict[str, Any]:
+    """The judge block of a config file (configs/rl_grpo.py ``reward.judge``, configs/eval.py ``judge``).
+
+    Every :class:`JudgeConfig` field, so that each can be overridden from the command line
+    (``--config.judge.user_prompt=...``); the endpoint fields are empty, which :meth:`JudgeConfig.from_env`
+    reads as "from the environment", and ``cache_path`` is "" (no cache).
+    """
+    out = dataclasses.asdict(JudgeConfig())
+    out.update({name: "" for name in _ENDPOINT_FIELDS}, cache_path="")
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
 class JudgeItem:
-    """One judgement: the raw question, the ground truth and the extracted answer (``None``: no answer)."""
+    """One judgement: the raw dataset ``problem`` and ``solution`` (no option text added for multiple choice,
+    as in the release) and the extracted answer (``None``: no answer, reward 0 without a judge call)."""
 
     question: str
     solution: str
@@ -205,7 +283,7 @@ class JudgeStats:
 
 
 class _AttemptError(Exception):
-    """One judge attempt failed in a way worth retrying (HTTP error, timeout, bad JSON, no score)."""
+    """One judge attempt failed in a way worth retrying (HTTP error, timeout, bad JSON, no 0/1 score)."""
 
 
 def _validate(config: JudgeConfig) -> None:
@@ -230,9 +308,10 @@ def _validate(config: JudgeConfig) -> None:
         raise ConfigError(f"JudgeConfig.max_tokens must be >= 1, got {config.max_tokens}")
 
 
-def _cache_key(model: str, question: str, solution: str, answer: str) -> str:
-    """sha256 of the fields that decide a judgement; JSON-encoded so that field boundaries are unambiguous."""
-    blob = json.dumps([model, question, solution, answer], ensure_ascii=False)
+def _cache_key(model: str, messages: Sequence[Mapping[str, str]]) -> str:
+    """sha256 of what decides a judgement: the model and the exact messages it is sent (so a changed prompt
+    never reuses a score cached under another); JSON-encoded so that boundaries are unambiguous."""
+    blob = json.dumps([model, [[m["role"], m["content"]] for m in messages]], ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -277,11 +356,12 @@ class LLMJudge:
     Requests run in a thread pool of ``config.concurrency`` workers, so at most that many are in flight.
     Each item gets up to ``config.attempts`` attempts at temperature ``min(0.2 * i, 1.0)``: the first is
     greedy, later ones add randomness to escape a reply the parser cannot read. Every failure (HTTP error,
-    timeout, bad JSON, a reply without ``score:``) is retried after ``backoff_s * (i + 1)`` seconds.
+    timeout, bad JSON, a reply without ``score:`` or whose score is neither 0 nor 1) is retried after
+    ``backoff_s * (i + 1)`` seconds.
 
-    Successful results are cached in memory under a sha256 of (model, question, solution, answer) and, when
-    ``config.cache_path`` is set, appended to a JSONL file that is reloaded at construction, so a restarted
-    run does not pay for the same judgements twice. Failures are never cached. Identical items submitted
+    Successful results are cached in memory under a sha256 of the model and the exact messages (prompts
+    included, so a changed prompt asks again) and, when ``config.cache_path`` is set, appended to a JSONL
+    file that is reloaded at construction, so a restarted run does not pay for the same judgements twice. Failures are never cached. Identical items submitted
     while one is in flight share its request.
 
     Use :meth:`submit` from the RL loop (it returns at once) and :meth:`score` elsewhere; call :meth:`close`
@@ -338,7 +418,8 @@ class LLMJudge:
                 if item.answer is None:  # nothing extracted: reward 0 without asking the judge
                     futures.append(_done(0.0))
                     continue
-                key = _cache_key(self.config.model, item.question, item.solution, item.answer)
+                messages = self._messages(item)
+                key = _cache_key(self.config.model, messages)
                 if key in self._cache:
                     self._counts["cache_hits"] += 1
                     futures.append(_done(self._cache[key]))
@@ -348,7 +429,7 @@ class LLMJudge:
                 else:
                     # Registered under the lock, and the worker unregisters under the same lock, so the entry
                     # can never outlive its request.
-                    fut = self._pool.submit(self._judge, item, key)
+                    fut = self._pool.submit(self._judge, messages, key)
                     self._inflight[key] = fut
                     futures.append(fut)
         return _gather(futures)
@@ -417,10 +498,14 @@ class LLMJudge:
 
     # -- one item ------------------------------------------------------------------------------------------
 
-    def _judge(self, item: JudgeItem, key: str) -> float | None:
-        """Worker: run the attempts for one item; the result is 1.0, 0.0, or ``None`` after ``attempts`` failures."""
+    def _messages(self, item: JudgeItem) -> list[dict[str, str]]:
+        """What the judge is sent for `item`: this judge's prompts around the raw problem, solution, answer."""
         assert item.answer is not None
-        messages = build_messages(item.question, item.solution, item.answer)
+        return build_messages(item.question, item.solution, item.answer, system_prompt=self.config.system_prompt,
+                              user_prompt=self.config.user_prompt)
+
+    def _judge(self, messages: list[dict[str, str]], key: str) -> float | None:
+        """Worker: run the attempts for one item; the result is 1.0, 0.0, or ``None`` after ``attempts`` failures."""
         result: float | None = None
         last_error: Exception | None = None
         try:
@@ -485,7 +570,7 @@ class LLMJudge:
             raise _AttemptError(f"reply content is not text: {content!r}")
         value = parse_score(content)
         if value is None:
-            raise _AttemptError(f"reply has no 'score:': {content[:200]!r}")
+            raise _AttemptError(f"reply has no 'score:' followed by 0 or 1: {content[:200]!r}")
         return value
 
 

@@ -7,6 +7,9 @@ template, message by message: the prompt pieces `<|im_start|>system\\n…<|im_en
 `<|im_start|>user\\n…<|im_end|>\\n<|im_start|>assistant\\n` carry no loss; each assistant piece
 `…<|im_end|>\\n` is trained, end token and newline included (spec §3). Images get the SFT rule
 (`resize_llamafactory`) before the Qwen processor.
+
+A conversation longer than the cutoff (`cutoff_len`, the config's `train.max_length`) is truncated
+as LLaMA-Factory's supervised processor does, not dropped: see `truncate_pairs`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from PIL import Image
 
 from mini_o3_jax.agent.protocol import extract_answer
 from mini_o3_jax.agent.trajectory import Trajectory, Turn
+from mini_o3_jax.data.records import SourceError
 from mini_o3_jax.errors import ChatFormatError
 from mini_o3_jax.processing.chat import (
     DATASET_IMAGE_PLACEHOLDER,
@@ -44,6 +48,67 @@ from mini_o3_jax.processing.image import (
 ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """LLaMA-Factory's `processor_utils.infer_seqlen`: how much of one (source, target) pair fits.
+
+    A short target is kept whole and the source cut; else a short source is kept whole and the
+    target cut; else both are cut in proportion to their lengths (target share floored).
+    """
+    if target_len * 2 < cutoff_len:
+        max_target_len = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target_len = cutoff_len - source_len
+    else:
+        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target_len = min(max_target_len, target_len)
+    new_source_len = min(max(cutoff_len - new_target_len, 0), source_len)
+    return new_source_len, new_target_len
+
+
+def truncate_pairs(
+    pairs: Sequence[tuple[int, int]], cutoff_len: int, *, mask_history: bool = False
+) -> list[tuple[int, int]]:
+    """Kept (source, target) prefix lengths of each prompt/response pair under `cutoff_len`.
+
+    LLaMA-Factory's `SupervisedDatasetProcessor._encode_data_example` (qwen2_vl template, no
+    efficient EOS): pairs are taken in order (last first with `mask_history`); once the running
+    length reaches the cutoff no further pair is added; otherwise `infer_seqlen` splits the budget
+    left between the pair's source and target, each cut to a prefix. A pair not reached keeps (0, 0).
+    """
+    if cutoff_len < 1:
+        raise ValueError(f"cutoff_len = {cutoff_len}; expected a positive number of tokens")
+    kept = [(0, 0)] * len(pairs)
+    total = 0
+    order = range(len(pairs) - 1, -1, -1) if mask_history else range(len(pairs))
+    for i in order:
+        if total >= cutoff_len:
+            break
+        kept[i] = infer_seqlen(pairs[i][0], pairs[i][1], cutoff_len - total)
+        total += sum(kept[i])
+    return kept
+
+
+def _cut_before_partial_images(ids: np.ndarray, keep: int, tokenizer: Tokenizer) -> tuple[int, int]:
+    """(new keep, images fully kept) for a source piece cut to `ids[:keep]`.
+
+    An image whose `<|image_pad|>` run is cut short would leave the ViT's features without their
+    tokens (LLaMA-Factory then fails with "Image features and image tokens do not match"); such an
+    image is dropped and the piece ends before its `<|vision_start|>`.
+    """
+    starts = np.flatnonzero(ids == tokenizer.vision_start_id)
+    pad = ids == tokenizer.image_pad_id
+    whole = 0
+    for s in starts:
+        end = int(s) + 1
+        while end < len(ids) and pad[end]:
+            end += 1  # one past the image's last pad
+        if keep >= end:
+            whole += 1
+        else:
+            return (min(keep, int(s)), whole)
+    return keep, whole
+
+
 def conversation_trajectory(
     conversations: Sequence[Mapping[str, Any]],
     images: Sequence[ImageSource],
@@ -54,11 +119,15 @@ def conversation_trajectory(
     max_pixels: int = MINI_O3_MAX_PIXELS,
     name: str = "conversation",
     mask_history: bool = False,
+    cutoff_len: int | None = None,
 ) -> Trajectory:
     """One sharegpt conversation with its images -> a trajectory with assistant-token loss mask.
 
     `mask_history` (LLaMA-Factory's option of that name): train on the last assistant turn only, the
-    earlier ones are context."""
+    earlier ones are context. `cutoff_len` (LLaMA-Factory's): a longer conversation is truncated as
+    `truncate_pairs` says, pair by pair, each (user piece, assistant piece) cut to a prefix; an image
+    whose tokens the cut would split is dropped with its partial tokens (`Trajectory.truncated` is
+    then set). None: no limit."""
     msgs = [_message(m, i, name) for i, m in enumerate(conversations)]
     system = DEFAULT_SYSTEM_MESSAGE
     if msgs and msgs[0][0] == "system":
@@ -78,36 +147,52 @@ def conversation_trajectory(
     grids = np.asarray(processor(pil).grid_thw, np.int64).reshape(-1, 3) if pil else np.zeros((0, 3), np.int64)
     counts = list(num_image_tokens(grids, processor.merge_size)) if len(grids) else []
 
-    ids: list[np.ndarray] = []
-    mask: list[np.ndarray] = []
-    turns: list[Turn] = []
-    prompt_length = 0
+    pieces: list[np.ndarray] = []  # user, assistant, user, ... : the (source, target) pairs in order
+    image_counts: list[int] = []  # images in each user piece
     for i, (role, value) in enumerate(msgs):
         if role == "user":
             text = (f"{IM_START}system\n{system}{IM_END}\n" if i == 0 else "")
             text += f"{IM_START}user\n{replace_image_placeholders(value)}{IM_END}\n{IM_START}assistant\n"
             n_img = value.count(DATASET_IMAGE_PLACEHOLDER)
-            piece = expand_image_pads(tokenizer.encode(text), counts[:n_img], tokenizer.image_pad_id)
+            pieces.append(expand_image_pads(tokenizer.encode(text), counts[:n_img], tokenizer.image_pad_id))
             counts = counts[n_img:]
-            ids.append(piece)
-            mask.append(np.zeros(piece.shape, np.int8))
-            if i == 0:
-                prompt_length = int(piece.shape[0])
+            image_counts.append(n_img)
         else:
-            piece = np.asarray(tokenizer.encode(f"{value}{IM_END}\n"), np.int32)
-            ids.append(piece)
+            pieces.append(np.asarray(tokenizer.encode(f"{value}{IM_END}\n"), np.int32))
+    keep = [len(p) for p in pieces]
+    if cutoff_len is not None:
+        kept_pairs = truncate_pairs([(keep[k], keep[k + 1]) for k in range(0, len(keep), 2)], cutoff_len,
+                                    mask_history=mask_history)
+        keep = [n for pair in kept_pairs for n in pair]
+    truncated = keep != [len(p) for p in pieces]
+
+    ids: list[np.ndarray] = []
+    mask: list[np.ndarray] = []
+    turns: list[Turn] = []
+    kept_images: list[int] = []
+    for i, ((role, value), piece, n) in enumerate(zip(msgs, pieces, keep)):
+        if role == "user":
+            first_image = sum(image_counts[: i // 2])
+            n, whole = _cut_before_partial_images(piece, n, tokenizer) if n < len(piece) else (n, image_counts[i // 2])
+            kept_images.extend(range(first_image, first_image + whole))
+            ids.append(piece[:n])
+            mask.append(np.zeros(n, np.int8))
+        elif n:
+            ids.append(piece[:n])
             trained = not mask_history or i == len(msgs) - 1
-            mask.append(np.full(piece.shape, int(trained), np.int8))
+            mask.append(np.full(n, int(trained), np.int8))
             outcome = "final" if i == len(msgs) - 1 else "crop"
-            turns.append(Turn(text=value, num_tokens=int(piece.shape[0]), outcome=outcome))
+            text = value if n == len(piece) else tokenizer.decode(piece[:n], skip_special_tokens=True)
+            turns.append(Turn(text=text, num_tokens=n, outcome=outcome))
     return Trajectory(
         token_ids=np.concatenate(ids).astype(np.int32),
         loss_mask=np.concatenate(mask).astype(np.int8),
-        images=pil,
-        grids=grids,
-        prompt_length=prompt_length,
+        images=[pil[k] for k in kept_images],
+        grids=grids[kept_images] if len(grids) else grids,
+        prompt_length=len(ids[0]),
         turns=turns,
         answer=extract_answer([t.text for t in turns]),
+        truncated=truncated,
     )
 
 
@@ -124,14 +209,21 @@ def _message(m: Any, index: int, name: str) -> tuple[str, str]:
 def read_sharegpt(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Read a LLaMA-Factory sharegpt JSON/JSONL file; relative image paths are joined to
     `image_root` (default: the file's folder). `conversations` may be a list or its string form."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: SFT data file not found")
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".jsonl"):
-            records = [json.loads(line) for line in f if line.strip()]
-        else:
-            records = json.load(f)
+    path = os.path.expanduser(os.fspath(path))
+    if not path:
+        raise ChatFormatError("no SFT data file given: set data.path to a LLaMA-Factory sharegpt JSON "
+                              "(e.g. Mini-o3-Coldstart.json)")
+    if not os.path.isfile(path):
+        what = "is a directory" if os.path.isdir(path) else "not found"
+        raise SourceError(f"{path}: SFT data file {what}; expected a sharegpt JSON (conversations + images)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.endswith(".jsonl"):
+                records = [json.loads(line) for line in f if line.strip()]
+            else:
+                records = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ChatFormatError(f"{path}: not a JSON{' Lines' if path.endswith('.jsonl') else ''} file ({e})") from None
     if not isinstance(records, list):
         raise ChatFormatError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     root = os.fspath(image_root) if image_root is not None else os.path.dirname(os.path.abspath(path))
@@ -155,15 +247,14 @@ def sharegpt_trajectories(
     max_length: int = 32768,
     min_pixels: int = MINI_O3_MIN_PIXELS,
     max_pixels: int = MINI_O3_MAX_PIXELS,
-    skipped: list[str] | None = None,
+    truncated: list[str] | None = None,
 ) -> Iterator[Trajectory]:
-    """Trajectories of `read_sharegpt` records; those longer than `max_length` (LLaMA-Factory's
-    cutoff_len) are skipped and named in `skipped` rather than cut through an image."""
+    """Trajectories of `read_sharegpt` records, each cut to `max_length` (LLaMA-Factory's cutoff_len)
+    as LLaMA-Factory does (`conversation_trajectory`); the names of those cut go to `truncated`."""
     for r in records:
+        name = r.get("name", "record")
         t = conversation_trajectory(r["conversations"], r["images"], tokenizer, processor,
-                                    min_pixels=min_pixels, max_pixels=max_pixels, name=r.get("name", "record"))
-        if len(t) > max_length:
-            if skipped is not None:
-                skipped.append(f"{r.get('name', 'record')} ({len(t)} tokens)")
-            continue
+                                    min_pixels=min_pixels, max_pixels=max_pixels, name=name, cutoff_len=max_length)
+        if t.truncated and truncated is not None:
+            truncated.append(f"{name} ({len(t)} of its tokens kept)")
         yield t

@@ -68,12 +68,14 @@ def run_sft(
     spec = BatchSpec(micro_batch=t.micro_batch, min_length=t.min_length, max_length=t.max_length,
                      min_windows=t.get("min_windows", 0), pad_id=pad_id)
 
-    def build(step: int) -> list[TrainBatch]:
+    def build(step: int) -> tuple[list[TrainBatch], int]:
+        """The step's micro-batches, and how many of its samples were truncated to the cutoff."""
         trajs = load(step_indices(num_examples, step, t.batch_size, cfg.seed))
         examples = examples_from_trajectories(trajs, processor, agg=t.loss_agg)
-        return micro_batches(examples, mcfg, spec)[0]
+        return micro_batches(examples, mcfg, spec)[0], sum(tr.truncated for tr in trajs)
 
     metrics: dict = {}
+    truncated_total = seen = 0
     timer = StepTimer()
     pool = concurrent.futures.ThreadPoolExecutor(1)
     start = trainer.step
@@ -82,7 +84,12 @@ def run_sft(
     try:
         with PreemptionGuard() as guard:
             while trainer.step < total:
-                batches = pending.result()
+                batches, truncated = pending.result()
+                if truncated and not truncated_total and console is not None:
+                    console(f"{label}: samples longer than max_length={t.max_length} are truncated as LLaMA-Factory "
+                            "does (metric 'truncated': samples cut in the step)")
+                truncated_total += truncated
+                seen += t.batch_size
                 step = trainer.step
                 pending = pool.submit(build, step + 1) if step + 1 < total else None
                 timer.start()
@@ -90,7 +97,8 @@ def run_sft(
                 seconds = timer.stop()
                 tokens = sum(batch_tokens(b) for b in batches)
                 metrics.update(step_time_s=seconds, tokens_per_s=tokens_per_second(tokens, seconds),
-                               epoch=(step + 1) / steps_per_epoch, lr=float(trainer.learning_rate()))
+                               epoch=(step + 1) / steps_per_epoch, lr=float(trainer.learning_rate()),
+                               truncated=truncated)
                 session.writer.write(trainer.step, metrics)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
@@ -99,6 +107,9 @@ def run_sft(
     finally:
         bar.close()
         pool.shutdown(cancel_futures=True)
+        if truncated_total and console is not None:
+            console(f"{label}: {truncated_total} of the {seen} samples trained on in this run were truncated "
+                    f"to max_length={t.max_length} tokens")
     session.finish(side_files_from)
     return metrics
 

@@ -50,11 +50,34 @@ def optim_config(cfg: ml_collections.ConfigDict) -> OptimConfig:
     return OptimConfig(**dict(cfg.optim))
 
 
+def logprob_temperature(cfg: ml_collections.ConfigDict, loss: str) -> float:
+    """The temperature the trainer's log-probs are computed at.
+
+    For PPO it is the rollout's sampling temperature, `rollout.temperature`: the ratio compares the policy
+    that sampled the tokens with the one being trained, both at the temperature the samples were drawn at
+    (the release samples and recomputes old log-probs at T=1.0, spec §4.2). There is one setting; a
+    `train.temperature` beside it (an older config) must agree with it, else this is a ConfigError, and
+    greedy rollouts (T=0) have no log-probs to train on. SFT trains at 1.0 unless `train.temperature` says.
+    """
+    train = cfg.train.get("temperature")
+    if loss != "ppo" or "rollout" not in cfg:
+        return 1.0 if train is None else float(train)
+    rollout = cfg.rollout.get("temperature", 1.0)
+    if isinstance(rollout, bool) or not isinstance(rollout, (int, float)) or not rollout > 0:
+        raise ConfigError(f"rollout.temperature = {rollout!r}; RL needs a positive sampling temperature "
+                          "(the trainer's log-probs are computed at it)")
+    if train is not None and float(train) != float(rollout):
+        raise ConfigError(f"train.temperature = {train!r} but rollout.temperature = {rollout!r}: the trainer's "
+                          "log-probs must use the temperature the rollouts were sampled at; set only "
+                          "rollout.temperature (train.temperature is no longer a setting)")
+    return float(rollout)
+
+
 def step_config(cfg: ml_collections.ConfigDict, loss: str) -> StepConfig:
     t = cfg.train
     ppo = PPOConfig(**dict(cfg.ppo)) if loss == "ppo" else PPOConfig()
     return StepConfig(loss=loss, ppo=ppo, trainable=t.trainable, logits_chunk=t.get("logits_chunk", 512),
-                      temperature=t.get("temperature", 1.0))
+                      temperature=logprob_temperature(cfg, loss))
 
 
 @dataclasses.dataclass

@@ -184,6 +184,6 @@ def _logprobs_only(graphdef, cfg: StepConfig, params, frozen, batch: TrainBatch)
 
 
 def _apply(optimizer: optax.GradientTransformation, params, opt_state, grads):
-    norm = optax.global_norm(grads)
+    norm = optax.tree_utils.tree_norm(grads)  # what the deprecated optax.global_norm computes
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, norm
