@@ -1,11 +1,14 @@
 """The whole Mini-o3 recipe at toy scale (`mini-o3 demo`): synthetic puzzles, a small Qwen-style BPE, a
-tiny Qwen2.5-VL trained from scratch, perception stages (the toy stand-in for Qwen2.5-VL's pretraining),
-a direct-answer baseline, cold-start SFT on scripted-expert trajectories, GRPO with over-turn masking
-(training turn limit below the test limit, as in the paper), evaluation and a report. Sized for a 2-core
-CPU (~11 minutes); every choice below was measured (docs/demo.md).
+tiny Qwen2.5-VL that can see (the packaged base, the toy's stand-in for a pretrained Qwen2.5-VL, or the
+perception stages from random init), a direct-answer baseline, cold-start SFT on scripted-expert
+trajectories, GRPO with over-turn masking (training turn limit below the test limit, as in the paper),
+evaluation and a report. Sized for a 2-core CPU (~6 minutes from the packaged base; ~16 with
+`--config.base=` from scratch); every choice below was measured (docs/demo.md).
 
     mini-o3 demo                                   # runs/demo/report.md
     mini-o3 demo --ablation                        # + RL without over-turn masking, from the same SFT
+    mini-o3 demo --seeds 0,1,2 --out runs/seeds    # mean +- standard error over training seeds
+    mini-o3 demo --config.base=                    # train the perception stages from scratch too
     mini-o3 demo --config.sft.train.steps=400      # any field can be overridden
 """
 
@@ -24,6 +27,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.out_dir = "runs/demo"
     c.seed = 0
     c.ablation = False  # also train RL without over-turn masking and compare turn curves
+    # The model baseline and SFT start from, as Mini-o3 starts from a pretrained Qwen2.5-VL: "packaged" is the
+    # perception stages below, run from scratch at seed 0 with this file's settings, and shipped
+    # (mini_o3_jax/assets/demo_base, 4 MB); a path is any such checkpoint; "" runs the perception stages (~10 of
+    # the ~16 minutes on a 2-core CPU). Why shipped: the stages cost more than the budget holds, and their outcome
+    # is a coin flip. The easy level's in-context reading clicks after a plateau of random length (~350 to beyond
+    # 900 steps), and the hard level's border check reached a loss of 0.020 in one run and 0.045 in another, which
+    # left SFT at 72 / 41 % or at 45 / 26 % (easy / hard; docs/demo.md).
+    c.base = "packaged"
+    # the layer loops as straight-line code rather than a scan: 4 small layers on a CPU run ~15 % faster a step
+    c.unroll_layers = True
 
     # mini_o3_jax.data.synthetic preset (SceneConfig.<scene>()): texture labels read from a cell zoom, red
     # square targets ("grid4", glyph labels, was not learnt from scratch within the budget: docs/demo.md)
@@ -49,6 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
         t = load_config(os.path.join(HERE, path))
         t.dtype = "float32"
         t.remat = "none"
+        t.unroll_layers = True  # (the top-level unroll_layers is for evaluation)
         t.log_every = 25
         t.mesh = {"data": 1, "fsdp": -1, "tensor": 1}
         t.checkpoint.every = 50
@@ -58,8 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
         t.train.update(train)
         return t
 
-    # perception: single-skill questions (where is the target, what pattern), dense supervision before
-    # search, as Qwen2.5-VL's pretraining precedes Mini-o3. Stages run in order, each from the last;
+    # perception (with base=""; the packaged base is these stages' result): single-skill questions (where is the
+    # target, what pattern), dense supervision before search, as Qwen2.5-VL's pretraining precedes Mini-o3.
+    # Stages run in order, each from the last;
     # steps=0 skips one. Locating alone first (mixed with the other skills from the start it was not learned
     # in 500 steps, alone it was in ~200), then locating and reading. Answers are the expert's own turns
     # ("expert"; "short" bare answers left a model that re-learnt the trajectory format slowly).
@@ -74,8 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
         c[name].optim.update(lr=1e-3, b2=0.95, warmup_ratio=0.05, weight_decay=0.0)
         c[name].checkpoint.every = 100
     # then the easy level's whole direct trajectories ("search", expert turns only): locating and reading
-    # chained in context, which took 400-600 steps to click on top of the skills alone, and in one run whose
-    # tokenizer had learnt slightly different hard-level phrases had not clicked after 900 (docs/demo.md).
+    # chained in context, which clicks after a plateau of random length (350 to beyond 900 steps, docs/demo.md).
     # min_windows 16: the 16 images of a batch fill it; 32 doubled the ViT's work (361 s -> 206 s a stage).
     # Last, optionally, `perception_hard`: the hard level's whole direct trajectories (checking the look-alikes
     # for the white border, reading the one that has it), up to 4 images each. Off: 150 steps (138 s) left SFT at 28.1 % on
@@ -118,7 +132,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # GRPO with over-turn masking; training allows fewer turns than the test does
     c.rl = trainer("rl_grpo.py", steps=8, prompts_per_step=8, mini_batch_prompts=8, micro_batch=8,
-                   max_gen_batches=2, min_length=128, max_length=2048, logits_chunk=512, min_windows=32)
+                   max_gen_batches=2, min_length=448, max_length=2048, logits_chunk=512, min_windows=32)
     c.rl.reward.kind = "exact"
     # Keep steps whose groups all score alike (zero advantage: no update) instead of resampling and then
     # stopping; a toy model that never answers right must still finish the demo and show it.

@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.tokenizer_path = ""  # default: model_path
     c.dtype = "bfloat16"
     c.remat = "full"
+    c.unroll_layers = False  # True: layer loops as straight-line code (faster for a few small layers on a CPU)
     c.seed = 0
     c.out_dir = "runs/rl_grpo"
     c.log_every = 1

@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.tokenizer_path = ""  # default: model_path
     c.dtype = "bfloat16"
     c.remat = "full"  # recompute each layer in the backward pass (32k-token sequences)
+    c.unroll_layers = False  # True: layer loops as straight-line code (faster for a few small layers on a CPU)
     c.seed = 0
     c.out_dir = "runs/sft_coldstart"
     c.log_every = 1

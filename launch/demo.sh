@@ -6,5 +6,5 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -e .
+python -m pip install -q -c launch/constraints-cpu.txt -e .
 mini-o3 demo --out "${DEMO_OUT:-runs/demo}" "$@"

@@ -8,6 +8,6 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[test]"
+python -m pip install -q -c launch/constraints-cpu.txt -e ".[test]"
 ruff check .
 exec python -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"

@@ -295,11 +295,23 @@ def cmd_data(args) -> None:
             print(f"wrote {path}")
 
 
-def cmd_demo(args) -> None:
-    from mini_o3_jax.recipe import run_recipe
+def _seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2]."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if len(set(seeds)) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least two different seeds, e.g. 0,1,2")
+    return seeds
 
-    summary = run_recipe(_demo_config(args))
-    print(json.dumps(summary, indent=2))
+
+def cmd_demo(args) -> None:
+    from mini_o3_jax.recipe import run_recipe, run_seeds
+
+    cfg = _demo_config(args)
+    summary = run_seeds(cfg, args.seeds) if args.seeds else run_recipe(cfg)
+    print(json.dumps(summary, indent=2, default=str))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -493,12 +505,17 @@ benchmarks:
 
     s = command("demo", "the whole recipe at toy scale on a CPU: synthetic data, baseline, SFT, "
                         "RL with over-turn masking, evaluation, report (configs/demo.py)", """
-  mini-o3 demo                                   # runs/demo/report.md, ~11 min on 2 CPU cores
+  mini-o3 demo                                   # runs/demo/report.md, ~6 min on 2 CPU cores
   mini-o3 demo --ablation --out runs/demo_ablation
+  mini-o3 demo --seeds 0,1,2 --out runs/demo_seeds  # once per training seed: mean +- standard error
+  mini-o3 demo --config.base=                    # perception stages from random init too, ~16 min
   mini-o3 demo --config.sft.train.steps=400 --show-config""", _config_help("demo"))
     _add_config(s, "configs/demo.py", _demo_config)
     s.add_argument("--out", type=_path, default=None, help="run directory (default: the config's out_dir, runs/demo)")
     s.add_argument("--ablation", action="store_true", help="also train RL without over-turn masking, compare")
+    s.add_argument("--seeds", type=_seeds, default=None, metavar="S1,S2,...",
+                   help="run the recipe once per training seed (OUT/seed_<s>, each resumable) and report accuracy "
+                        "as mean +- standard error over them, with the paired RL - SFT difference (OUT/report.md)")
     s.set_defaults(fn=cmd_demo)
     return p
 

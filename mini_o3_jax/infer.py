@@ -24,9 +24,13 @@ from mini_o3_jax.rollout.engine import EngineConfig, Episode, RolloutEngine
 from mini_o3_jax.rollout.sampler import Sampling
 
 AGENT_FILE = "agent.json"
-# The toy recipe's GRPO model (`mini-o3 demo` at commit 802eafe, exported with `mini-o3 export --dtype
-# float32`, 4 MB): what `mini-o3 infer` runs without --model, on `sample_puzzle()` without --image.
+# The toy recipe's GRPO model (`mini-o3 demo`, seed 0, from the packaged base; docs/demo.md "Status"), exported
+# with `mini-o3 export --dtype float32` (4 MB): what `mini-o3 infer` runs without --model, on `sample_puzzle()`
+# without --image.
 DEMO_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_model")
+# The perception model `mini-o3 demo` starts from (its stand-in for a pretrained Qwen2.5-VL): the perception stages
+# of configs/demo.py run from scratch, exported the same way (docs/demo.md, "The packaged base").
+DEMO_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_base")
 _AGENT_KEYS = ("min_pixels", "max_pixels", "system_prompt", "max_turns", "max_context", "max_turn_tokens")
 # What a checkpoint without agent.json runs with: the released eval (spec §1, §5) and Mini-o3's pixel budget.
 RELEASED_AGENT: dict[str, Any] = {

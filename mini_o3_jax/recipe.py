@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,7 +29,7 @@ from mini_o3_jax.agent.trajectory import Trajectory
 from mini_o3_jax.data import loader, synthetic
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.eval.run import EvalConfig, run_eval
-from mini_o3_jax.infer import write_agent_settings
+from mini_o3_jax.infer import DEMO_BASE, write_agent_settings
 from mini_o3_jax.model.config import ModelConfig
 from mini_o3_jax.model.presets import fit_to_tokenizer
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
@@ -41,6 +42,9 @@ from mini_o3_jax.rl.loop import run_rl
 from mini_o3_jax.sft.data import conversation_trajectory
 from mini_o3_jax.sft.loop import run_sft
 from mini_o3_jax.train.metrics import read_jsonl_metrics
+
+# What a base checkpoint's tokenizer is made of (copied into the run's tokenizer folder)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
 
 # Disjoint seed ranges: training puzzles never coincide with the held-out evaluation puzzles.
 SEED_SFT, SEED_BASELINE, SEED_RL, SEED_PERCEPTION, SEED_EVAL = 1_000_000, 2_000_000, 3_000_000, 4_000_000, 9_000_000
@@ -138,9 +142,30 @@ class Recipe:
             sets[name] = loader.load(name, tfds_dir)
         return sets
 
+    def base(self) -> str | None:
+        """The perception model baseline and SFT start from, when the recipe does not train it itself:
+        `cfg.base` "packaged" (`DEMO_BASE`), a checkpoint directory, or "" for none (train from scratch)."""
+        base = self.cfg.get("base", "")
+        if not base:
+            return None
+        path = DEMO_BASE if base == "packaged" else os.path.abspath(os.path.expanduser(base))
+        if not os.path.exists(os.path.join(path, "tokenizer.json")):
+            raise ConfigError(f"base = {base!r}: {path} holds no tokenizer.json; expected a checkpoint saved with its "
+                              "tokenizer (as `mini-o3 export` writes it), 'packaged', or '' to train the perception "
+                              "stages from scratch")
+        return path
+
     def tokenizer(self) -> tuple[Tokenizer, ImageProcessor]:
         proc = ImageProcessor(min_pixels=self.scene.min_pixels, max_pixels=self.scene.view_pixels)
-        if not os.path.exists(os.path.join(self.tok_dir, "tokenizer.json")):
+        base = self.base()
+        if base and not os.path.exists(os.path.join(self.tok_dir, "tokenizer.json")):
+            os.makedirs(self.tok_dir, exist_ok=True)  # the base's own tokenizer: its embedding rows are its ids
+            for name in TOKENIZER_FILES:
+                if os.path.exists(os.path.join(base, name)):
+                    shutil.copy(os.path.join(base, name), os.path.join(self.tok_dir, name))
+            proc.save_pretrained(self.tok_dir)
+            self._write_agent()
+        elif not os.path.exists(os.path.join(self.tok_dir, "tokenizer.json")):
             texts = protocol_corpus() + synthetic.tokenizer_texts(self.scene, n=self.cfg.data.tokenizer_puzzles)
             for name in self.cfg.perception_stages:  # the perception stages' questions and answers
                 question = self._perception_questions(name)
@@ -151,12 +176,16 @@ class Recipe:
             tok = train_bpe_tokenizer(texts, vocab_size=self.cfg.data.vocab_size)
             tok.save_pretrained(self.tok_dir)
             proc.save_pretrained(self.tok_dir)
-            # copied beside every checkpoint's weights: `mini-o3 infer` then runs the model as it was trained
-            e = self.cfg.eval
-            write_agent_settings(self.tok_dir, min_pixels=self.scene.min_pixels, max_pixels=self.scene.view_pixels,
-                                 system_prompt=EvalConfig.system_prompt if self.cfg.system_prompt else None,
-                                 max_turns=e.max_turns, max_context=e.max_context, max_turn_tokens=e.max_turn_tokens)
+            self._write_agent()
         return Tokenizer.from_pretrained(self.tok_dir), proc
+
+    def _write_agent(self) -> None:
+        """agent.json beside the tokenizer, copied beside every checkpoint's weights: `mini-o3 infer` and `eval`
+        then run the model as it was trained."""
+        e = self.cfg.eval
+        write_agent_settings(self.tok_dir, min_pixels=self.scene.min_pixels, max_pixels=self.scene.view_pixels,
+                             system_prompt=EvalConfig.system_prompt if self.cfg.system_prompt else None,
+                             max_turns=e.max_turns, max_context=e.max_context, max_turn_tokens=e.max_turn_tokens)
 
     def init_model(self, tok: Tokenizer) -> str:
         path = os.path.join(self.out, "init")
@@ -172,6 +201,15 @@ class Recipe:
         patterns = dict(block.patterns) if block.get("patterns") else None  # expert reasoning-pattern weights
         return self._train(name, block, init, tok, proc,
                            lambda i: _conversation(_puzzle(self.scene, base, i), i, system, direct, patterns))
+
+    def seeing_model(self, tok: Tokenizer, proc: ImageProcessor) -> str:
+        """The checkpoint baseline and SFT start from: the base (`cfg.base`, the toy's pretrained Qwen2.5-VL),
+        or without one a random init trained by the perception stages."""
+        base = self.base()
+        if base is not None:
+            return base
+        init = self._timed("init", lambda: self.init_model(tok))
+        return self.perception(init, tok, proc)
 
     def perception(self, init: str, tok: Tokenizer, proc: ImageProcessor) -> str:
         """The perception stages (`perception_stages`, in order, each from the last): single-skill questions
@@ -235,7 +273,8 @@ class Recipe:
                                       max_pixels=self.scene.view_pixels, scorer=self.cfg.eval.get("scorer", "auto"),
                                       system_prompt=EvalConfig.system_prompt if self.cfg.system_prompt else None)
         out = os.path.join(self.out, "eval", name)  # run_eval resumes: a finished evaluation only re-reports
-        return run_eval(load_model(ckpt), tok, proc, sets, ecfg, out, label=name, console=self.console)
+        model = load_model(ckpt, unroll=bool(self.cfg.get("unroll_layers", False)))
+        return run_eval(model, tok, proc, sets, ecfg, out, label=name, console=self.console)
 
     # -- the whole recipe --------------------------------------------------------------------------------
 
@@ -243,8 +282,7 @@ class Recipe:
         cfg = self.cfg
         sets = self._timed("data", self.data)
         tok, proc = self._timed("tokenizer", self.tokenizer)
-        init = self._timed("init", lambda: self.init_model(tok))
-        init = self.perception(init, tok, proc)  # baseline and SFT both start from the model that can see
+        init = self.seeing_model(tok, proc)  # baseline and SFT both start from the model that can see
         models = {"baseline": self._timed("baseline_sft", lambda: self.sft("baseline", init, tok, proc, direct=True)),
                   "sft": self._timed("sft", lambda: self.sft("sft", init, tok, proc, direct=False))}
         models["rl"] = self._timed("rl", lambda: self.rl("rl", models["sft"], tok, proc, mask=True))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -25,8 +26,10 @@ LEVELS = ("easy", "hard")  # the toy scene's levels
 
 
 def test_reduced_demo_runs_every_stage_and_writes_its_report(tmp_path):
+    """From scratch (`base=""`): the perception stages too."""
     root = tmp_path / "demo"
-    argv = ["demo", "--config", os.path.join(REPO, "configs", "demo.py"), "--out", str(root), "--ablation"]
+    argv = ["demo", "--config", os.path.join(REPO, "configs", "demo.py"), "--out", str(root), "--ablation",
+            "--config.base="]
     argv += [f"--config.{o}" for o in REDUCED]
     assert main(argv) == 0
     summary = json.loads((root / "summary.json").read_text())
@@ -68,6 +71,25 @@ def test_reduced_demo_runs_every_stage_and_writes_its_report(tmp_path):
     assert accuracy(json.loads((root / "summary.json").read_text())) == accuracy(summary)
 
 
+def test_demo_starts_from_the_packaged_base_with_its_tokenizer(tmp_path):
+    """The default (`base="packaged"`): the run's tokenizer is the base's own (its embedding rows are those
+    ids) with the demo's agent.json; a base without a tokenizer is one clear error."""
+    from mini_o3_jax.config_files import load_config
+    from mini_o3_jax.infer import DEMO_BASE
+    from mini_o3_jax.recipe import Recipe
+
+    cfg = load_config(os.path.join(REPO, "configs", "demo.py"), [f"out_dir={tmp_path / 'run'}"])
+    recipe = Recipe(cfg, console=None)
+    assert recipe.base() == DEMO_BASE
+    tok, proc = recipe.tokenizer()
+    assert (tmp_path / "run" / "tokenizer" / "tokenizer.json").read_bytes() == Path(
+        DEMO_BASE, "tokenizer.json").read_bytes()
+    assert json.loads((tmp_path / "run" / "tokenizer" / "agent.json").read_text())["system_prompt"] is None
+    cfg.base = str(tmp_path)
+    with pytest.raises(ConfigError, match="no tokenizer.json"):
+        Recipe(cfg, console=None).base()
+
+
 def test_rl_prompts_cycle_through_the_configured_levels():
     scene = SceneConfig.toy()
     every = PuzzlePrompts(scene, base=5)
@@ -78,3 +100,39 @@ def test_rl_prompts_cycle_through_the_configured_levels():
     assert hard[3].problem == PuzzlePrompts(scene, base=5, levels=["hard"])[3].problem  # generated, deterministic
     with pytest.raises(ConfigError, match="not among the scene's levels"):
         PuzzlePrompts(scene, base=5, levels=["medium"])
+
+
+def _fake_seed_run(root, seed: int, acc: dict[str, tuple[float, float]]) -> None:
+    """A seed's `summary.json` as `write_recipe_report` writes it: model -> benchmark -> metrics."""
+    results = {m: {f"synthetic_{lv}": {"avg_at_k": a, "avg_at_k_se": 3.0, "mean_turns": 2.0, "samples_per_question": 8}
+                   for lv, a in zip(LEVELS, pair)} for m, pair in acc.items()}
+    run = root / f"seed_{seed}"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"results": results}))
+
+
+def test_seeds_report_gives_mean_standard_error_and_paired_differences(tmp_path):
+    """`mini-o3 demo --seeds`: accuracy over seeds as mean +- sample SD / sqrt(n), and RL - SFT paired by seed."""
+    from mini_o3_jax.recipe import write_seeds_report
+
+    runs = {0: {"baseline": (30.0, 20.0), "sft": (70.0, 40.0), "rl": (68.0, 44.0)},
+            1: {"baseline": (32.0, 24.0), "sft": (90.0, 36.0), "rl": (91.0, 41.0)},
+            2: {"baseline": (28.0, 22.0), "sft": (50.0, 38.0), "rl": (52.0, 39.0)}}
+    for s, acc in runs.items():
+        _fake_seed_run(tmp_path, s, acc)
+    path, summary = write_seeds_report(str(tmp_path), [0, 1, 2])
+    sft_easy = summary["accuracy"]["sft"]["easy"]
+    assert sft_easy["mean"] == pytest.approx(70.0) and sft_easy["se"] == pytest.approx(20.0 / 3 ** 0.5)
+    d = summary["differences"]["rl-sft/hard"]
+    assert d["per_seed"] == [4.0, 5.0, 1.0]
+    assert d["mean"] == pytest.approx(10 / 3) and d["se"] == pytest.approx((13 / 3 / 3) ** 0.5)  # var 13/3 over 3 seeds
+    text = Path(path).read_text()
+    assert "| sft | 70.0 +- 11.5 | 38.0 +- 1.2 |" in text and "rl - sft" in text
+    assert json.loads((tmp_path / "seeds.json").read_text())["seeds"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("seeds", ["0", "0,0", "a,b"])
+def test_demo_seeds_need_two_different_integers(seeds, capsys):
+    assert main(["demo", "--seeds", seeds]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--seeds" in err and "Traceback" not in err

@@ -306,3 +306,24 @@ def test_kmp_automaton_finds_exactly_the_occurrences(stop, text):
             first = i + 1
     at = text.find(stop)
     assert first == (None if at < 0 else at + len(stop))
+
+
+def test_unrolled_layer_loops_equal_the_scanned_ones(setup, tmp_path):
+    """`unroll=True` (the toy demo's setting) runs the same layers as straight-line code: the full forward and a
+    KV-cached extend + decode give the scanned model's logits and tokens."""
+    hf, model, processor = setup
+    hf.save_pretrained(tmp_path)
+    unrolled = load_hf(tmp_path, dtype="float32", unroll=True)
+    assert unrolled.text.unroll and unrolled.visual.unroll and not model.text.unroll
+    ids, pv, grid = make_inputs(processor, ONE_IMAGE, [rand_image(300, 400, 6)])
+    np.testing.assert_allclose(full_logits(unrolled, ids, [pv], [grid]), full_logits(model, ids, [pv], [grid]),
+                               atol=2e-5)
+    runs = []
+    for m in (model, unrolled):
+        s = Slot(m, init_cache(m.config.text, slots=1, max_len=512, dtype=jnp.float32), slot=0)
+        logits = s.extend(ids, pv, grid)
+        _, toks, *_ = decode(s.graphdef, s.state, s.cache, jnp.array([s.pending]), jnp.array([True]),
+                             jnp.array([100]), jnp.array([-7]), s.keys, GREEDY, 5)
+        runs.append((logits, [s.pending] + np.asarray(toks[0]).tolist()))
+    np.testing.assert_allclose(runs[1][0], runs[0][0], atol=2e-5)
+    assert runs[1][1] == runs[0][1]

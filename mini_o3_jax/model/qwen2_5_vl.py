@@ -39,12 +39,16 @@ class Qwen25VL(nnx.Module):
         dtype: jnp.dtype | str = jnp.float32,
         rngs: nnx.Rngs | None = None,
         remat: str = "none",
+        unroll: bool = False,
     ):
+        """`remat`: rematerialisation policy of the layer loops; `unroll`: run them as straight-line code
+        instead of a `lax.scan` loop (faster for a few small layers on a CPU, as in the toy demo; slower to
+        compile for the 28-36 layers of a real model)."""
         dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.config = config
-        self.visual = VisionTower(config.vision, dtype=dtype, rngs=rngs, remat=remat)
-        self.text = TextDecoder(config.text, dtype=dtype, rngs=rngs, remat=remat)
+        self.visual = VisionTower(config.vision, dtype=dtype, rngs=rngs, remat=remat, unroll=unroll)
+        self.text = TextDecoder(config.text, dtype=dtype, rngs=rngs, remat=remat, unroll=unroll)
 
     @property
     def dtype(self) -> jnp.dtype:

@@ -58,9 +58,11 @@ def decoder_layer(
 
 
 class TextDecoder(nnx.Module):
-    def __init__(self, cfg: TextConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs | None, remat: str = "none"):
+    def __init__(self, cfg: TextConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs | None, remat: str = "none",
+                 unroll: bool = False):
         self.cfg = cfg
         self.remat = remat
+        self.unroll = unroll
         self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), dtype)
         self.layers = DecoderLayers(cfg, dtype=dtype, rngs=rngs)
         self.norm = param(rngs, (cfg.hidden_size,), ("embed",), dtype, "ones")
@@ -90,7 +92,7 @@ class TextDecoder(nnx.Module):
 
         if self.remat != "none":
             body = jax.checkpoint(body, policy=_remat_policy(self.remat))
-        x, _ = jax.lax.scan(body, x, self.layer_weights())
+        x, _ = jax.lax.scan(body, x, self.layer_weights(), unroll=bool(self.unroll))
         return rms_norm(x, self.norm[...], eps)
 
     def cached(
@@ -141,7 +143,8 @@ class TextDecoder(nnx.Module):
             return (x, kc, vc), None
 
         layers = jnp.arange(self.cfg.num_hidden_layers, dtype=jnp.int32)
-        (x, k_cache, v_cache), _ = jax.lax.scan(body, (x, k_cache, v_cache), (self.layer_weights(), layers))
+        (x, k_cache, v_cache), _ = jax.lax.scan(body, (x, k_cache, v_cache), (self.layer_weights(), layers),
+                                                unroll=bool(self.unroll))
         return rms_norm(x, self.norm[...], eps), k_cache, v_cache
 
     def logits(self, hidden: jax.Array, out_dtype: jnp.dtype = jnp.float32) -> jax.Array:

@@ -72,9 +72,11 @@ class PatchMerger(nnx.Module):
 
 
 class VisionTower(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs | None, remat: str = "none"):
+    def __init__(self, cfg: VisionConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs | None, remat: str = "none",
+                 unroll: bool = False):
         self.cfg = cfg
         self.remat = remat
+        self.unroll = unroll
         self.patch_embed = param(rngs, (cfg.patch_dim, cfg.hidden_size), ("patch", "vision_embed"), dtype)
         self.blocks = VisionBlocks(cfg, dtype=dtype, rngs=rngs)
         self.merger = PatchMerger(cfg, dtype=dtype, rngs=rngs)
@@ -135,7 +137,7 @@ class VisionTower(nnx.Module):
         if self.remat != "none":
             block = jax.checkpoint(block, policy=_remat_policy(self.remat))
         weights = {k: v[...] for k, v in vars(self.blocks).items() if isinstance(v, nnx.Param)}
-        x, _ = jax.lax.scan(block, x, (weights, is_full))
+        x, _ = jax.lax.scan(block, x, (weights, is_full), unroll=bool(self.unroll))
         return self.merger(x, eps, cfg.merge_unit)
 
 

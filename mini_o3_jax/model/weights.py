@@ -189,6 +189,7 @@ def load_hf(
     mesh: Mesh | None = None,
     rules: Rules = DEFAULT_RULES,
     remat: str = "none",
+    unroll: bool = False,
 ) -> Qwen25VL:
     """Load a HF Qwen2.5-VL checkpoint directory into a `Qwen25VL` (sharded over `mesh` if given).
 
@@ -210,7 +211,7 @@ def load_hf(
         dtype = raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"
         dtype = dtype if dtype in DTYPES else "bfloat16"
     jdtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, dtype=jdtype, rngs=nnx.Rngs(0), remat=remat))
+    abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, dtype=jdtype, rngs=nnx.Rngs(0), remat=remat, unroll=unroll))
     graphdef, state = nnx.split(abstract)
     pure = nnx.to_pure_dict(state)
     shardings = state_shardings(state, mesh, rules) if mesh is not None else None
@@ -365,6 +366,7 @@ def load_orbax(
     mesh: Mesh | None = None,
     rules: Rules = DEFAULT_RULES,
     remat: str = "none",
+    unroll: bool = False,
 ) -> Qwen25VL:
     """Restore a `save_orbax` checkpoint, resharding onto `mesh` (or the default device)."""
     import orbax.checkpoint as ocp
@@ -383,7 +385,7 @@ def load_orbax(
             f"{meta_path}: expected JSON with 'config' (model config) and 'dtype' ({type(e).__name__}: {e})"
         ) from None
     jdtype = stored if dtype is None else (DTYPES[dtype] if isinstance(dtype, str) else dtype)
-    abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, dtype=stored, rngs=nnx.Rngs(0), remat=remat))
+    abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, dtype=stored, rngs=nnx.Rngs(0), remat=remat, unroll=unroll))
     graphdef, state = nnx.split(abstract)
     target = nnx.to_pure_dict(state)
     if mesh is not None:
@@ -398,7 +400,7 @@ def load_orbax(
         raise CheckpointError(f"{path}: cannot restore Orbax params ({type(e).__name__}: {e})") from None
     if jdtype != stored:
         restored = jax.tree.map(lambda x: x.astype(jdtype), restored)
-        abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, dtype=jdtype, rngs=nnx.Rngs(0), remat=remat))
+        abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, dtype=jdtype, rngs=nnx.Rngs(0), remat=remat, unroll=unroll))
         graphdef, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state)

@@ -30,11 +30,13 @@ from mini_o3_jax.train.step import StepConfig, Trainer
 def build_model(cfg: ml_collections.ConfigDict, mesh=None) -> Qwen25VL:
     """`cfg.model_path` (HF or Orbax dir) or, when empty, a random model of `cfg.model` (tests, demos)."""
     if cfg.get("model_path"):
-        return load_model(cfg.model_path, dtype=cfg.dtype, mesh=mesh, remat=cfg.get("remat", "none"))
+        return load_model(cfg.model_path, dtype=cfg.dtype, mesh=mesh, remat=cfg.get("remat", "none"),
+                          unroll=cfg.get("unroll_layers", False))
     if "model" not in cfg:
         raise ConfigError("config needs `model_path` (a checkpoint directory) or a `model` block to initialise")
     model = Qwen25VL(ModelConfig.from_config_dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model),
-                     dtype=cfg.dtype, rngs=nnx.Rngs(cfg.get("seed", 0)), remat=cfg.get("remat", "none"))
+                     dtype=cfg.dtype, rngs=nnx.Rngs(cfg.get("seed", 0)), remat=cfg.get("remat", "none"),
+                     unroll=cfg.get("unroll_layers", False))
     return model
 
 
