@@ -10,6 +10,7 @@ from mini_o3_jax.eval.metrics import (
     QuestionResult,
     SampleResult,
     avg_at_k,
+    avg_at_k_se,
     default_ks,
     pass_at_k,
     summarize,
@@ -65,6 +66,15 @@ def test_avg_at_k_and_pass_at_k_by_hand():
     assert m["judge_failed"] == 1
     assert m["answered_rate"] == pytest.approx(11 / 12)
     assert default_ks(32) == [1, 2, 4, 8, 16, 32] and default_ks(6) == [1, 2, 4, 6]
+
+
+def test_avg_at_k_standard_error_by_hand():
+    # per-question accuracies 3/4, 1/4, 0: mean 1/3, sample variance ((5/12)^2 + (1/12)^2 + (1/3)^2) / 2
+    var = ((5 / 12) ** 2 + (1 / 12) ** 2 + (1 / 3) ** 2) / 2
+    assert avg_at_k_se(Q) == pytest.approx(100 * math.sqrt(var / 3))
+    assert summarize(Q)["avg_at_k_se"] == pytest.approx(avg_at_k_se(Q))
+    assert avg_at_k_se(Q[:2]) == pytest.approx(100 * math.sqrt(((3 / 4 - 1 / 2) ** 2 * 2) / 1 / 2))
+    assert math.isnan(avg_at_k_se(Q[:1]))
 
 
 def test_turn_curve_by_hand():
