@@ -1,0 +1,73 @@
+"""Writes that a kill cannot leave half done: a reader sees the old file/directory or the new one, never a mix.
+
+Files go to a temporary sibling, are flushed and fsynced, then `os.replace`d over the target (atomic on POSIX
+within one filesystem). Directories are written whole under a temporary sibling and swapped in by rename; the
+old directory is moved aside first and deleted only after the new one is in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Replace `path` with `text` (UTF-8) atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any, **kw: Any) -> None:
+    """Replace `path` with `json.dumps(obj, **kw)` atomically (indent=2 unless given)."""
+    kw.setdefault("indent", 2)
+    write_text(path, json.dumps(obj, **kw) + "\n")
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Replace `path` with `data` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def replace_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `path`; on normal exit it becomes `path`.
+
+    If the body raises (or the process dies), `path` keeps its old contents and the temporary directory is
+    removed (or, after a kill, left as `.<name>.tmp-*` beside it, never mistaken for the checkpoint). The swap is
+    two renames; a kill between them (microseconds) leaves the old copy whole as `.<name>.old-*`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists() or path.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.rmdir(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
