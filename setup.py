@@ -21,7 +21,7 @@ RUNTIME = [
     "grain>=0.2",
     "pyarrow>=14",  # the parquet files benchmarks are published in
     "matplotlib>=3.7",  # eval and demo plots (PNG)
-    "openai>=2",  # the LLM judge client (OpenAI and Azure endpoints)
+    "openai>=3",  # the LLM judge client (OpenAI and Azure endpoints; 3.x runs on httpx2)
 ]
 
 EXTRAS = {

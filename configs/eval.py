@@ -43,6 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.update(AUTO_AGENT)
     # JudgeConfig when eval.scorer == "judge": url / model / api_key / api_version "" = from the environment
     # (MINI_O3_JUDGE_URL, MINI_O3_JUDGE_MODEL, ... or the released Azure END_POINT / API_KEY / API_VERSION);
-    # system_prompt / user_prompt = the released judge prompts
+    # system_prompt / user_prompt = the released judge prompts; timeout_s bounds each request end to end and
+    # max_reply_bytes caps a reply (e.g. --config.judge.timeout_s=30). Samples the judge fails on stay unjudged:
+    # `mini-o3 eval` then exits 2, and re-running the same command asks the judge again for just those
     c.judge = ml_collections.ConfigDict(config_defaults())
     return c

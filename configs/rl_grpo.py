@@ -64,7 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.reward = ml_collections.ConfigDict()
     c.reward.kind = "judge"  # or "choice" / "exact" / "numeric" (rule-based, no judge)
     # JudgeConfig: url / model / api_key / api_version "" = from the environment (MINI_O3_JUDGE_URL or the
-    # released Azure API_KEY/END_POINT/API_VERSION); system_prompt / user_prompt = the released prompts
+    # released Azure API_KEY/END_POINT/API_VERSION); system_prompt / user_prompt = the released prompts;
+    # timeout_s bounds each request end to end, max_reply_bytes caps a reply (e.g. --config.reward.judge.timeout_s=30)
     c.reward.judge = ml_collections.ConfigDict(config_defaults())
 
     c.train = ml_collections.ConfigDict()

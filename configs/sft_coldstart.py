@@ -25,7 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # Mini-o3-Coldstart.json (LLaMA-Factory sharegpt: conversations + images)
-    c.data.image_root = ""  # default: the JSON file's folder
+    c.data.image_root = ""  # default: the JSON file's folder, then its parent (as `mini-o3 data prepare`)
+    c.data.allow_absolute_images = False  # True: also read absolute image paths outside image_root
     # set to read the prepared TFDS copy (then `path` may be the downloaded Mini-o3-Coldstart-Dataset
     # folder with its parquet files; it is prepared on first use)
     c.data.tfds_dir = ""

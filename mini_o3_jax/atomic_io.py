@@ -28,6 +28,23 @@ def write_json(path: str | os.PathLike, obj: Any, **kw: Any) -> None:
     write_text(path, json.dumps(obj, **kw) + "\n")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(path: Path, fresh: int) -> int:
+    """The mode `path` would have if created normally: its current mode when it exists, else `fresh` & ~umask.
+
+    mkstemp/mkdtemp create 0600/0700 entries; without this, every atomically written file or checkpoint
+    directory became private to its writer (unreadable to a shared serving or eval account)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return fresh & ~_umask()
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Replace `path` with `data` atomically."""
     path = Path(path)
@@ -36,6 +53,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            os.fchmod(f.fileno(), _default_mode(path, 0o666))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -55,6 +73,7 @@ def replace_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, _default_mode(path, 0o777) if path.is_dir() else 0o777 & ~_umask())
     try:
         yield tmp
     except BaseException:

@@ -232,7 +232,13 @@ def cmd_rl(args) -> None:
 
 def cmd_eval(args) -> None:
     from mini_o3_jax.data import loader
-    from mini_o3_jax.eval.run import EvalConfig, explicit_agent_settings, judge_config, run_eval
+    from mini_o3_jax.eval.run import (
+        EvalConfig,
+        explicit_agent_settings,
+        judge_config,
+        run_eval,
+        unjudged_message,
+    )
     from mini_o3_jax.infer import AGENT_FILE, agent_settings
     from mini_o3_jax.model.weights import load_model
     from mini_o3_jax.processing.chat import Tokenizer
@@ -268,7 +274,10 @@ def cmd_eval(args) -> None:
     model = load_model(cfg.model_path, dtype=cfg.dtype or None)
     tok, proc = Tokenizer.from_pretrained(cfg.model_path), ImageProcessor.from_pretrained(cfg.model_path)
     label = cfg.label or os.path.basename(os.path.normpath(cfg.model_path))
-    run_eval(model, tok, proc, benchmarks, ecfg, cfg.out_dir, judge=judge, bad_records=bad, label=label)
+    metrics = run_eval(model, tok, proc, benchmarks, ecfg, cfg.out_dir, judge=judge, bad_records=bad, label=label)
+    missing = unjudged_message(metrics, judge)
+    if missing:  # the results are written; a zero exit would pass off an incomplete Avg@K as final
+        raise MiniO3Error(f"{cfg.out_dir}: {missing}")
 
 
 def cmd_data(args) -> None:
@@ -276,7 +285,8 @@ def cmd_data(args) -> None:
         from mini_o3_jax.data import loader
 
         report = loader.prepare(args.benchmark, args.source, args.data_dir, image_root=args.image_root,
-                                strict=args.strict, overwrite=args.overwrite)
+                                strict=args.strict, overwrite=args.overwrite,
+                                allow_absolute_images=args.allow_absolute_image_paths)
         print(report.summary())
         if report.reused:
             print("  (already prepared: --overwrite prepares it again from --source)")
@@ -488,6 +498,8 @@ benchmarks:
     d.add_argument("--source", type=_path, required=True, help="the folder downloaded from the Hugging Face hub")
     d.add_argument("--data-dir", type=_path, default="data/tfds", help="where prepared datasets live")
     d.add_argument("--image-root", type=_path, default=None, help="$BASE_IMAGE_DIR for relative image paths")
+    d.add_argument("--allow-absolute-image-paths", action="store_true",
+                   help="also read absolute image paths outside the image root (default: only files inside it)")
     d.add_argument("--strict", action="store_true", help="write nothing and fail, listing every bad record")
     d.add_argument("--overwrite", action="store_true", help="prepare again even if already prepared")
     d = dsub.add_parser("synthetic", help="synthetic VisualProbe-style benchmarks and cold-start trajectories",

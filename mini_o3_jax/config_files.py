@@ -145,11 +145,30 @@ def split_override_args(config: ml_collections.ConfigDict, args: Sequence[str],
 def set_field(config: ml_collections.ConfigDict, key: str, raw: str, source: str = "config") -> None:
     """Set the existing field `key` (dotted) from the text `raw`, checked against the field's type."""
     node, name, current = _lookup(config, key, source)
-    value = parse_value(raw, current, f"{PREFIX}{key}={raw}")
+    what = f"{PREFIX}{key}={raw}"
+    value = parse_value(raw, current, what)
+    if isinstance(current, ml_collections.ConfigDict) and isinstance(value, dict):
+        _merge_group(current, value, what)  # `--config.judge={'timeout_s': 2}` sets those fields, keeps the rest
+        return
     try:
         node[name] = value
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{PREFIX}{key}={raw}: {e}") from None
+        raise ConfigError(f"{what}: {e}") from None
+
+
+def _merge_group(group: ml_collections.ConfigDict, values: dict, what: str) -> None:
+    """Set the fields `values` names in `group`, each checked against its type; the other fields are kept.
+    (Assigning the dict would replace the group and drop every field it does not name.)"""
+    for k, v in values.items():
+        if k not in group:
+            raise ConfigError(f"{what}: no field {k!r} in this group; it has {', '.join(sorted(group.keys()))}")
+        if isinstance(group[k], ml_collections.ConfigDict) and isinstance(v, dict):
+            _merge_group(group[k], v, what)
+            continue
+        try:
+            group[k] = v
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{what}: field {k!r}: {e}") from None
 
 
 def parse_value(raw: str, current: Any, what: str = "value") -> Any:

@@ -22,3 +22,10 @@ class ImageError(MiniO3Error, ValueError):
 
 class ChatFormatError(MiniO3Error, ValueError):
     """A conversation or its image placeholders do not line up."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint's files cannot be read back as written (truncated, deleted or altered data).
+
+    Separate from a plain `CheckpointError` (e.g. a model/config mismatch) so that resume can skip a damaged
+    checkpoint and fall back to an older one, but never silently skip one that is merely incompatible."""

@@ -79,6 +79,11 @@ def play(env: VisualSearchEnv, tok: Tokenizer, turns: list[str]):
          (0.1, 0.2, 0.3, 0.4), "original_image", 0),
         # a tuple is a literal list of 4 numbers to eval, so it is accepted too
         (call("(0.1, 0.2, 0.3, 0.4)"), (0.1, 0.2, 0.3, 0.4), "original_image", 0),
+        # the source is matched as a prefix and its digits as a number, as released
+        (call([0.1, 0.2, 0.3, 0.4], "observation_0002"), (0.1, 0.2, 0.3, 0.4), "observation_0002", 2),
+        (call([0.1, 0.2, 0.3, 0.4], "observation_1 (the crop)"), (0.1, 0.2, 0.3, 0.4), "observation_1 (the crop)", 1),
+        (call([0.1, 0.2, 0.3, 0.4], "observation_" + "0" * 5000 + "1"), (0.1, 0.2, 0.3, 0.4),
+         "observation_" + "0" * 5000 + "1", 1),
     ],
 )
 def test_parse_valid(text, box, source, index):
@@ -102,6 +107,19 @@ def test_parse_valid(text, box, source, index):
         (call([0.1, 0.2, 0.3, 0.4], "observation_3"), "does not exist"),
         (call([0.1, 0.2, 0.3, 0.4], "observation_"), "'observation_i'"),
         (call([0.1, 0.2, 0.3, 0.4], "crop_1"), "'observation_i'"),
+        # issue 17: each of these escaped env.step (ValueError, OverflowError, RecursionError)
+        (call([0.1, 0.2, 0.3, 0.4], "observation_" + "1" * 5000), "does not exist"),
+        (call("[0.1, 0.2, 0.3, %s]" % ("9" * 400)), "finite"),
+        (call("[0.1, 0.2, 0.3, -%s]" % ("9" * 400)), "finite"),
+        (call("[" * 3000 + "]" * 3000), "list of 4 numbers"),
+        (call("[" + ", ".join(["[" * 150 + "0" + "]" * 150] * 4) + "]"), "list of 4 numbers"),
+        (call("-" * 3000 + "1"), "list of 4 numbers"),
+        (call("float('nan')"), "list of 4 numbers"),
+        (call("[0.1, 0.2, 0.3, NaN]"), "list of 4 numbers"),
+        (call("[0.1, 0.2, 0.3, Infinity]"), "list of 4 numbers"),
+        (call("{0.1, 0.2, 0.3, 0.4}"), "list of 4 numbers"),
+        (call("[0.1, 0.2, 0.3, 1j]"), "hold numbers"),
+        (call("[0.1, 0.2, 0.3, ０.４]"), "list of 4 numbers"),  # fullwidth digits are not Python numbers
     ],
 )
 def test_parse_errors(text, needle):
@@ -242,6 +260,32 @@ def test_error_turns(tok, proc, turn, needle):
     assert r.turn.message == ERROR_TEMPLATE.format(error=r.turn.error)
     assert tok.decode(r.append_ids) == r.turn.message
     assert "Countinue" in r.turn.message and len(env.observations) == 1
+
+
+def test_error_message_quotes_model_text_briefly(tok, proc):
+    env = make_env(tok, proc)
+    r = env.step(tok.encode(call([0.1, 0.2, 0.3, 0.4], "observation_" + "7" * 20000)))
+    assert r.turn.outcome == "error" and "does not exist" in r.turn.error
+    assert len(r.turn.error) < 300 and len(r.append_ids) < 200  # not 20,000 digits echoed back
+
+
+@pytest.mark.parametrize("spelling", ["<|image_pad|>", "<|im_end|>", "<|im_start|>", "<|vision_start|>"])
+def test_spelled_special_tokens_in_an_error_stay_text(tok, proc, spelling):
+    """Issue 17: the model spells a special token out of ordinary tokens inside `source`; the error
+    turn quotes it, and it must come back as text, not as the control token."""
+    env = make_env(tok, proc)
+    sampled = tok.encode_plain(call([0.1, 0.2, 0.3, 0.4], "observation_1" + spelling))
+    assert tok.token_to_id(spelling) not in sampled  # the model never sampled the special id itself
+    r = env.step(sampled)
+    assert r.turn.outcome == "error" and spelling in r.turn.message
+    assert tok.decode(r.append_ids) == r.turn.message
+    specials = [int(i) for i in r.append_ids if tok.id_to_token(int(i)) in tok.special_tokens]
+    assert specials == [tok.im_end_id, tok.im_start_id, tok.im_end_id, tok.im_start_id]
+    # the episode goes on: one image-pad run per image, as the engine's extend requires
+    r = env.step(tok.encode(call([0.1, 0.2, 0.3, 0.4])))
+    assert r.turn.outcome == "crop"
+    traj = env.trajectory()
+    assert int(np.sum(traj.token_ids == tok.image_pad_id)) == sum(int(np.prod(g)) // 4 for g in traj.grids)
 
 
 def test_tool_call_at_the_last_turn_is_over_turn(tok, proc):

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -315,3 +316,40 @@ def test_a_directory_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys):
         capsys, ["export", "--model", str(tmp_path), "--out", str(tmp_path / "out")])
     assert "does not exist" in _error(capsys, ["run", "--model", DEMO_MODEL, "--image", str(tmp_path / "no.png"),
                                                "--question", "q"])
+
+
+# -- issue 17: dotted judge overrides, and a judge that fails on every answer ----------------------------------
+
+
+def test_dotted_judge_overrides_are_accepted(capsys, tmp_path):
+    shown = _shown(capsys, ["eval", "--config.judge.timeout_s=2", f"--config.judge.cache_path={tmp_path}/j.jsonl"])
+    assert "--config.judge.timeout_s=2.0" in shown and f"--config.judge.cache_path={tmp_path}/j.jsonl" in shown
+    shown = _shown(capsys, ["rl", "--config.reward.judge.cache_path=~/j.jsonl", "--config.reward.judge.timeout_s", "3",
+                            "--config.reward.judge={'attempts': 2, 'backoff_s': 0}"])
+    for expected in (f"--config.reward.judge.cache_path={os.path.expanduser('~/j.jsonl')}",
+                     "--config.reward.judge.timeout_s=3.0", "--config.reward.judge.attempts=2",
+                     "--config.reward.judge.backoff_s=0.0",
+                     "--config.reward.judge.max_tokens=16384"):  # a dict sets its fields and keeps the others
+        assert expected in shown
+    assert "no field 'timeout' in this group; it has api_key" in _error(capsys, ["rl", "--config.reward.judge={'timeout': 2}"])
+
+
+def test_rl_with_an_unreachable_judge_stops_in_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    for name in ("MINI_O3_JUDGE_URL", "MINI_O3_JUDGE_KEY", "MINI_O3_JUDGE_MODEL", "MINI_O3_JUDGE_API_VERSION",
+                 "END_POINT", "API_KEY", "API_VERSION"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cache = tmp_path / "judge.jsonl"
+    line = _error(capsys, ["rl", "--config", "rl_tiny", f"--config.out_dir={tmp_path / 'run'}",
+                           "--config.reward.kind=judge", f"--config.reward.judge.url=http://127.0.0.1:{port}/v1",
+                           "--config.reward.judge.model=toy-judge", "--config.reward.judge.attempts=1",
+                           "--config.reward.judge.timeout_s=2", f"--config.reward.judge.cache_path={cache}",
+                           "--config.train.max_gen_batches=1", "--config.train.prompts_per_step=1",
+                           "--config.rollout.samples=2"])
+    assert line.startswith(f"error: rl step 0: the judge at http://127.0.0.1:{port}/v1/chat/completions gave no "
+                           "usable score for any of the "), line
+    assert "(1 attempt(s) each); last error: request to " in line and "ConnectError" in line, line
+    assert "MINI_O3_JUDGE_URL" in line and "no prompt group with varying rewards" not in line
+    assert cache.exists()  # the dotted cache_path override reached the judge

@@ -222,3 +222,48 @@ def test_eval_settings_given_win_over_agent_json(tmp_path):
     (tmp_path / "agent.json").write_text("{not json")
     with pytest.raises(ConfigError, match="agent.json"):
         EvalConfig.from_config(cfg.eval, checkpoint=tmp_path)
+
+
+def test_unjudged_samples_fail_the_command_and_a_rerun_judges_them(tmp_path, capsys, monkeypatch, server):  # noqa: F811
+    """An unreachable judge leaves the rollouts on disk unjudged: `mini-o3 eval` exits 2 with one line saying
+    how many and to re-run; the re-run, with the judge back, rolls nothing out and asks only for those."""
+    import socket
+
+    from mini_o3_jax.cli import main
+    from mini_o3_jax.data import synthetic
+    from mini_o3_jax.infer import DEMO_MODEL
+    from mini_o3_jax.recipe import SEED_EVAL
+
+    for name in _JUDGE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = synthetic.write_benchmark(tmp_path / "src", "easy", 2, seed=SEED_EVAL, config=synthetic.SceneConfig.toy())
+    out = tmp_path / "out"
+    argv = ["eval", "--config", os.path.join(REPO, "configs", "eval.py"), f"--config.model_path={DEMO_MODEL}",
+            f"--config.out_dir={out}", f"--config.data_dir={tmp_path / 'tfds'}", "--config.benchmarks=synthetic_easy",
+            f"--config.sources.synthetic_easy={os.path.dirname(src)}", "--config.eval.k=2", "--config.eval.slots=4",
+            "--config.eval.decode_chunk=16", "--config.eval.workers=2", "--config.eval.save_crops=0",
+            "--config.eval.turn_limits=(1,2,3)", "--config.judge.model=toy-judge", "--config.judge.attempts=1",
+            "--config.judge.timeout_s=2"]
+    capsys.readouterr()
+    assert main([*argv, f"--config.judge.url=http://127.0.0.1:{port}/v1"]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+    with open(out / "synthetic_easy" / "results.jsonl", encoding="utf-8") as f:
+        questions = [json.loads(line) for line in f]
+    samples = [s for q in questions for s in q["samples"]]
+    asked = sum(s["answer"] is not None for s in samples)  # no <answer>: scored 0 without the judge
+    distinct = {(q["doc_id"], s["answer"]) for q in questions for s in q["samples"] if s["answer"] is not None}
+    assert len(samples) == 4 and asked >= 1 and all(s["score"] is None for s in samples if s["answer"] is not None)
+    assert err == [f"error: {out}: {asked} samples unjudged; re-run to retry them (the judge at "
+                   f"http://127.0.0.1:{port}/v1/chat/completions failed on them after 1 attempt(s) each): the same "
+                   "command keeps the finished questions and sends only the unjudged samples to the judge again"]
+    m = json.loads((out / "metrics.json").read_text())["benchmarks"]["synthetic_easy"]
+    assert m["judge_failed"] == asked and m["samples_judged"] == 4 - asked
+
+    server.script = grade  # the judge is back
+    assert main([*argv, f"--config.judge.url={server.url}/v1"]) == 0
+    assert len(server.requests) == len(distinct)  # only the unjudged samples (same answers share one), no rollouts
+    m = json.loads((out / "metrics.json").read_text())["benchmarks"]["synthetic_easy"]
+    assert m["judge_failed"] == 0 and m["samples_judged"] == 4 and m["questions"] == 2

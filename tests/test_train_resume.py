@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def straight_run(tmp_path_factory):
     model = write_small_checkpoint(str(d / "model"))
     straight = str(d / "straight")
     subprocess.run(_sft_cmd(data, straight, model), env=_env(), check=True, capture_output=True, timeout=600)
-    return data, model, _final_params(straight)
+    return data, model, _final_params(straight), straight
 
 
 def _interrupt(data, out, model, sig, log):
@@ -85,14 +86,14 @@ def _resume_and_compare(data, out, model, expected):
 
 
 def test_killed_and_resumed_sft_matches_an_uninterrupted_run(straight_run, tmp_path):
-    data, model, expected = straight_run
+    data, model, expected, _ = straight_run
     out = str(tmp_path / "killed")
     assert _interrupt(data, out, model, signal.SIGKILL, str(tmp_path / "log")) == -signal.SIGKILL
     _resume_and_compare(data, out, model, expected)
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(straight_run, tmp_path):
-    data, model, expected = straight_run
+    data, model, expected, _ = straight_run
     out, log = str(tmp_path / "preempted"), str(tmp_path / "log")
     assert _interrupt(data, out, model, signal.SIGTERM, log) == 0
     with open(log, encoding="utf-8") as f:
@@ -101,6 +102,46 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(straight_run, tmp_path
     assert 2 <= saved < STEPS
     assert str(saved) in os.listdir(os.path.join(out, "checkpoints"))  # the step it was at, not just step 2
     _resume_and_compare(data, out, model, expected)
+
+
+def _corrupt(path, mode):
+    """Cut the file in half, delete it, or flip one bit in its middle."""
+    if mode == "deleted":
+        os.remove(path)
+        return
+    with open(path, "r+b") as f:
+        if mode == "truncated":
+            f.truncate(os.path.getsize(path) // 2)
+        else:
+            f.seek(os.path.getsize(path) // 2)
+            byte = f.read(1)[0]
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte ^ 0x01]))
+
+
+@pytest.mark.parametrize("mode", ["flipped"])  # truncated/deleted: test_checkpoint_corruption.py (~30 s each here)
+def test_resume_falls_back_past_a_corrupt_newest_checkpoint(straight_run, tmp_path, mode):
+    """A run killed after its step-10 save (steps 8 and 10 kept), whose step 10 then got damaged on disk:
+    resume warns, restores step 8 and still ends exactly where the uninterrupted run did. A flipped bit is the
+    hard case: Orbax has no checksum on array data and used to restore it silently."""
+    data, model, expected, straight = straight_run
+    out = str(tmp_path / "damaged")
+    shutil.copytree(straight, out)
+    shutil.rmtree(os.path.join(out, "final"))
+    ckpts = os.path.join(out, "checkpoints")
+    shutil.rmtree(os.path.join(ckpts, str(STEPS)))  # as if killed before step 12 was saved
+    files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(ckpts, "10", "state")) for f in fs]
+    _corrupt(max(files, key=os.path.getsize), mode)  # the largest array data file
+    done = subprocess.run(_sft_cmd(data, out, model), env=_env(), check=True, capture_output=True, text=True,
+                          timeout=600)
+    assert f"warning: skipping checkpoint step 10: {os.path.join(ckpts, '10')}" in done.stderr, done.stderr[-3000:]
+    assert f"resumed from {ckpts} step 8" in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "Event loop is closed" not in done.stderr
+    got = _final_params(out)
+    assert len(got) == len(expected)
+    for x, y in zip(got, expected):
+        np.testing.assert_array_equal(x, y)
+    assert os.path.isdir(os.path.join(ckpts, "10.corrupt")) and os.path.isdir(os.path.join(ckpts, "10"))
 
 
 MESH_SCRIPT = r'''

@@ -29,6 +29,7 @@ from mini_o3_jax.processing.chat import (
     DATASET_IMAGE_PLACEHOLDER,
     Tokenizer,
     encode_chat,
+    encode_template,
     expand_image_pads,
     num_image_tokens,
     replace_image_placeholders,
@@ -150,8 +151,8 @@ class VisualSearchEnv:
         """
         if self.done:
             raise RuntimeError("step() on a finished episode")
-        ids = np.asarray(sampled_ids, dtype=np.int32).reshape(-1)
-        ids = ids[ids <= self.max_token_id]
+        ids = np.asarray(sampled_ids, dtype=np.int64).reshape(-1)
+        ids = ids[(ids >= 0) & (ids <= self.max_token_id)].astype(np.int32)
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         self._ids.append(ids)
         self._mask.append(np.ones(ids.shape, np.int8))
@@ -179,7 +180,8 @@ class VisualSearchEnv:
         except protocol.ToolCallError as e:
             turn.outcome, turn.error = "error", str(e)
             turn.message = ERROR_TEMPLATE.format(error=e)
-            append = np.asarray(self.tokenizer.encode(turn.message), np.int32)
+            # the error quotes the model: only the template's own special tokens may be special
+            append = encode_template(self.tokenizer, ERROR_TEMPLATE, error=e)
         else:
             crop = source.crop(turn.pixel_box)
             resized = resize_crop(crop, self.config.min_pixels, self.config.max_pixels)
@@ -189,7 +191,7 @@ class VisualSearchEnv:
             turn.outcome, turn.observation = "crop", k
             turn.message = OBSERVATION_TEMPLATE.format(action=index, observation=number)
             append = expand_image_pads(
-                self.tokenizer.encode(turn.message),
+                encode_template(self.tokenizer, OBSERVATION_TEMPLATE, action=index, observation=number),
                 num_image_tokens(image.grid_thw, self.processor.merge_size),
                 self.tokenizer.image_pad_id,
             )

@@ -51,10 +51,10 @@ class BenchmarkInfo:
         """Every file pattern this dataset may be published as, in the order they are tried."""
         return tuple(p for layout in self.layouts for p in layout.patterns)
 
-    def context(self, image_root: str | Path | None = None) -> ParseContext:
+    def context(self, image_root: str | Path | None = None, allow_absolute_images: bool = False) -> ParseContext:
         return ParseContext(self.name, self.data_source, self.category,
                             Path(image_root).expanduser() if image_root is not None else None,
-                            self.options_in_problem)
+                            self.options_in_problem, allow_absolute_images)
 
 
 def _minio3(*patterns: str) -> Layout:
@@ -160,12 +160,14 @@ def source_files(info: BenchmarkInfo, source: str | Path) -> tuple[Layout, list[
     raise SourceError(f"{source}: no {info.name} files found; expected one of: {expected}")
 
 
-def iter_source(name: str, source: str | Path, image_root: str | Path | None = None) -> Iterator[Parsed]:
+def iter_source(name: str, source: str | Path, image_root: str | Path | None = None, *,
+                allow_absolute_images: bool = False) -> Iterator[Parsed]:
     """Stream a downloaded dataset in source order; a doc_id seen before becomes a BadRecord (the
-    first occurrence is kept) so scores are never silently double-counted."""
+    first occurrence is kept) so scores are never silently double-counted. Image paths are read
+    inside the image root only, unless `allow_absolute_images` (`formats.resolve_image`)."""
     info = benchmark(name)
     layout, files = source_files(info, source)
-    ctx = info.context(image_root)
+    ctx = info.context(image_root, allow_absolute_images)
     seen: dict[str, str] = {}
     for path in files:
         for row, item in enumerate(layout.parser(path, ctx)):  # a parser yields exactly one item per row
@@ -180,23 +182,23 @@ def iter_source(name: str, source: str | Path, image_root: str | Path | None = N
                 yield item
 
 
-def read_source(name: str, source: str | Path,
-                image_root: str | Path | None = None) -> tuple[list[Record], list[BadRecord]]:
+def read_source(name: str, source: str | Path, image_root: str | Path | None = None, *,
+                allow_absolute_images: bool = False) -> tuple[list[Record], list[BadRecord]]:
     """All records and bad records of a question set (holds every image's encoded bytes in memory)."""
     if benchmark(name).kind != "question":
         raise ValueError(f"{name} holds conversations, not questions; use read_conversations")
     records: list[Record] = []
     bad: list[BadRecord] = []
-    for item in iter_source(name, source, image_root):
+    for item in iter_source(name, source, image_root, allow_absolute_images=allow_absolute_images):
         (bad if isinstance(item, BadRecord) else records).append(item)  # type: ignore[arg-type]
     return records, bad
 
 
-def read_conversations(source: str | Path, image_root: str | Path | None = None,
-                       name: str = "coldstart") -> tuple[list[ConversationRecord], list[BadRecord]]:
+def read_conversations(source: str | Path, image_root: str | Path | None = None, name: str = "coldstart", *,
+                       allow_absolute_images: bool = False) -> tuple[list[ConversationRecord], list[BadRecord]]:
     """All cold-start trajectories and bad rows (images as encoded bytes)."""
     records: list[ConversationRecord] = []
     bad: list[BadRecord] = []
-    for item in iter_source(name, source, image_root):
+    for item in iter_source(name, source, image_root, allow_absolute_images=allow_absolute_images):
         (bad if isinstance(item, BadRecord) else records).append(item)  # type: ignore[arg-type]
     return records, bad

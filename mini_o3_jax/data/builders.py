@@ -18,7 +18,14 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from mini_o3_jax.data.benchmarks import BENCHMARKS, benchmark, iter_source
-from mini_o3_jax.data.records import BadRecord, ConversationRecord, Record, RecordError, SourceError
+from mini_o3_jax.data.records import (
+    BadRecord,
+    ConversationRecord,
+    Record,
+    RecordError,
+    SourceError,
+    describe_bad,
+)
 
 VERSION = tfds.core.Version("1.0.0")
 BAD_RECORDS_FILE = "bad_records.jsonl"
@@ -50,10 +57,7 @@ def read_bad_records(directory: Path) -> list[BadRecord]:
 
 def strict_error(name: str, bad: list[BadRecord], why: str = "strict mode") -> RecordError:
     """The error for refusing a dataset: every bad row (up to a screenful), each naming file, row, doc_id."""
-    lines = [str(b) for b in bad[:_MAX_LISTED]]
-    if len(bad) > _MAX_LISTED:
-        lines.append(f"... and {len(bad) - _MAX_LISTED} more")
-    return RecordError(f"{name}: {len(bad)} unusable row(s) ({why}):\n  " + "\n  ".join(lines))
+    return RecordError(f"{name}: {len(bad)} unusable row(s) ({why}):\n" + describe_bad(bad, _MAX_LISTED))
 
 
 class _SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -69,9 +73,11 @@ class _SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return None
 
     def __init__(self, *, source_dir: str | Path | None = None, image_root: str | Path | None = None,
-                 strict: bool = False, file_format: str = "array_record", **kwargs: Any) -> None:
+                 strict: bool = False, allow_absolute_images: bool = False, file_format: str = "array_record",
+                 **kwargs: Any) -> None:
         self._source_dir = source_dir
         self._image_root = image_root
+        self._allow_absolute_images = allow_absolute_images
         self._strict = strict
         self.bad: list[BadRecord] = []
         self.strict_failure: RecordError | None = None
@@ -107,7 +113,7 @@ class _SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         name = self.builder_config.name
         self.bad = []
         n = 0
-        rows = iter_source(name, source, self._image_root)
+        rows = iter_source(name, source, self._image_root, allow_absolute_images=self._allow_absolute_images)
         for item in tqdm(rows, desc=f"{name}: reading {source}", unit=" rows", disable=None, leave=False):
             if isinstance(item, BadRecord):
                 self.bad.append(item)
@@ -160,7 +166,8 @@ class MiniO3Coldstart(_SourceBuilder, skip_registration=True):
 
 
 def make_builder(name: str, data_dir: str | Path, **kwargs: Any) -> _SourceBuilder:
-    """The builder for a registry name, rooted at `data_dir` (kwargs: source_dir, image_root, strict)."""
+    """The builder for a registry name, rooted at `data_dir` (kwargs: source_dir, image_root, strict,
+    allow_absolute_images)."""
     cls = MiniO3Coldstart if benchmark(name).kind == "conversation" else MiniO3Benchmark
     return cls(config=name, data_dir=str(Path(data_dir).expanduser()), **kwargs)
 

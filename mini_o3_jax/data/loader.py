@@ -57,14 +57,16 @@ def _report(name: str, builder: tfds.core.DatasetBuilder, reused: bool) -> Prepa
 
 
 def prepare(name: str, source_dir: str | Path, data_dir: str | Path, *, image_root: str | Path | None = None,
-            strict: bool = False, overwrite: bool = False) -> PrepareReport:
+            strict: bool = False, overwrite: bool = False, allow_absolute_images: bool = False) -> PrepareReport:
     """Read `source_dir` (as downloaded from the hub) into `data_dir`/<builder>/<name>/<version>.
 
     Unusable rows are kept out and listed in the report and in bad_records.jsonl; with strict=True
-    any unusable row raises RecordError naming it and nothing is written. Works offline.
+    any unusable row raises RecordError naming it and nothing is written. Image paths are read inside
+    the image root only; `allow_absolute_images` also reads absolute paths elsewhere. Works offline.
     """
     source_files(benchmark(name), source_dir)  # a source that is not there fails, even when a copy is prepared
-    builder = make_builder(name, data_dir, source_dir=source_dir, image_root=image_root, strict=strict)
+    builder = make_builder(name, data_dir, source_dir=source_dir, image_root=image_root, strict=strict,
+                           allow_absolute_images=allow_absolute_images)
     if _prepared(builder) and not overwrite:
         report = _report(name, builder, reused=True)
         if strict and report.bad:
@@ -111,20 +113,21 @@ def bad_records(name: str, data_dir: str | Path) -> list[BadRecord]:
 
 
 def records(name: str, data_dir: str | Path, source_dir: str | Path | None = None, *,
-            image_root: str | Path | None = None) -> list[Record]:
+            image_root: str | Path | None = None, allow_absolute_images: bool = False) -> list[Record]:
     """Every record of a question set (preparing it first when `source_dir` is given and it is not yet
     prepared). Holds all encoded images in memory; stream `load(...)` for big sets."""
     if source_dir is not None:
-        prepare(name, source_dir, data_dir, image_root=image_root)
+        prepare(name, source_dir, data_dir, image_root=image_root, allow_absolute_images=allow_absolute_images)
     return list(load(name, data_dir))
 
 
 def coldstart_records(data_dir: str | Path, source_dir: str | Path | None = None, *,
-                      image_root: str | Path | None = None) -> grain.MapDataset:
+                      image_root: str | Path | None = None, allow_absolute_images: bool = False) -> grain.MapDataset:
     """Cold-start trajectories as the dicts `mini_o3_jax.sft.data.sharegpt_trajectories` takes
-    ({"conversations", "images": encoded bytes, "name": doc_id}); lazy and indexable."""
+    ({"conversations", "images": encoded bytes, "name": doc_id}); lazy and indexable. The rows
+    `prepare` left out are in `bad_records("coldstart", data_dir)`."""
     if source_dir is not None:
-        prepare("coldstart", source_dir, data_dir, image_root=image_root)
+        prepare("coldstart", source_dir, data_dir, image_root=image_root, allow_absolute_images=allow_absolute_images)
     return load_conversations(data_dir).map(_sharegpt)
 
 

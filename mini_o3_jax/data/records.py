@@ -71,6 +71,14 @@ class BadRecord:
         return f"{self.source}: row {self.row}{ident}: {self.reason}"
 
 
+def describe_bad(bad: Sequence[BadRecord], limit: int = 20) -> str:
+    """Bad rows one per line (indented), at most `limit` of them, then how many more: a screenful to act on."""
+    lines = [f"  {b}" for b in bad[:limit]]
+    if len(bad) > limit:
+        lines.append(f"  ... and {len(bad) - limit} more")
+    return "\n".join(lines)
+
+
 class SourceError(MiniO3Error, FileNotFoundError):
     """A benchmark's source directory or file is missing or is not in any published layout."""
 

@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mini_o3_jax.atomic_io import write_bytes, write_text
 from mini_o3_jax.data.benchmarks import BENCHMARKS
 from mini_o3_jax.eval.metrics import QuestionResult
 
@@ -133,8 +135,10 @@ def plot_turn_curves(metrics: Mapping[str, Any], path: str, title: str = "") -> 
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    buf = io.BytesIO()  # rendered in memory, then swapped in whole: a kill never leaves half a PNG
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    write_bytes(path, buf.getvalue())
     return path
 
 
@@ -206,8 +210,7 @@ def write_browser(results: Sequence[QuestionResult], path: str, title: str) -> s
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><div class='bar'>{buttons}</div>"
             + "\n".join(body) + f"<script>{_JS}show('all');</script></body></html>")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
+    write_text(path, page)
     return path
 
 
@@ -216,8 +219,7 @@ def write_reports(run_dir: str, metrics: Mapping[str, Any], results: Mapping[str
     """results.md, turn_curve.png and one browser page per benchmark (+ index.html) in `run_dir`."""
     out = {"table": os.path.join(run_dir, "results.md"), "curve": os.path.join(run_dir, "turn_curve.png"),
            "index": os.path.join(run_dir, "index.html")}
-    with open(out["table"], "w", encoding="utf-8") as f:
-        f.write(f"# Evaluation: {label}\n\n" + results_table(metrics, label))
+    write_text(out["table"], f"# Evaluation: {label}\n\n" + results_table(metrics, label))
     plot_turn_curves(metrics, out["curve"], title=f"{label}: accuracy vs turn limit")
     links = []
     for b, rs in results.items():
@@ -227,10 +229,9 @@ def write_reports(run_dir: str, metrics: Mapping[str, Any], results: Mapping[str
         links.append(f"<li><a href='{html.escape(name)}'>{html.escape(b)}</a>: {m.get('questions', 0)} questions, "
                      f"Avg@K {_cell(m.get('avg_at_k'))}</li>")
     cfg = html.escape(json.dumps(metrics.get("config", {}), indent=1))
-    with open(out["index"], "w", encoding="utf-8") as f:
-        f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(label)}</title></head>"
-                f"<body style='font-family:system-ui,sans-serif;margin:2em'><h1>Evaluation: {html.escape(label)}</h1>"
-                f"<ul>{''.join(links)}</ul><p><a href='results.md'>results.md</a> · "
-                f"<a href='metrics.json'>metrics.json</a></p><img src='turn_curve.png' alt='turn curve' "
-                f"style='max-width:640px'><details><summary>config</summary><pre>{cfg}</pre></details></body></html>")
+    write_text(out["index"], f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(label)}</title></head>"
+               f"<body style='font-family:system-ui,sans-serif;margin:2em'><h1>Evaluation: {html.escape(label)}</h1>"
+               f"<ul>{''.join(links)}</ul><p><a href='results.md'>results.md</a> · "
+               f"<a href='metrics.json'>metrics.json</a></p><img src='turn_curve.png' alt='turn curve' "
+               f"style='max-width:640px'><details><summary>config</summary><pre>{cfg}</pre></details></body></html>")
     return out

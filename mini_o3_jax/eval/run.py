@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from mini_o3_jax.agent.environment import EnvConfig
 from mini_o3_jax.agent.trajectory import Trajectory
+from mini_o3_jax.atomic_io import write_json, write_text
 from mini_o3_jax.data.records import BadRecord, Record
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.eval.metrics import QuestionResult, SampleResult, summarize_benchmark
@@ -35,7 +36,7 @@ from mini_o3_jax.infer import resolve_agent
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import MINI_O3_MAX_PIXELS, MINI_O3_MIN_PIXELS, ImageProcessor
-from mini_o3_jax.rl.rewards import SCORERS, JudgeConfig, JudgeItem, LLMJudge, rule_score
+from mini_o3_jax.rl.rewards import SCORERS, JudgeConfig, JudgeItem, LLMJudge, endpoint_url, rule_score
 from mini_o3_jax.rollout.engine import EngineConfig, Episode, RolloutEngine
 from mini_o3_jax.rollout.sampler import Sampling
 
@@ -216,16 +217,19 @@ class _Scorer:
         """Judge `answers` to the raw `problem` against the raw `solution`, as the release does: a bare
         letter for multiple choice, no option text added (spec §4.5)."""
         future = self.judge.submit([JudgeItem(problem, solution, a) for a in answers])
-        future.add_done_callback(lambda f: self.ready.put((done, f.result())))
+        # the future itself is queued: its result (or a bug's exception) is taken on the caller's thread
+        future.add_done_callback(lambda f: self.ready.put((done, f)))
 
     def drain(self, block: bool = False) -> int:
+        """Hand finished scores to their callbacks; `block` waits for at least one. Waiting has no limit of
+        its own: every judge request has a wall deadline (`JudgeConfig.timeout_s`), so results always come."""
         n = 0
         while True:
             try:
-                done, scores = self.ready.get(block=block and n == 0, timeout=600 if block else None)
+                done, future = self.ready.get(block=block and n == 0)
             except queue.Empty:
                 return n
-            done(scores)
+            done(future.result())
             n += 1
 
     def close(self) -> None:
@@ -256,13 +260,8 @@ def _rejudge(scorer: _Scorer, results: Mapping[str, list[QuestionResult]], files
             scorer.submit_text(r.problem, r.solution, [x.answer for x in redo],
                                lambda scores, redo=redo: done(scores, redo))
         while pending:
-            if not scorer.drain(block=True):
-                raise RuntimeError("the judge returned no result within 600 s")
-        tmp = files[b] + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in rs:
-                f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
-        os.replace(tmp, files[b])
+            scorer.drain(block=True)
+        write_text(files[b], "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rs))
 
 
 class _Episodes(Sequence):
@@ -327,9 +326,8 @@ def run_eval(
             if rec.doc_id not in finished:
                 todo.append((b, i, dataclasses.replace(rec, image=b"")))
         if bad_records is not None and b in bad_records:
-            with open(os.path.join(run_dir, b, "bad_records.jsonl"), "w", encoding="utf-8") as f:
-                for bad in bad_records[b]:
-                    f.write(json.dumps(dataclasses.asdict(bad), default=str) + "\n")
+            write_text(os.path.join(run_dir, b, "bad_records.jsonl"),
+                       "".join(json.dumps(dataclasses.asdict(bad), default=str) + "\n" for bad in bad_records[b]))
     if console and any(results.values()):
         console(f"resuming {run_dir}: {sum(map(len, results.values()))} questions already done, {len(todo)} to go")
 
@@ -383,14 +381,14 @@ def run_eval(
             episodes = _Episodes(benchmarks, todo, config.seed)
             engine.run(episodes, samples=k, seed=config.seed, on_trajectory=on_trajectory, collect=False)
             while samples:
-                if not scorer.drain(block=True):
-                    raise RuntimeError("the judge returned no result within 600 s")
+                scorer.drain(block=True)
         sampled = engine.stats.sampled_tokens if engine is not None else 0
     finally:
         bar.close()
         if engine is not None:
             engine.close()
         scorer.close()
+    last_judge_error = scorer.judge.last_error if scorer.judge is not None else None
     wall = time.perf_counter() - t_start
     with open(os.path.join(run_dir, "runs.jsonl"), "a", encoding="utf-8") as f:
         f.write(json.dumps({"questions": len(todo), "samples": len(todo) * k, "sampled_tokens": sampled,
@@ -401,13 +399,33 @@ def run_eval(
     if console:
         for b, m in metrics["benchmarks"].items():
             console(f"{b}: Avg@{k} {m.get('avg_at_k', float('nan')):.1f} over {m['questions']} questions, "
-                    f"mean turns {m.get('mean_turns', 0):.2f}, scorer {m.get('scorer', config.scorer)}")
+                    f"mean turns {m.get('mean_turns', 0):.2f}, scorer {m.get('scorer', config.scorer)}"
+                    + (f", {m['judge_failed']} sample(s) unjudged (counted wrong in Avg@K; accuracy over the "
+                       f"judged ones {m['accuracy_judged']:.1f})" if m.get("judge_failed") else ""))
             if m.get("samples") and m.get("void_rate") == 1.0:
                 console(f"warning: {b}: every sample is void (no <answer>): is the model run as it was trained? "
                         "A checkpoint's agent.json sets its system prompt, pixel budget and limits; settings "
                         "given in the config win over it")
         console(f"wrote {os.path.join(run_dir, 'metrics.json')}, results.md, turn_curve.png, index.html")
+        if unjudged(metrics):
+            console(f"warning: the judge at {scorer.judge.endpoint if scorer.judge else '?'} failed on "
+                    f"{unjudged(metrics)} sample(s) after its retries; last error: {last_judge_error}")
     return metrics
+
+
+def unjudged(metrics: Mapping[str, Any]) -> int:
+    """Samples of a finished run the judge gave no score (after its retries): a re-run asks again for them."""
+    return sum(int(m.get("judge_failed", 0)) for m in metrics["benchmarks"].values())
+
+
+def unjudged_message(metrics: Mapping[str, Any], judge: JudgeConfig | None) -> str | None:
+    """The one line `mini-o3 eval` fails with while samples are unjudged, or None when all are scored."""
+    n = unjudged(metrics)
+    if not n:
+        return None
+    where = f" (the judge at {endpoint_url(judge)} failed on them after {judge.attempts} attempt(s) each)" if judge else ""
+    return (f"{n} samples unjudged; re-run to retry them{where}: the same command keeps the finished questions "
+            "and sends only the unjudged samples to the judge again")
 
 
 def compute_metrics(run_dir: str, config: EvalConfig, results: Mapping[str, Sequence[QuestionResult]],
@@ -421,12 +439,13 @@ def compute_metrics(run_dir: str, config: EvalConfig, results: Mapping[str, Sequ
     path = os.path.join(run_dir, "runs.jsonl")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            runs = [json.loads(x) for x in f if x.strip()]
+            runs = [r for r in map(_json_line, f) if r is not None]
     benches = {}
     for b, rs in results.items():
         m = summarize_benchmark(rs, config.curve_limits)
         m["bad_records"] = len(bad_records.get(b, [])) if bad_records else 0
         m["scorer"] = ",".join(sorted({r.scorer for r in rs if r.scorer})) or config.scorer
+        m.update(judged_accuracy(rs))
         benches[b] = m
     metrics = {
         "config": {**dataclasses.asdict(config), "max_images": config.max_images or config.max_turns},
@@ -436,9 +455,25 @@ def compute_metrics(run_dir: str, config: EvalConfig, results: Mapping[str, Sequ
         "invocations": len(runs),
         "judge_model": judge_model,
     }
-    with open(os.path.join(run_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=1)
+    write_json(os.path.join(run_dir, "metrics.json"), metrics, indent=1)
     return metrics
+
+
+def _json_line(line: str) -> dict | None:
+    """One runs.jsonl record; None for a blank line or one a kill cut short (the log is only appended to)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and {"wall_s", "sampled_tokens"} <= set(record) else None
+
+
+def judged_accuracy(results: Sequence[QuestionResult]) -> dict[str, Any]:
+    """`samples_judged` and `accuracy_judged`, the % correct over the samples that have a score (Avg@K counts
+    an unjudged sample as wrong, as the paper's judge had no abstentions; this shows what was measured)."""
+    scored = [s.score for r in results for s in r.samples if s.score is not None]
+    return {"samples_judged": len(scored),
+            "accuracy_judged": 100.0 * sum(v > 0.5 for v in scored) / len(scored) if scored else float("nan")}
 
 
 def _check_run(run_dir: str, config: EvalConfig) -> None:
@@ -453,5 +488,4 @@ def _check_run(run_dir: str, config: EvalConfig) -> None:
             raise ConfigError(f"{run_dir} holds results from other settings {diff} (saved, now); "
                               "use another --config.out_dir or the same settings to resume")
         return
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(mine, f, indent=1)
+    write_json(path, mine, indent=1)

@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from mini_o3_jax.atomic_io import replace_dir, write_json
 from mini_o3_jax.errors import CheckpointError
 from mini_o3_jax.model.config import ModelConfig
 from mini_o3_jax.model.qwen2_5_vl import DTYPES, Qwen25VL
@@ -262,7 +263,24 @@ def save_hf(
 ) -> str:
     """Write a HF-loadable Qwen2.5-VL directory (hub key layout) from `model`."""
     path = os.path.expanduser(os.fspath(path))
-    os.makedirs(path, exist_ok=True)
+    # The export is written whole into a temporary sibling and renamed into place: a failure or a kill
+    # half-way leaves the previous export in `path` untouched (and never a mix of old and new shards).
+    with replace_dir(path) as tmp:
+        _write_hf(model, str(tmp), dtype, max_shard_bytes, progress)
+        if side_files_from is not None:
+            copy_side_files(side_files_from, tmp)
+        _carry_over(path, tmp, skip=_is_weight_file)
+        if not os.path.exists(os.path.join(tmp, "generation_config.json")):
+            cfg = model.config
+            gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": [cfg.eos_token_id, cfg.bos_token_id],
+                   "pad_token_id": cfg.bos_token_id}
+            write_json(os.path.join(tmp, "generation_config.json"), gen)
+    return path
+
+
+def _write_hf(model: Qwen25VL, path: str, dtype: str, max_shard_bytes: int,
+              progress: Callable[[str], None] | None) -> None:
+    """Safetensors shards (+ index when sharded) and config.json into the empty directory `path`."""
     np_dtype = np.dtype(DTYPES[dtype])
     _, state = nnx.split(model)
     pure = nnx.to_pure_dict(state)
@@ -280,47 +298,39 @@ def save_hf(
     sizes = {name: int(np.prod(shape)) * np_dtype.itemsize for name, shape, _ in specs}
     shards = iter_shards(((n, sizes[n]) for n, _, _ in specs), max_shard_bytes)
     spec_by_name = {s[0]: s for s in specs}
-    # Write every new file under a temporary name first, then swap them in and drop stale shards:
-    # an export that fails half-way leaves the previous export in `path` intact.
-    staged: dict[str, str] = {}
-    try:
-        if len(shards) == 1:
-            staged["model.safetensors"] = os.path.join(path, ".new.model.safetensors")
-            write_safetensors(staged["model.safetensors"], specs, produce)
+    if len(shards) == 1:
+        write_safetensors(os.path.join(path, "model.safetensors"), specs, produce)
+    else:
+        weight_map = {}
+        for k, names in enumerate(shards):
+            fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+            write_safetensors(os.path.join(path, fname), [spec_by_name[n] for n in names], produce)
+            weight_map.update({n: fname for n in names})
+        index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+        write_json(os.path.join(path, "model.safetensors.index.json"), index)
+    write_json(os.path.join(path, "config.json"), model.config.to_hf_dict(torch_dtype=dtype))
+
+
+def _is_weight_file(name: str) -> bool:
+    return name.endswith(".safetensors") or name == "model.safetensors.index.json"
+
+
+def _carry_over(old: str, new: str | os.PathLike, skip: Callable[[str], bool]) -> list[str]:
+    """Copy the entries of the directory being replaced that the new write did not produce and `skip` does
+    not claim (tokenizer files, notes, a checkpoint of the other format), so replacing loses nothing else."""
+    if not os.path.isdir(old):
+        return []
+    carried = []
+    for name in sorted(os.listdir(old)):
+        src, dst = os.path.join(old, name), os.path.join(new, name)
+        if skip(name) or os.path.lexists(dst) or name.startswith(".new."):  # .new.*: staging of older versions
+            continue
+        if os.path.isdir(src) and not os.path.islink(src):
+            shutil.copytree(src, dst, symlinks=True)
         else:
-            weight_map = {}
-            for k, names in enumerate(shards):
-                fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-                staged[fname] = os.path.join(path, f".new.{fname}")
-                write_safetensors(staged[fname], [spec_by_name[n] for n in names], produce)
-                weight_map.update({n: fname for n in names})
-            index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
-            staged["model.safetensors.index.json"] = os.path.join(path, ".new.model.safetensors.index.json")
-            with open(staged["model.safetensors.index.json"], "w", encoding="utf-8") as f:
-                json.dump(index, f, indent=2)
-    except BaseException:
-        for tmp in staged.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        raise
-    # Shards first, the index last, then stale files of an older export with a different layout.
-    for final, tmp in staged.items():
-        os.replace(tmp, os.path.join(path, final))
-    for f in os.listdir(path):
-        stale = f.endswith(".safetensors") or f == "model.safetensors.index.json"
-        if stale and f not in staged and not f.startswith(".new."):
-            os.remove(os.path.join(path, f))
-    cfg = model.config
-    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(cfg.to_hf_dict(torch_dtype=dtype), f, indent=2)
-    if side_files_from is not None:
-        copy_side_files(side_files_from, path)
-    if not os.path.exists(os.path.join(path, "generation_config.json")):
-        gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": [cfg.eos_token_id, cfg.bos_token_id],
-               "pad_token_id": cfg.bos_token_id}
-        with open(os.path.join(path, "generation_config.json"), "w", encoding="utf-8") as f:
-            json.dump(gen, f, indent=2)
-    return path
+            shutil.copy2(src, dst, follow_symlinks=False)
+        carried.append(name)
+    return carried
 
 
 def copy_side_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
@@ -339,24 +349,56 @@ ORBAX_META = "mini_o3.json"
 
 
 def save_orbax(model: Qwen25VL, path: str | os.PathLike, side_files_from: str | os.PathLike | None = None) -> str:
-    """Save params with Orbax next to `mini_o3.json` (the model config) and tokenizer files."""
+    """Save params with Orbax next to `mini_o3.json` (the model config, file sizes and array checksums) and
+    tokenizer files.
+
+    The checkpoint is written whole into a temporary sibling directory and renamed into place, so a kill
+    mid-write leaves any previous checkpoint at `path` intact. Files of the old directory that this save does
+    not write (tokenizer files, notes) are carried over."""
     import orbax.checkpoint as ocp
 
+    from mini_o3_jax.train.checkpoint import state_checksums
+
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    os.makedirs(path, exist_ok=True)
-    _, state = nnx.split(model)
-    params_dir = os.path.join(path, "params")
-    if os.path.exists(params_dir):
-        shutil.rmtree(params_dir)
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(params_dir, nnx.to_pure_dict(state))
-    ckptr.wait_until_finished()
-    meta = {"config": model.config.to_config_dict(), "dtype": jnp.dtype(model.dtype).name, "format": 1}
-    with open(os.path.join(path, ORBAX_META), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
-    if side_files_from is not None:
-        copy_side_files(side_files_from, path)
+    pure = nnx.to_pure_dict(nnx.split(model)[1])
+    with replace_dir(path) as tmp:
+        params_dir = os.path.join(tmp, "params")
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(params_dir, pure)
+        ckptr.wait_until_finished()
+        meta = {"config": model.config.to_config_dict(), "dtype": jnp.dtype(model.dtype).name, "format": 1,
+                "files": _file_sizes(params_dir), "checksums": state_checksums(pure)}
+        write_json(os.path.join(tmp, ORBAX_META), meta)
+        if side_files_from is not None:
+            copy_side_files(side_files_from, tmp)
+        _carry_over(path, tmp, skip=lambda name: name in ("params", ORBAX_META))
     return path
+
+
+def _file_sizes(directory: str) -> dict[str, int]:
+    """{path relative to `directory`: size} of every file below it."""
+    sizes = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            full = os.path.join(root, name)
+            sizes[os.path.relpath(full, directory)] = os.path.getsize(full)
+    return dict(sorted(sizes.items()))
+
+
+def _check_files(params_dir: str, expected: dict[str, int]) -> None:
+    """Name the first missing or resized params file before Orbax trips over it with a TensorStore error."""
+    from mini_o3_jax.errors import CorruptCheckpointError
+
+    for rel, size in expected.items():
+        full = os.path.join(params_dir, rel)
+        if not os.path.isfile(full):
+            raise CorruptCheckpointError(f"{full}: missing (the checkpoint was written with {len(expected)} files "
+                                         "under params/; re-run `mini-o3 convert` or restore a copy)")
+        actual = os.path.getsize(full)
+        if actual != size:
+            what = "truncated" if actual < size else "has grown"
+            raise CorruptCheckpointError(f"{full}: {what}: {actual} bytes, written as {size} "
+                                         "(re-run `mini-o3 convert` or restore a copy)")
 
 
 def load_orbax(
@@ -368,8 +410,14 @@ def load_orbax(
     remat: str = "none",
     unroll: bool = False,
 ) -> Qwen25VL:
-    """Restore a `save_orbax` checkpoint, resharding onto `mesh` (or the default device)."""
+    """Restore a `save_orbax` checkpoint, resharding onto `mesh` (or the default device).
+
+    Damaged files are one `CorruptCheckpointError` naming the file (missing/resized), the Orbax read error
+    (unreadable data) or the arrays whose contents fail the checksums written at save time (altered bytes)."""
     import orbax.checkpoint as ocp
+
+    from mini_o3_jax.errors import CorruptCheckpointError
+    from mini_o3_jax.train.checkpoint import changed_arrays, quiet_closed_loop_noise, read_error_summary
 
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     meta_path = os.path.join(path, ORBAX_META)
@@ -380,10 +428,15 @@ def load_orbax(
             meta = json.load(f)
         cfg = ModelConfig.from_config_dict(meta["config"])
         stored = DTYPES[meta["dtype"]]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        files, checksums = dict(meta.get("files") or {}), dict(meta.get("checksums") or {})
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(
             f"{meta_path}: expected JSON with 'config' (model config) and 'dtype' ({type(e).__name__}: {e})"
         ) from None
+    params_dir = os.path.join(path, "params")
+    if not os.path.isdir(params_dir):
+        raise CheckpointError(f"{params_dir}: missing: cannot restore Orbax params")
+    _check_files(params_dir, files)
     jdtype = stored if dtype is None else (DTYPES[dtype] if isinstance(dtype, str) else dtype)
     abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, dtype=stored, rngs=nnx.Rngs(0), remat=remat, unroll=unroll))
     graphdef, state = nnx.split(abstract)
@@ -394,10 +447,18 @@ def load_orbax(
     else:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target)
+    quiet_closed_loop_noise()
     try:
-        restored = ocp.StandardCheckpointer().restore(os.path.join(path, "params"), target)
-    except (FileNotFoundError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot restore Orbax params ({type(e).__name__}: {e})") from None
+        restored = ocp.StandardCheckpointer().restore(params_dir, target)
+    except Exception as e:  # Orbax raises bare Exception for failed array reads
+        raise CorruptCheckpointError(f"{params_dir}: cannot restore Orbax params ({read_error_summary(e)})") from None
+    changed = changed_arrays(checksums, restored)
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise CorruptCheckpointError(
+            f"{params_dir}: corrupt: {', '.join(changed[:3])}{more} read back different from what was saved "
+            "(checksum mismatch: a data file was altered; re-run `mini-o3 convert` or restore a copy)"
+        )
     if jdtype != stored:
         restored = jax.tree.map(lambda x: x.astype(jdtype), restored)
         abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, dtype=jdtype, rngs=nnx.Rngs(0), remat=remat, unroll=unroll))

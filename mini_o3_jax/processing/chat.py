@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -179,6 +180,28 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of `text` with special-token spellings (`<|im_end|>`, `<|image_pad|>`...) kept as
+        ordinary text, for text quoted from the model: it must not inject control tokens."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode_plain expects a str, got {type(text).__name__}")
+        return self._plain_tokenizer().encode(text, add_special_tokens=False).ids
+
+    def _plain_tokenizer(self) -> tokenizers.Tokenizer:
+        """A copy of the tokenizer that does not split out special tokens. A copy, not a toggled
+        flag on the shared one, so concurrent encodes elsewhere keep their behaviour."""
+        plain = self.__dict__.get("_plain")
+        if plain is None:
+            plain = tokenizers.Tokenizer.from_str(self._tok.to_str())
+            plain.encode_special_tokens = True
+            self._plain = plain
+        return plain
+
+    @property
+    def special_tokens(self) -> list[str]:
+        """The added tokens flagged special (the ones `decode(..., skip_special_tokens=True)` drops)."""
+        return [tok.content for tok in self._tok.get_added_tokens_decoder().values() if tok.special]
 
     def decode(self, ids: Sequence[int] | np.ndarray, skip_special_tokens: bool = False) -> str:
         """Text of `ids`; with `skip_special_tokens`, tokens flagged special (not `<think>`) are dropped."""
@@ -504,6 +527,25 @@ def encode_chat(
     if video_pad_id is not None and (ids == video_pad_id).any():
         raise ChatFormatError("encode_chat handles images only, but the conversation contains a video")
     return expand_image_pads(ids, num_image_tokens(image_grids_thw, merge_size), tokenizer.image_pad_id)
+
+
+def encode_template(tokenizer: Tokenizer, template: str, **fields: object) -> np.ndarray:
+    """Ids of `template.format(**fields)` where only the template's own special tokens are special.
+
+    Field values may quote the model (an error message echoing its `source`); their special-token
+    spellings stay plain text, so the model cannot put `<|image_pad|>` or `<|im_end|>` into its own
+    context. The tokenizer splits text at special tokens before BPE, so for values without such
+    spellings the ids equal `tokenizer.encode(template.format(**fields))`.
+    """
+    specials = sorted(tokenizer.special_tokens, key=len, reverse=True)
+    pieces = re.split("(" + "|".join(map(re.escape, specials)) + ")", template) if specials else [template]
+    ids: list[int] = []
+    for i, piece in enumerate(pieces):
+        if i % 2:  # a separator: one of the template's special tokens
+            ids.append(tokenizer._special_id(piece))
+        elif piece:
+            ids.extend(tokenizer.encode_plain(piece.format(**fields)))
+    return np.asarray(ids, dtype=np.int32)
 
 
 def mm_token_type_ids(

@@ -5,7 +5,8 @@ One RL step:
   2. score them: rule-based, or the LLM judge submitted right after rollout (async, batched);
   3. GRPO advantages per prompt group over all samples, over-turn ones included;
   4. dynamic sampling: drop groups whose rewards do not vary or whose judge failed, and roll out
-     more prompts until `prompts_per_step` groups survive (at most `max_gen_batches` rounds);
+     more prompts until `prompts_per_step` groups survive (at most `max_gen_batches` rounds); a batch
+     whose every answer the judge failed on stops the run (JudgeError: the judge is down, not the model);
   5. old log-probs of every trajectory under the current weights, then one optimizer update per
      mini-batch of `mini_batch_prompts` groups, the loss weighted seq-mean-token-mean with
      over-turn trajectories' tokens removed but counted (spec §4.3).
@@ -27,7 +28,7 @@ from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
 from mini_o3_jax.rl.data import Prompt, prompt_indices, take
-from mini_o3_jax.rl.rewards import JudgeConfig, JudgeItem, LLMJudge, rule_score
+from mini_o3_jax.rl.rewards import JudgeConfig, JudgeError, JudgeItem, LLMJudge, rule_score
 from mini_o3_jax.rollout.engine import EngineConfig, Episode, RolloutEngine
 from mini_o3_jax.rollout.sampler import Sampling
 from mini_o3_jax.train.advantages import grpo_advantages, valid_groups
@@ -65,13 +66,28 @@ class Rewarder:
             return out
         inner = self.judge.submit([JudgeItem(p.problem, p.solution, a) for p, a in zip(prompts, answers)])
 
-        def done(f):
-            scores = f.result()
-            failed = np.array([s is None for s in scores])
-            out.set_result((np.array([0.0 if s is None else s for s in scores], np.float32), failed))
+        def done(f: concurrent.futures.Future) -> None:
+            try:  # an error must reach the waiting loop, or it would wait forever
+                scores = f.result()
+                failed = np.array([s is None for s in scores], bool)
+                out.set_result((np.array([0.0 if s is None else s for s in scores], np.float32), failed))
+            except BaseException as exc:
+                out.set_exception(exc)
 
         inner.add_done_callback(done)
         return out
+
+    def check_judge(self, step: int, trajs: Sequence[Trajectory], failed: np.ndarray) -> None:
+        """Raise JudgeError when the judge failed on every answer it was asked about in one rollout batch:
+        the judge is unreachable or refusing, and more rollouts would only repeat that."""
+        asked = np.array([t.answer is not None for t in trajs], bool)
+        if self.judge is None or not failed.any() or (asked & ~failed).any():
+            return
+        j = self.judge
+        raise JudgeError(f"rl step {step}: the judge at {j.endpoint} gave no usable score for any of the "
+                         f"{int(failed.sum())} answer(s) of a rollout batch ({j.config.attempts} attempt(s) each); "
+                         f"last error: {j.last_error}. Check reward.judge (url, model, api_key, api_version) or "
+                         "MINI_O3_JUDGE_URL / END_POINT; re-running resumes from the last checkpoint")
 
     def close(self) -> None:
         if self.judge is not None:
@@ -154,6 +170,7 @@ def run_rl(
                 kept: list[tuple[Prompt, list[Trajectory], np.ndarray, np.ndarray]] = []
                 all_trajs: list[Trajectory] = []
                 all_rewards: list[np.ndarray] = []
+                all_failed: list[np.ndarray] = []
                 failed_all = 0
                 rollout_s = judge_wait_s = 0.0
                 sampled = 0
@@ -171,11 +188,13 @@ def run_rl(
                     t0 = time.perf_counter()
                     rewards, failed = future.result()
                     judge_wait_s += time.perf_counter() - t0
+                    rewarder.check_judge(rl_step, trajs, failed)
                     groups = np.repeat(np.arange(len(batch_prompts)), n)
                     adv = grpo_advantages(rewards, groups)
                     keep = valid_groups(rewards, groups, failed) if t.dynamic_sampling else ~failed
                     all_trajs += trajs
                     all_rewards.append(rewards)
+                    all_failed.append(failed)
                     failed_all += int(failed.sum())
                     for g, p in enumerate(batch_prompts):
                         sl = slice(g * n, (g + 1) * n)
@@ -183,9 +202,12 @@ def run_rl(
                             kept.append((p, trajs[sl], rewards[sl], adv[sl]))
                     gen += 1
                 rewards_all = np.concatenate(all_rewards)
-                step_metrics = rollout_metrics(all_trajs, rewards_all)
+                step_metrics = rollout_metrics(all_trajs, rewards_all, np.concatenate(all_failed))
                 step_metrics.update(valid_groups=len(kept), gen_batches=gen, rollout_s=rollout_s,
                                     judge_wait_s=judge_wait_s, rollout_tokens_per_s=sampled / max(rollout_s, 1e-9))
+                if failed_all and console:
+                    console(f"rl step {rl_step}: the judge failed on {failed_all} of {len(rewards_all)} answers "
+                            f"(groups dropped); last error: {rewarder.judge.last_error}")
                 if not kept:
                     raise ConfigError(no_varying_groups(rl_step, gen, rewards_all, failed_all, cfg))
                 if len(kept) < per_step and console:
@@ -236,12 +258,20 @@ def run_rl(
     return metrics
 
 
-def rollout_metrics(trajs: Sequence[Trajectory], rewards: np.ndarray) -> dict[str, float]:
-    """What a researcher watches during RL: reward/accuracy, turns, and how episodes ended."""
+def rollout_metrics(trajs: Sequence[Trajectory], rewards: np.ndarray,
+                    failed: np.ndarray | None = None) -> dict[str, float]:
+    """What a researcher watches during RL: reward/accuracy, turns, and how episodes ended.
+
+    `reward_mean` and `accuracy` are over the *judged* samples only (`failed` marks those the judge gave no
+    score, whose placeholder reward 0 would read as wrong answers); `judge_failed` counts the others, so a
+    flaky judge shows as itself and not as a worse policy. Without a judge every sample is judged."""
     k = max(len(trajs), 1)
+    failed = np.zeros(len(rewards), bool) if failed is None else np.asarray(failed, bool)
+    judged = rewards[~failed]
     return {
-        "reward_mean": float(rewards.mean()) if len(rewards) else 0.0,
-        "accuracy": float((rewards > 0.5).mean()) if len(rewards) else 0.0,
+        "reward_mean": float(judged.mean()) if len(judged) else float("nan"),
+        "accuracy": float((judged > 0.5).mean()) if len(judged) else float("nan"),
+        "judge_failed": int(failed.sum()),
         "turns_mean": sum(t.num_turns for t in trajs) / k,
         "over_turn_rate": sum(t.over_turn for t in trajs) / k,
         "over_length_rate": sum(t.over_length for t in trajs) / k,

@@ -2,25 +2,26 @@
 
 The released Mini-o3 recipe (verl ``general_qa_tool.py``) rewards a trajectory with 1.0 when an LLM judge
 (``gpt-4o-2024-11-20`` on Azure OpenAI) says the final ``<answer>...</answer>`` matches the ground truth,
-else 0.0. This module reproduces that rule with the standard library only:
+else 0.0. This module reproduces that rule:
 
 * :func:`extract_answer` -- the "strict" extraction: the first ``<answer>`` span of the joined assistant turns;
   no span means reward 0 and no judge call.
-* :class:`LLMJudge` -- talks to any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Azure), with
-  the released retry schedule (5 attempts, temperature 0.0, 0.2, 0.4, ...), bounded concurrency, a
-  non-blocking :meth:`LLMJudge.submit` so that judging overlaps decoding, and a JSONL cache that survives
-  restarts. An item whose every attempt fails scores ``None``; the RL loop drops its whole prompt group
-  rather than training on a made-up reward.
+* :class:`LLMJudge` -- talks to any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Azure) through
+  the ``openai`` SDK, with the released retry schedule (5 attempts, temperature 0.0, 0.2, 0.4, ...), a wall
+  deadline per request, a cap on reply size, bounded concurrency, a non-blocking :meth:`LLMJudge.submit` so
+  that judging overlaps decoding, and a JSONL cache that survives restarts. An item whose every attempt
+  fails scores ``None``; the RL loop drops its whole prompt group rather than training on a made-up reward,
+  and eval leaves the sample unjudged for a re-run to retry. No judge fault raises out of the judge.
 * :func:`score_choice`, :func:`score_exact`, :func:`score_numeric` -- judge-free scorers for data sets whose
   answers are letters, short strings or numbers (cheaper, deterministic, usable offline).
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import hashlib
-import http.client
 import json
 import logging
 import math
@@ -28,16 +29,20 @@ import os
 import re
 import string
 import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import openai
+
+try:  # the openai SDK's HTTP library: httpx2 from openai 3, httpx before
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover - openai 2.x
+    import httpx  # type: ignore[no-redef]
+
 from mini_o3_jax.agent import protocol
-from mini_o3_jax.errors import ConfigError
+from mini_o3_jax.errors import ConfigError, MiniO3Error
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +51,7 @@ __all__ = [
     "SYSTEM_PROMPT",
     "USER_PROMPT_TEMPLATE",
     "JudgeConfig",
+    "JudgeError",
     "JudgeItem",
     "JudgeStats",
     "LLMJudge",
@@ -53,8 +59,10 @@ __all__ = [
     "build_messages",
     "check_user_prompt",
     "config_defaults",
+    "endpoint_url",
     "extract_answer",
     "parse_score",
+    "redact",
     "rule_score",
     "score_choice",
     "score_exact",
@@ -185,6 +193,9 @@ class JudgeConfig:
     ``system_prompt`` / ``user_prompt`` default to the released prompts (spec §4.5); a different judge model
     may want other wording, but the user prompt must keep the fields {question}, {ground_truth} and
     {prediction} (checked here, a ConfigError otherwise).
+
+    ``timeout_s`` is the wall deadline of one request, connect to last byte; ``max_reply_bytes`` caps the
+    reply (or error body) read from the server: a larger one is a failed attempt, not read further.
     """
 
     url: str = ""
@@ -195,6 +206,7 @@ class JudgeConfig:
     attempts: int = 5
     backoff_s: float = 0.5
     max_tokens: int = 16384
+    max_reply_bytes: int = 1 << 20
     concurrency: int = 32
     cache_path: str | None = None
     system_prompt: str = SYSTEM_PROMPT
@@ -282,8 +294,13 @@ class JudgeStats:
     deduped: int = 0
 
 
+class JudgeError(MiniO3Error):
+    """The judge gave no usable score for any answer of a batch: it is down, refusing us, or misconfigured."""
+
+
 class _AttemptError(Exception):
-    """One judge attempt failed in a way worth retrying (HTTP error, timeout, bad JSON, no 0/1 score)."""
+    """One judge attempt failed in a way worth retrying (HTTP error, deadline, huge reply, bad JSON, no 0/1 score);
+    its message is already key-redacted."""
 
 
 def _validate(config: JudgeConfig) -> None:
@@ -306,6 +323,8 @@ def _validate(config: JudgeConfig) -> None:
         raise ConfigError(f"JudgeConfig.backoff_s must be >= 0, got {config.backoff_s}")
     if config.max_tokens < 1:
         raise ConfigError(f"JudgeConfig.max_tokens must be >= 1, got {config.max_tokens}")
+    if config.max_reply_bytes < 1024:
+        raise ConfigError(f"JudgeConfig.max_reply_bytes must be >= 1024, got {config.max_reply_bytes}")
 
 
 def _cache_key(model: str, messages: Sequence[Mapping[str, str]]) -> str:
@@ -351,18 +370,21 @@ def _done(value: float | None) -> concurrent.futures.Future:
 
 
 class LLMJudge:
-    """Binary LLM judge over an OpenAI-compatible chat-completions endpoint (standard library HTTP only).
+    """Binary LLM judge over an OpenAI-compatible chat-completions endpoint (the ``openai`` SDK's async client).
 
-    Requests run in a thread pool of ``config.concurrency`` workers, so at most that many are in flight.
-    Each item gets up to ``config.attempts`` attempts at temperature ``min(0.2 * i, 1.0)``: the first is
-    greedy, later ones add randomness to escape a reply the parser cannot read. Every failure (HTTP error,
-    timeout, bad JSON, a reply without ``score:`` or whose score is neither 0 nor 1) is retried after
-    ``backoff_s * (i + 1)`` seconds.
+    Requests run on one event loop in a background thread, at most ``config.concurrency`` at a time. Each
+    item gets up to ``config.attempts`` attempts at temperature ``min(0.2 * i, 1.0)``: the first is greedy,
+    later ones add randomness to escape a reply the parser cannot read. Every failure (HTTP error, a request
+    not answered whole within ``timeout_s``, a reply over ``max_reply_bytes``, bad JSON, a reply without
+    ``score:`` or whose score is neither 0 nor 1) is retried after ``backoff_s * i`` seconds. ``timeout_s``
+    bounds the whole request (connect to last byte), not each read: a server dripping bytes cannot hold an
+    item longer than ``attempts * (timeout_s + backoff)``. Error texts that quote the server's reply have the
+    API key and any Authorization / api-key header value masked, so a server echoing headers leaks nothing.
 
     Successful results are cached in memory under a sha256 of the model and the exact messages (prompts
     included, so a changed prompt asks again) and, when ``config.cache_path`` is set, appended to a JSONL
-    file that is reloaded at construction, so a restarted run does not pay for the same judgements twice. Failures are never cached. Identical items submitted
-    while one is in flight share its request.
+    file that is reloaded at construction, so a restarted run does not pay for the same judgements twice.
+    Failures are never cached. Identical items submitted while one is in flight share its request.
 
     Use :meth:`submit` from the RL loop (it returns at once) and :meth:`score` elsewhere; call :meth:`close`
     (or use the judge as a context manager) to wait for outstanding work and close the cache file.
@@ -371,29 +393,21 @@ class LLMJudge:
     def __init__(self, config: JudgeConfig):
         _validate(config)
         self.config = config
-        base = config.url.rstrip("/")
-        headers = {"Content-Type": "application/json"}
-        if config.api_version:
-            model = urllib.parse.quote(config.model, safe="")
-            query = urllib.parse.urlencode({"api-version": config.api_version})
-            self._endpoint = f"{base}/openai/deployments/{model}/chat/completions?{query}"
-            if config.api_key:
-                headers["api-key"] = config.api_key
-        else:
-            self._endpoint = f"{base}/chat/completions"
-            if config.api_key:
-                headers["Authorization"] = f"Bearer {config.api_key}"
-        self._headers = headers
+        self._endpoint = endpoint_url(config)
+        self._secrets = _secret_forms(config.api_key)
         self._lock = threading.Lock()
         self._counts = {f.name: 0 for f in dataclasses.fields(JudgeStats)}
+        self._last_error: str | None = None
         self._cache: dict[str, float] = {}
         self._inflight: dict[str, concurrent.futures.Future] = {}
         self._cache_file = None
         if config.cache_path:
             self._open_cache(config.cache_path)
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.concurrency, thread_name_prefix="llm-judge"
-        )
+        self._client = _make_client(config)
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="llm-judge", daemon=True)
+        self._thread.start()
         self._closed = False
 
     # -- public API ----------------------------------------------------------------------------------------
@@ -403,6 +417,17 @@ class LLMJudge:
         """A snapshot of the counters."""
         with self._lock:
             return JudgeStats(**self._counts)
+
+    @property
+    def endpoint(self) -> str:
+        """The URL requests go to (no credentials in it), for messages about this judge."""
+        return self._endpoint
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the latest failed attempt failed (key-redacted), or ``None`` when none has failed."""
+        with self._lock:
+            return self._last_error
 
     def submit(self, items: Sequence[JudgeItem]) -> concurrent.futures.Future:
         """Start judging ``items`` and return at once a future of ``list[float | None]`` in item order.
@@ -427,9 +452,9 @@ class LLMJudge:
                     self._counts["deduped"] += 1
                     futures.append(self._inflight[key])
                 else:
-                    # Registered under the lock, and the worker unregisters under the same lock, so the entry
+                    # Registered under the lock, and the coroutine unregisters under the same lock, so the entry
                     # can never outlive its request.
-                    fut = self._pool.submit(self._judge, messages, key)
+                    fut = asyncio.run_coroutine_threadsafe(self._judge(messages, key), self._loop)
                     self._inflight[key] = fut
                     futures.append(fut)
         return _gather(futures)
@@ -439,11 +464,17 @@ class LLMJudge:
         return self.submit(items).result()
 
     def close(self) -> None:
-        """Wait for outstanding judgements, stop the workers and close the cache file (idempotent)."""
+        """Wait for outstanding judgements, close the HTTP client, stop the loop and close the cache (idempotent)."""
         if self._closed:
             return
         self._closed = True
-        self._pool.shutdown(wait=True)
+        with self._lock:
+            pending = list(self._inflight.values())
+        concurrent.futures.wait(pending)
+        asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
         with self._lock:
             if self._cache_file is not None:
                 self._cache_file.close()
@@ -504,30 +535,26 @@ class LLMJudge:
         return build_messages(item.question, item.solution, item.answer, system_prompt=self.config.system_prompt,
                               user_prompt=self.config.user_prompt)
 
-    def _judge(self, messages: list[dict[str, str]], key: str) -> float | None:
-        """Worker: run the attempts for one item; the result is 1.0, 0.0, or ``None`` after ``attempts`` failures."""
+    async def _judge(self, messages: list[dict[str, str]], key: str) -> float | None:
+        """Run the attempts for one item; the result is 1.0, 0.0, or ``None`` after ``attempts`` failures."""
         result: float | None = None
-        last_error: Exception | None = None
+        last_error: str | None = None
         try:
             for attempt in range(self.config.attempts):
                 if attempt:
-                    time.sleep(self.config.backoff_s * attempt)
-                temperature = min(0.2 * attempt, 1.0)
+                    await asyncio.sleep(self.config.backoff_s * attempt)
                 with self._lock:
                     self._counts["calls"] += 1
                     self._counts["retries"] += int(attempt > 0)
                 try:
-                    result = self._attempt(messages, temperature)
+                    async with self._slots:
+                        result = await self._attempt(messages, min(0.2 * attempt, 1.0))
                     break
                 except _AttemptError as exc:
-                    last_error = exc
-                    logger.debug("judge attempt %d/%d failed: %s", attempt + 1, self.config.attempts, exc)
-            else:
-                logger.warning(
-                    "judge gave no usable score after %d attempts, the item is marked failed; last error: %s",
-                    self.config.attempts,
-                    last_error,
-                )
+                    last_error = str(exc)
+                    with self._lock:
+                        self._last_error = last_error
+                    logger.debug("judge attempt %d/%d failed: %s", attempt + 1, self.config.attempts, last_error)
         finally:
             with self._lock:
                 if result is None:
@@ -535,43 +562,156 @@ class LLMJudge:
                 else:
                     self._remember(key, result)
                 self._inflight.pop(key, None)
+        if result is None:  # not a warning: callers count failures (stats, last_error) and report them once
+            logger.debug("judge gave no usable score after %d attempts, the item is marked failed; last error: %s",
+                         self.config.attempts, last_error)
         return result
 
-    def _attempt(self, messages: list[dict[str, str]], temperature: float) -> float:
-        """One request; returns the score or raises :class:`_AttemptError`."""
-        body: dict[str, Any] = {
-            "model": self.config.model,
-            "messages": messages,
-            "temperature": temperature,
-            "max_tokens": self.config.max_tokens,
-        }
-        request = urllib.request.Request(
-            self._endpoint, data=json.dumps(body).encode("utf-8"), headers=self._headers, method="POST"
-        )
+    async def _attempt(self, messages: list[dict[str, str]], temperature: float) -> float:
+        """One request, bounded in wall time by ``timeout_s``; returns the score or raises :class:`_AttemptError`."""
+        request = self._client.chat.completions.with_raw_response.create(
+            model=self.config.model, messages=messages, temperature=temperature,  # type: ignore[arg-type]
+            max_tokens=self.config.max_tokens)
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            try:
-                detail = exc.read(500).decode("utf-8", errors="replace")
-            except Exception:  # the error body is only for the log
-                detail = ""
-            raise _AttemptError(f"HTTP {exc.code} from {self._endpoint}: {detail}") from exc
-        except (
-            OSError,
-            http.client.HTTPException,
-        ) as exc:  # refused/reset connection, DNS, timeout, bad status
-            raise _AttemptError(f"request to {self._endpoint} failed: {exc}") from exc
+            raw = (await asyncio.wait_for(request, timeout=self.config.timeout_s)).http_response.content
+        except asyncio.TimeoutError:
+            raise _AttemptError(f"no complete reply from {self._endpoint} within {self.config.timeout_s:g} s") from None
+        except openai.APIStatusError as exc:
+            raise _AttemptError(f"HTTP {exc.status_code} from {self._endpoint}: "
+                                f"{self._quote(_status_body(exc), 300)}") from None
+        except Exception as exc:  # noqa: BLE001 - SDK, httpx, anyio, TLS, size cap: any fault is a failed attempt
+            raise _AttemptError(f"request to {self._endpoint} failed: {self._redact(_describe(exc))[:300]}") from None
+        return self._score(raw)
+
+    def _score(self, raw: bytes) -> float:
+        """The score in a chat-completions reply body, or :class:`_AttemptError`."""
         try:
             content = json.loads(raw)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise _AttemptError(f"malformed chat-completions response: {raw[:200]!r}") from exc
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise _AttemptError(f"malformed chat-completions response: {self._quote(raw)}") from None
         if not isinstance(content, str):
-            raise _AttemptError(f"reply content is not text: {content!r}")
+            raise _AttemptError(f"reply content is not text: {self._quote(repr(content))}")
         value = parse_score(content)
         if value is None:
-            raise _AttemptError(f"reply has no 'score:' followed by 0 or 1: {content[:200]!r}")
+            raise _AttemptError(f"reply has no 'score:' followed by 0 or 1: {self._quote(content)}")
         return value
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    def _quote(self, text: str | bytes, limit: int = 200) -> str:
+        """The start of a server's text for an error message: masked whole first, so no cut key survives."""
+        if isinstance(text, bytes):
+            text = text[: 64 * limit].decode("utf-8", errors="replace")
+        return repr(self._redact(text)[:limit])
+
+
+def endpoint_url(config: JudgeConfig) -> str:
+    """The chat-completions URL the judge posts to (Azure: the deployment's, with the API version)."""
+    base = config.url.rstrip("/")
+    if not config.api_version:
+        return f"{base}/chat/completions"
+    model = urllib.parse.quote(config.model, safe="")
+    query = urllib.parse.urlencode({"api-version": config.api_version})
+    return f"{base}/openai/deployments/{model}/chat/completions?{query}"
+
+
+def _make_client(config: JudgeConfig) -> openai.AsyncOpenAI:
+    """The SDK client: no SDK retries (ours raise the temperature), no redirects (a redirect could carry the
+    api-key header elsewhere), no compression (the size cap counts the bytes that are decoded), capped replies."""
+    hooks: dict[str, list] = {"response": [_cap_reply(config.max_reply_bytes)]}
+    if not config.api_key:  # a keyless local server: the SDK insists on a key, so send none of its placeholder
+        hooks["request"] = [_drop_credentials]
+    http = openai.DefaultAsyncHttpxClient(timeout=config.timeout_s, follow_redirects=False, event_hooks=hooks)
+    common: dict[str, Any] = dict(api_key=config.api_key or _NO_KEY, max_retries=0, timeout=config.timeout_s,
+                                  http_client=http, default_headers={"Accept-Encoding": "identity"})
+    if config.api_version:
+        return openai.AsyncAzureOpenAI(azure_endpoint=config.url, api_version=config.api_version, **common)
+    return openai.AsyncOpenAI(base_url=config.url, **common)
+
+
+_NO_KEY = "no-key"
+
+
+async def _drop_credentials(request: Any) -> None:
+    """httpx request hook: remove the SDK's placeholder credentials (and any picked up from its environment)."""
+    for name in ("authorization", "api-key"):
+        request.headers.pop(name, None)
+
+
+class _ReplyTooLarge(Exception):
+    """A judge reply (or error body) beyond ``max_reply_bytes``: read no further."""
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    """A response body that raises :class:`_ReplyTooLarge` once more than ``limit`` bytes have arrived."""
+
+    def __init__(self, inner: Any, limit: int):
+        self._inner, self._limit = inner, limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._limit:
+                raise _ReplyTooLarge(f"reply larger than the {self._limit}-byte cap (max_reply_bytes)")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _cap_reply(limit: int) -> Callable[[Any], Awaitable[None]]:
+    """An httpx response hook (it runs before the body is read) that refuses a declared length over ``limit``
+    and caps an undeclared (chunked) one while it streams in."""
+
+    async def hook(response: Any) -> None:
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise _ReplyTooLarge(f"reply of {length} bytes exceeds the {limit}-byte cap (max_reply_bytes)")
+        response.stream = _CappedStream(response.stream, limit)
+
+    return hook
+
+
+def _status_body(exc: openai.APIStatusError) -> str:
+    try:
+        return exc.response.text
+    except Exception:  # the body is only for the message
+        return ""
+
+
+def _describe(exc: BaseException) -> str:
+    """``exc`` and the causes the SDK wraps it around ("Connection error." alone says little)."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and len(parts) < 4:
+        seen.add(id(exc))
+        part = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if part not in parts:  # httpx re-raises its transport's error under the same name and text
+            parts.append(part)
+        exc = exc.__cause__ or exc.__context__
+    return " <- ".join(parts)
+
+
+# An Authorization / api-key header value as it appears in an echoed header dump, JSON or repr.
+_SECRET_HEADER = re.compile(r"(?i)((?:authorization|api-key|x-api-key)[\"']?\s*[:=]\s*[\"']?)(?:bearer\s+)?[^\s\"',;}\]\\]+")
+
+
+def _secret_forms(secret: str) -> tuple[str, ...]:
+    """``secret`` as it may appear in a reply or a repr: raw, JSON-escaped, URL-quoted."""
+    if not secret:
+        return ()
+    forms = {secret, json.dumps(secret)[1:-1], urllib.parse.quote(secret, safe=""), repr(secret)[1:-1]}
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` with every ``secrets`` string and every Authorization / api-key header value replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _SECRET_HEADER.sub(r"\1***", text)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -75,4 +75,5 @@ def truncate_at_stop(ids: np.ndarray, tokenizer: Tokenizer, stop: str) -> np.nda
             break
     head = tokenizer.decode(ids[: k - 1], skip_special_tokens=True)
     tail = text[len(head):end]
-    return np.concatenate([ids[: k - 1], np.asarray(tokenizer.encode(tail), np.int32)]).astype(np.int32)
+    # the tail is model text: special-token spellings in it stay text
+    return np.concatenate([ids[: k - 1], np.asarray(tokenizer.encode_plain(tail), np.int32)]).astype(np.int32)

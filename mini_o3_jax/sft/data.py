@@ -14,9 +14,10 @@ as LLaMA-Factory's supervised processor does, not dropped: see `truncate_pairs`.
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,17 @@ from PIL import Image
 
 from mini_o3_jax.agent.protocol import extract_answer
 from mini_o3_jax.agent.trajectory import Trajectory, Turn
-from mini_o3_jax.data.records import SourceError
+from mini_o3_jax.data.formats import (
+    ROW_ERRORS,
+    SHAREGPT_ROLES,
+    check_image_count,
+    check_image_header,
+    json_image_roots,
+    json_rows,
+    parse_conversations,
+    resolve_image,
+)
+from mini_o3_jax.data.records import BadRecord, RecordError, SourceError, describe_bad
 from mini_o3_jax.errors import ChatFormatError
 from mini_o3_jax.processing.chat import (
     DATASET_IMAGE_PLACEHOLDER,
@@ -45,7 +56,7 @@ from mini_o3_jax.processing.image import (
     resize_llamafactory,
 )
 
-ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+log = logging.getLogger(__name__)
 
 
 def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
@@ -128,20 +139,15 @@ def conversation_trajectory(
     `truncate_pairs` says, pair by pair, each (user piece, assistant piece) cut to a prefix; an image
     whose tokens the cut would split is dropped with its partial tokens (`Trajectory.truncated` is
     then set). None: no limit."""
-    msgs = [_message(m, i, name) for i, m in enumerate(conversations)]
+    try:  # the rules `data prepare` and `read_sharegpt` apply, so a row they kept never fails here
+        turns = parse_conversations(list(conversations))
+        check_image_count(turns, len(images))
+    except RecordError as e:
+        raise ChatFormatError(f"{name}: {e}") from None
+    msgs = [(SHAREGPT_ROLES[t["from"]], t["value"]) for t in turns]
     system = DEFAULT_SYSTEM_MESSAGE
-    if msgs and msgs[0][0] == "system":
+    if msgs[0][0] == "system":
         system = msgs.pop(0)[1]
-    if not msgs or msgs[0][0] != "user" or msgs[-1][0] != "assistant":
-        raise ChatFormatError(f"{name}: expected human/gpt turns starting with human and ending with gpt, "
-                              f"got roles {[r for r, _ in msgs]}")
-    for i, (role, _) in enumerate(msgs):
-        if role != ("user" if i % 2 == 0 else "assistant"):
-            raise ChatFormatError(f"{name}: turn {i} is {role!r}; expected human and gpt turns to alternate")
-    n_placeholders = sum(v.count(DATASET_IMAGE_PLACEHOLDER) for r, v in msgs if r == "user")
-    if n_placeholders != len(images):
-        raise ChatFormatError(f"{name}: {n_placeholders} <image> placeholder(s) in the human turns but "
-                              f"{len(images)} image(s)")
     pil = [resize_llamafactory(i if isinstance(i, Image.Image) else load_image(i), min_pixels, max_pixels)
            for i in images]
     grids = np.asarray(processor(pil).grid_thw, np.int64).reshape(-1, 3) if pil else np.zeros((0, 3), np.int64)
@@ -196,19 +202,28 @@ def conversation_trajectory(
     )
 
 
-def _message(m: Any, index: int, name: str) -> tuple[str, str]:
-    if not isinstance(m, Mapping) or "from" not in m or "value" not in m:
-        raise ChatFormatError(f"{name}: message {index} must be a dict with 'from' and 'value', got {m!r:.120}")
-    role = ROLES.get(m["from"])
-    if role is None or not isinstance(m["value"], str):
-        raise ChatFormatError(f"{name}: message {index} has from={m['from']!r}; expected one of {sorted(ROLES)} "
-                              "with a string value")
-    return role, m["value"]
+def _sharegpt_row(row: Any, roots: Sequence[Path], allow_absolute: bool) -> dict[str, Any]:
+    """One file row as `conversation_trajectory`'s inputs: turns by `formats.parse_conversations`, image
+    paths resolved inside `roots`; RecordError says why the row cannot be trained on."""
+    if not isinstance(row, Mapping) or "conversations" not in row:
+        raise RecordError(f"expected an object with 'conversations', got {type(row).__name__}")
+    turns = parse_conversations(row["conversations"])
+    refs = row.get("images") or []
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        raise RecordError(f"field 'images' must be a list of image paths, got {type(refs).__name__}")
+    check_image_count(turns, len(refs))
+    paths = [resolve_image(r, roots, allow_absolute) for r in refs]
+    for found in paths:
+        check_image_header(found)
+    return {"conversations": turns, "images": [str(found) for found in paths]}
 
 
-def read_sharegpt(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Read a LLaMA-Factory sharegpt JSON/JSONL file; relative image paths are joined to
-    `image_root` (default: the file's folder). `conversations` may be a list or its string form."""
+def read_sharegpt(path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
+                  allow_absolute_images: bool = False, bad: list[BadRecord] | None = None) -> list[dict[str, Any]]:
+    """Read a LLaMA-Factory sharegpt JSON/JSONL file with `data prepare`'s row reader and conversation
+    parser. Image paths are found inside `image_root` (default, as `data prepare`: the file's folder, then
+    its parent), absolute paths elsewhere only with `allow_absolute_images`. A row that cannot be trained
+    on is skipped, not fatal: it goes to `bad` (file, row, reason), or to the log when no list is given."""
     path = os.path.expanduser(os.fspath(path))
     if not path:
         raise ChatFormatError("no SFT data file given: set data.path to a LLaMA-Factory sharegpt JSON "
@@ -216,26 +231,23 @@ def read_sharegpt(path: str | os.PathLike, image_root: str | os.PathLike | None 
     if not os.path.isfile(path):
         what = "is a directory" if os.path.isdir(path) else "not found"
         raise SourceError(f"{path}: SFT data file {what}; expected a sharegpt JSON (conversations + images)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            if path.endswith(".jsonl"):
-                records = [json.loads(line) for line in f if line.strip()]
-            else:
-                records = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ChatFormatError(f"{path}: not a JSON{' Lines' if path.endswith('.jsonl') else ''} file ({e})") from None
-    if not isinstance(records, list):
-        raise ChatFormatError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
-    root = os.fspath(image_root) if image_root is not None else os.path.dirname(os.path.abspath(path))
-    out = []
-    for i, r in enumerate(records):
-        if not isinstance(r, Mapping) or "conversations" not in r:
-            raise ChatFormatError(f"{path}: record {i} has no 'conversations'")
-        conv = r["conversations"]
-        if isinstance(conv, str):
-            conv = json.loads(conv)
-        imgs = [p if os.path.isabs(p) else os.path.join(root, p) for p in r.get("images") or []]
-        out.append({"conversations": conv, "images": imgs, "name": f"{path}[{i}]"})
+    file = Path(path)
+    roots = [Path(os.path.expanduser(os.fspath(image_root)))] if image_root is not None else json_image_roots(file)
+    out, skipped = [], []
+    for i, row in json_rows(file):
+        try:
+            if isinstance(row, Exception):
+                raise row
+            out.append({**_sharegpt_row(row, roots, allow_absolute_images), "name": f"{path}[{i}]"})
+        except ROW_ERRORS as e:
+            reason = str(e) if isinstance(e, RecordError) else f"cannot be read: {type(e).__name__}: {e}"
+            skipped.append(BadRecord(path, i, "", reason))
+    if not out and skipped:
+        raise RecordError(f"{path}: no usable SFT rows; {len(skipped)} unusable:\n{describe_bad(skipped)}")
+    if bad is not None:
+        bad.extend(skipped)
+    elif skipped:
+        log.warning("%s: %d unusable row(s) skipped:\n%s", path, len(skipped), describe_bad(skipped))
     return out
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mini_o3_jax.agent.trajectory import Trajectory
+from mini_o3_jax.data.records import BadRecord, describe_bad
 from mini_o3_jax.model.config import ModelConfig
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
@@ -120,12 +121,18 @@ def sft_from_file(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, processo
     `cfg.data.tfds_dir`, on the prepared cold-start set (`cfg.data.path` then names the downloaded
     folder to prepare from when it is not prepared yet: the published parquet or the JSON)."""
     d = cfg.data
+    absolute = bool(d.get("allow_absolute_images", False))
+    bad: list[BadRecord] = []
     if d.get("tfds_dir"):
         from mini_o3_jax.data import loader
 
-        records = loader.coldstart_records(d.tfds_dir, source_dir=d.path or None, image_root=d.get("image_root") or None)
+        records = loader.coldstart_records(d.tfds_dir, source_dir=d.path or None, image_root=d.get("image_root") or None,
+                                           allow_absolute_images=absolute)
+        bad = loader.bad_records("coldstart", d.tfds_dir)
     else:
-        records = read_sharegpt(d.path, d.get("image_root") or None)
+        records = read_sharegpt(d.path, d.get("image_root") or None, allow_absolute_images=absolute, bad=bad)
+    if bad and console is not None:
+        console(f"sft: {len(bad)} unusable row(s) skipped, {len(records)} kept:\n{describe_bad(bad, 10)}")
 
     def load(indices):
         return list(sharegpt_trajectories([records[i] for i in indices], tokenizer, processor,

@@ -9,25 +9,33 @@ A checkpoint step holds two items:
   not an array but is needed to continue the run bit-for-bit.
 
 Orbax writes each step into a ``<step>.orbax-checkpoint-tmp*`` directory and renames it only once every item
-is committed, so a process killed mid-save leaves no half-written step visible: ``latest_step()`` is always a
-step that restores.
+is committed, so a process killed mid-save leaves no half-written step visible.
+
+Files can still be damaged after the commit (a full disk, a bad copy, bit rot), and Orbax's data files carry no
+checksums: a flipped byte restores silently as wrong numbers. So ``save`` also stores an exact checksum of every
+state array in the meta, ``restore`` compares it, and any read failure becomes one ``CorruptCheckpointError``
+line naming the step directory. ``restore_latest`` then falls back to the newest step that restores.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mini_o3_jax.errors import CheckpointError
+from mini_o3_jax.errors import CheckpointError, CorruptCheckpointError
 
 _STATE, _META = "state", "meta"
+_CHECKSUMS = "_state_checksums"  # reserved meta key: {path: [dtype, checksum]} written by `save`
 _MAX_LISTED = 20  # mismatching paths shown in an error before "... and N more"
 
 
@@ -82,6 +90,97 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...] | None]:
     }
 
 
+# ----------------------------------------------------------------------------- integrity helpers
+def _words(x: jax.Array) -> jax.Array:
+    """The raw bits of `x` as uint32 words (one per element; two for 8-byte dtypes)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    size = x.dtype.itemsize
+    if size == 8:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * size}")).astype(jnp.uint32)
+
+
+def _checksum(x: jax.Array) -> jax.Array:
+    """sum((2i + 1) * word_i) mod 2**32: integer addition is exact and order-free, so the value does not depend
+    on the device mesh; odd weights make any single changed word change the sum, and the position weight
+    catches swapped elements."""
+    w = _words(x)
+    index = jnp.zeros(w.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(w.ndim)):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * jnp.uint32(stride % 2**32)
+        stride *= w.shape[axis]
+    return jnp.sum(w * (2 * index + 1), dtype=jnp.uint32)
+
+
+_checksums_jit = jax.jit(lambda leaves: [_checksum(x) for x in leaves])
+
+
+def state_checksums(tree: Any) -> dict[str, list]:
+    """``{path: [dtype, checksum]}`` of every array leaf, computed on device (no host gather of sharded arrays)."""
+    flat = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0] if hasattr(x, "dtype")]
+    values = jax.device_get(_checksums_jit([jnp.asarray(x) for _, x in flat]))
+    return {_path_str(p): [str(x.dtype), int(v)] for (p, x), v in zip(flat, values)}
+
+
+def changed_arrays(saved: dict[str, list], tree: Any) -> list[str]:
+    """Paths whose restored contents differ from the checksums written at save time (same dtype only: a
+    restore that casts cannot be compared)."""
+    now = state_checksums(tree)
+    return sorted(p for p, (dtype, value) in saved.items() if p in now and now[p][0] == dtype and now[p][1] != value)
+
+
+_SPEC_NOISE = re.compile(r"\s*(\[tensorstore_spec=.*|See full TensorStore details.*)$")
+
+
+def read_error_summary(exc: BaseException) -> str:
+    """One line for an Orbax/TensorStore read failure: the innermost cause (TensorStore names the file and the
+    byte range), without the multi-kilobyte spec dumps Orbax appends."""
+    chain, e = [], exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for err in reversed(chain):
+        text = str(err).strip()
+        line = _SPEC_NOISE.sub("", text.splitlines()[0]) if text else ""
+        if line:
+            return f"{type(err).__name__}: {line[:400]}"
+    return type(exc).__name__
+
+
+_previous_unraisablehook: Callable[..., None] | None = None
+
+
+def _is_orbax_read_noise(unraisable: Any) -> bool:
+    exc, obj = unraisable.exc_value, unraisable.object
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True
+    code = getattr(obj, "cr_code", None)  # an abandoned Orbax read coroutine, garbage-collected with its error
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _drop_closed_loop_noise(unraisable: Any) -> None:
+    if not _is_orbax_read_noise(unraisable):
+        (_previous_unraisablehook or sys.__unraisablehook__)(unraisable)
+
+
+def quiet_closed_loop_noise() -> None:
+    """Drop the tracebacks TensorStore/asyncio print after a failed Orbax read.
+
+    When one read fails, Orbax closes its event loop while sibling reads are in flight; as each finishes,
+    TensorStore's callback hits the closed loop ("RuntimeError: Event loop is closed") and the abandoned read
+    coroutines are collected with their own copy of the error. Both go through ``sys.unraisablehook`` (a dozen
+    tracebacks, possibly after the error was already handled) and carry nothing new: the real error is raised
+    to the caller. Installed once; filters only those two kinds and passes everything else on."""
+    global _previous_unraisablehook
+    if sys.unraisablehook is not _drop_closed_loop_noise:
+        _previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _drop_closed_loop_noise
+
+
 class TrainCheckpointer:
     """Orbax checkpoints of a training run: the state pytree (params, optimizer state, step...) plus JSON
     metadata (data-iterator position, RNG key data, metrics...). Async save, keep-N, exact resume.
@@ -114,6 +213,7 @@ class TrainCheckpointer:
             json.dumps(meta, allow_nan=False)  # fail here, not later in the background writer thread
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint meta for step {step} is not strict JSON: {e}") from e
+        meta = {**meta, _CHECKSUMS: state_checksums(state)}
         args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)})
         started = bool(self._manager.save(step, args=args, force=force))
         if started:
@@ -133,7 +233,8 @@ class TrainCheckpointer:
         ``target`` is a pytree of ``jax.ShapeDtypeStruct`` (see ``abstract_like``) or of arrays; restored
         arrays take the target's shardings, so a checkpoint written on one mesh restores onto another.
         The target is checked against the checkpoint's metadata first, so a model/config mismatch is a
-        ``CheckpointError`` listing the paths rather than a tensorstore error deep in Orbax.
+        ``CheckpointError`` listing the paths rather than a tensorstore error deep in Orbax. Damaged files
+        (unreadable, or contents that fail the checksums written at save time) are a ``CorruptCheckpointError``.
         """
         steps = self.all_steps()
         if not steps:
@@ -143,10 +244,62 @@ class TrainCheckpointer:
         elif int(step) not in steps:
             raise CheckpointError(f"no checkpoint step {step} in {self.directory}; available steps: {steps}")
         step = int(step)
-        self._check_target(target, step)
-        args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target), _META: ocp.args.JsonRestore()})
-        restored = self._manager.restore(step, args=args)
-        return restored[_STATE], dict(restored[_META] or {})
+        where = os.path.join(self.directory, str(step))
+        quiet_closed_loop_noise()
+        try:
+            self._check_target(target, step)
+            args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target), _META: ocp.args.JsonRestore()})
+            restored = self._manager.restore(step, args=args)
+        except CheckpointError:
+            raise
+        except Exception as e:  # Orbax raises bare Exception for failed array reads
+            summary = read_error_summary(e)
+            raise CorruptCheckpointError(f"{where}: cannot read checkpoint step {step} ({summary})") from None
+        state, meta = restored[_STATE], dict(restored[_META] or {})
+        saved = meta.pop(_CHECKSUMS, None)
+        changed = changed_arrays(saved, state) if isinstance(saved, dict) else []
+        if changed:
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            raise CorruptCheckpointError(
+                f"{where}: checkpoint step {step} is corrupt: {', '.join(changed[:3])}{more} read back different "
+                "from what was saved (checksum mismatch: a data file was altered)"
+            )
+        return state, meta
+
+    def restore_latest(self, target: Any, warn: Callable[[str], None] | None = print) -> tuple[int, Any, dict] | None:
+        """``(step, state, meta)`` of the newest step that restores, or None when there is no checkpoint.
+
+        A corrupt step is skipped with a warning and moved aside to ``<step>.corrupt`` (kept for inspection;
+        the resumed run then saves that step afresh instead of refusing to overwrite it). A mismatching target
+        is raised at once: an older step would not fit either. If no step restores, one error lists them all.
+        """
+        failures: list[str] = []
+        for step in reversed(self.all_steps()):
+            try:
+                state, meta = self.restore(target, step)
+            except CorruptCheckpointError as e:
+                failures.append(str(e))
+                moved = self._set_aside(step)
+                if warn:
+                    warn(f"warning: skipping checkpoint step {step}: {e}; moved to {moved}")
+                continue
+            return step, state, meta
+        if failures:
+            raise CorruptCheckpointError(
+                f"{self.directory}: no checkpoint restores ({len(failures)} corrupt): " + "; ".join(failures)
+            )
+        return None
+
+    def _set_aside(self, step: int) -> str:
+        """Rename step ``step`` to ``<step>.corrupt[-n]`` (Orbax ignores it from then on)."""
+        src = os.path.join(self.directory, str(step))
+        dst, n = f"{src}.corrupt", 1
+        while os.path.exists(dst):
+            dst, n = f"{src}.corrupt-{n}", n + 1
+        if jax.process_index() == 0:
+            os.replace(src, dst)
+        self._manager.reload()
+        return dst
 
     def _check_target(self, target: Any, step: int) -> None:
         metadata = self._manager.item_metadata(step)[_STATE]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
 import jax
@@ -117,6 +118,15 @@ class Session:
         return final
 
 
+def _warn_both(console):
+    """Warnings go to stderr too: a skipped checkpoint must be visible even when the console is a log file."""
+    def warn(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+        if console and console is not print:
+            console(message)
+    return warn
+
+
 def open_session(cfg: ml_collections.ConfigDict, loss: str, total_steps: int, console=print) -> Session:
     """Build mesh, model, optimizer and trainer; restore the latest checkpoint of `cfg.out_dir` if any."""
     mesh = build_mesh(cfg)
@@ -128,9 +138,10 @@ def open_session(cfg: ml_collections.ConfigDict, loss: str, total_steps: int, co
     ckpt = cfg.checkpoint
     checkpointer = TrainCheckpointer(os.path.join(out, "checkpoints"), keep=ckpt.keep, async_save=ckpt.async_save)
     meta: dict[str, Any] = {}
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, meta = checkpointer.restore(abstract_like(trainer.state()), latest)
+    # the newest step that restores: a corrupt one is skipped with a warning (on the console and stderr)
+    resumed = checkpointer.restore_latest(abstract_like(trainer.state()), warn=_warn_both(console))
+    if resumed is not None:
+        latest, state, meta = resumed
         trainer.load_state(state, int(meta["step"]))
         if console:
             console(f"resumed from {checkpointer.directory} step {latest}")
