@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.benchmarks = PAPER_BENCHMARKS  # comma-separated registry names
     c.sources = ml_collections.ConfigDict({name: "" for name in BENCHMARKS})  # downloaded folders
     c.image_root = ""  # $BASE_IMAGE_DIR for Mini-o3 JSON files whose image paths are relative to it
+    c.allow_absolute_images = False  # True: also read absolute image paths outside image_root
     c.eval = ml_collections.ConfigDict(
         {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(EvalConfig()).items()})
     # "auto": the checkpoint's agent.json, else the released value (12 turns, 32,768 context, 8,192 tokens a

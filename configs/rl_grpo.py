@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # released JSON: images / problem / solution / data_source / doc_id
     c.data.image_root = ""  # $BASE_IMAGE_DIR
+    c.data.allow_absolute_images = False  # True: also read absolute image paths outside image_root
     # or prepared datasets (mini-o3 data prepare), read lazily; the released mix is
     # "visualprobe_train,deepeyes_train_4k" (4,000 + 4,000 prompts)
     c.data.sets = ""

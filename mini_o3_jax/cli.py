@@ -218,7 +218,13 @@ def cmd_rl(args) -> None:
     if d.get("sets"):  # prepared registry sets, e.g. visualprobe_train,deepeyes_train_4k
         prompts = DatasetPrompts([n.strip() for n in d.sets.split(",") if n.strip()], d.tfds_dir)
     elif d.get("path"):
-        prompts = read_prompts(d.path, d.get("image_root") or None)
+        bad: list = []
+        prompts = read_prompts(d.path, d.get("image_root") or None, bad=bad,
+                               allow_absolute_images=bool(d.get("allow_absolute_images", False)))
+        if bad:
+            from mini_o3_jax.data.records import describe_bad
+
+            print(f"rl: {len(bad)} unusable prompt row(s) skipped, {len(prompts)} kept:\n{describe_bad(bad, 10)}")
     elif d.get("synthetic"):  # generated puzzles (configs/rl_tiny.py)
         from mini_o3_jax.data.synthetic_sources import rl_prompts
 
@@ -266,7 +272,8 @@ def cmd_eval(args) -> None:
     for name in names:
         source = cfg.sources.get(name) or None
         if source:
-            print(loader.prepare(name, source, cfg.data_dir, image_root=cfg.image_root or None).summary())
+            print(loader.prepare(name, source, cfg.data_dir, image_root=cfg.image_root or None,
+                                 allow_absolute_images=bool(cfg.get("allow_absolute_images", False))).summary())
         benchmarks[name] = loader.load(name, cfg.data_dir)  # lazy: images are read as episodes start
         bad[name] = loader.bad_records(name, cfg.data_dir)
         if bad[name]:

@@ -288,3 +288,65 @@ def test_image_paths_resolve_inside_the_root_only(tmp_path):
     with pytest.raises(RecordError, match=re.escape(f"image path '{secret}' {ABSOLUTE_HINT} ({root})")):
         resolve_image(str(secret), [root])
     assert resolve_image(str(secret), [root], allow_absolute=True) == secret
+
+
+def rl_prompts_jsonl(tmp_path: Path) -> tuple[Path, Path]:
+    """A released-format RL prompt file (JSONL) with two good rows among bad ones."""
+    folder = tmp_path / "rl"
+    put(folder / "images" / "a.png", png(1))
+    put(folder / "images" / "b.png", png(2))
+    secret, _ = outside_image(tmp_path)
+
+    def row(doc_id: str, image: object = "images/a.png", **kw: object) -> bytes:
+        rec = {"images": [image], "problem": "<image>\nWhich texture?", "solution": "B", "data_source": "x",
+               "doc_id": doc_id, **kw}
+        return json.dumps(rec).encode()
+
+    lines = [
+        row("good0"),
+        b'{"images": ["images/a.png"], "problem": "\xff\xfe", "solution": "A"}',  # 1: not UTF-8
+        b"[1, 2, 3]",  # 2: not a record
+        row("badtype", solution=7),  # 3: solution not a string
+        row("climb", image="../outside/secret.png"),  # 4: leaves the root
+        row("abs", image=str(secret)),  # 5: absolute, outside the root
+        row("missing", image="images/none.png"),  # 6: no such file
+        DEEP.encode(),  # 7: too deep
+        row("good1", image="images/b.png"),
+        b'{"images": ["images/a.png"], "problem": "cut',  # 9: cut short
+    ]
+    path = put(folder / "train.jsonl", b"\n".join(lines))
+    return path, secret
+
+
+def test_rl_prompt_reader_keeps_good_rows_and_reports_each_bad_one(tmp_path):
+    from mini_o3_jax.rl.data import read_prompts
+
+    path, secret = rl_prompts_jsonl(tmp_path)
+    bad: list = []
+    prompts = read_prompts(path, bad=bad)
+    assert [(p.doc_id, Path(p.image).name) for p in prompts] == [("good0", "a.png"), ("good1", "b.png")]
+    assert all(Path(p.image).parent == path.parent / "images" for p in prompts)
+    reasons = {b.row: b.reason for b in bad}
+    assert sorted(reasons) == [1, 2, 3, 4, 5, 6, 7, 9], reasons
+    assert "UTF-8" in reasons[1]
+    assert "expected a record" in reasons[2]
+    assert "expected a string 'solution'" in reasons[3]
+    assert "leaves the image root" in reasons[4]
+    assert ABSOLUTE_HINT in reasons[5]
+    assert "not found" in reasons[6]
+    assert all(str(path) == b.source for b in bad)
+    # the explicit option reads the absolute path too, and nothing else changes
+    bad = []
+    prompts = read_prompts(path, allow_absolute_images=True, bad=bad)
+    assert [p.doc_id for p in prompts] == ["good0", "abs", "good1"] and prompts[1].image == str(secret)
+    assert sorted(b.row for b in bad) == [1, 2, 3, 4, 6, 7, 9]
+
+
+def test_rl_prompt_file_with_no_usable_row_is_one_error(tmp_path):
+    from mini_o3_jax.errors import ConfigError
+    from mini_o3_jax.rl.data import read_prompts
+
+    path = put(tmp_path / "bad.json", json.dumps([{"images": ["../x.png"], "problem": "p", "solution": "s"}]).encode())
+    with pytest.raises(ConfigError, match=r"no usable RL prompt record \(1 bad\):\n.*row 0: image path '../x.png' "
+                                          r"leaves the image root"):
+        read_prompts(path)
