@@ -20,6 +20,7 @@ line naming the step directory. ``restore_latest`` then falls back to the newest
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -167,18 +168,52 @@ def _drop_closed_loop_noise(unraisable: Any) -> None:
         (_previous_unraisablehook or sys.__unraisablehook__)(unraisable)
 
 
+def _from_orbax_read(exc: BaseException | None) -> bool:
+    """Whether `exc` (or an exception it was raised from) is an Orbax/TensorStore array read failure."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        text = str(exc)
+        if "TensorStore" in text or "OCDBT" in text or "reading array index" in text:
+            return True
+        tb = exc.__traceback__
+        while tb is not None:
+            name = tb.tb_frame.f_code.co_filename
+            if f"{os.sep}orbax{os.sep}" in name or f"{os.sep}tensorstore{os.sep}" in name:
+                return True
+            tb = tb.tb_next
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class _OrbaxNeverRetrievedFilter(logging.Filter):
+    """asyncio's "Task/Future exception was never retrieved" for sibling reads of a failed Orbax restore."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "exception was never retrieved" not in str(record.msg):
+            return True
+        return not _from_orbax_read(record.exc_info[1] if record.exc_info else None)
+
+
+_NEVER_RETRIEVED_FILTER = _OrbaxNeverRetrievedFilter()
+
+
 def quiet_closed_loop_noise() -> None:
     """Drop the tracebacks TensorStore/asyncio print after a failed Orbax read.
 
     When one read fails, Orbax closes its event loop while sibling reads are in flight; as each finishes,
     TensorStore's callback hits the closed loop ("RuntimeError: Event loop is closed") and the abandoned read
-    coroutines are collected with their own copy of the error. Both go through ``sys.unraisablehook`` (a dozen
-    tracebacks, possibly after the error was already handled) and carry nothing new: the real error is raised
-    to the caller. Installed once; filters only those two kinds and passes everything else on."""
+    coroutines are collected with their own copy of the error. These go through ``sys.unraisablehook`` or, when
+    the sibling task had finished first, asyncio's logger ("Task exception was never retrieved"; seen on a busy
+    machine): dozens of tracebacks, possibly after the error was already handled, carrying nothing new: the
+    real error is raised to the caller. Installed once; filters only those kinds and passes everything else on."""
     global _previous_unraisablehook
     if sys.unraisablehook is not _drop_closed_loop_noise:
         _previous_unraisablehook = sys.unraisablehook
         sys.unraisablehook = _drop_closed_loop_noise
+    asyncio_log = logging.getLogger("asyncio")
+    if _NEVER_RETRIEVED_FILTER not in asyncio_log.filters:
+        asyncio_log.addFilter(_NEVER_RETRIEVED_FILTER)
 
 
 class TrainCheckpointer:
