@@ -31,18 +31,23 @@ def test_matmul_fp32_matches_float64(spec, xshape, wshape, dtype):
     np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=1e-5, atol=1e-4)
 
 
-def _numpy_attention(q, k, v, seg, pos):
-    b, lq, h, d = q.shape
-    g = h // k.shape[2]
-    k, v = np.repeat(k, g, axis=2), np.repeat(v, g, axis=2)
-    s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d)
+def _numpy_probs(q, k, v, seg, pos):
+    """Attention probabilities (b, h, q, k) and the kv heads repeated to the query heads (GQA)."""
+    d = q.shape[-1]
+    g = q.shape[2] // k.shape[2]
+    kk, vv = np.repeat(k, g, axis=2), np.repeat(v, g, axis=2)
+    s = np.einsum("bqhd,bkhd->bhqk", q, kk) / np.sqrt(d)
     mask = seg[:, :, None] == seg[:, None, :]
     if pos is not None:
         mask &= pos[:, None, :] <= pos[:, :, None]
     s = np.where(mask[:, None], s, -np.inf)
     p = np.exp(s - s.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    return np.einsum("bhqk,bkhd->bqhd", p, v)
+    return p / p.sum(-1, keepdims=True), kk, vv
+
+
+def _numpy_attention(q, k, v, seg, pos):
+    p, _, vv = _numpy_probs(q, k, v, seg, pos)
+    return np.einsum("bhqk,bkhd->bqhd", p, vv)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -65,14 +70,7 @@ def _numpy_attention_grads(q, k, v, seg, pos, w):
     """d/d(q, k, v) of sum(attention * w) in float64, by the textbook softmax-attention backward."""
     b, lq, h, d = q.shape
     g = h // k.shape[2]
-    kk, vv = np.repeat(k, g, axis=2), np.repeat(v, g, axis=2)
-    s = np.einsum("bqhd,bkhd->bhqk", q, kk) / np.sqrt(d)
-    mask = seg[:, :, None] == seg[:, None, :]
-    if pos is not None:
-        mask &= pos[:, None, :] <= pos[:, :, None]
-    s = np.where(mask[:, None], s, -np.inf)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
+    p, kk, vv = _numpy_probs(q, k, v, seg, pos)
     do = w.transpose(0, 2, 1, 3)  # (b, h, q, d)
     dv = np.einsum("bhqk,bhqd->bkhd", p, do)
     dp = np.einsum("bhqd,bkhd->bhqk", do, vv)
