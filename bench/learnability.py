@@ -40,9 +40,13 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mini_o3_jax.config_files import load_config  # noqa: E402
-from mini_o3_jax.data import synthetic  # noqa: E402
-from mini_o3_jax.recipe import Recipe  # noqa: E402
 from mini_o3_jax.sft.data import conversation_trajectory  # noqa: E402
+from mini_o3_jax.toy.expert import expert_trajectory  # noqa: E402
+from mini_o3_jax.toy.perception import perception_question  # noqa: E402
+from mini_o3_jax.toy.puzzles import make_puzzle  # noqa: E402
+from mini_o3_jax.toy.recipe import Recipe  # noqa: E402
+from mini_o3_jax.toy.scene import SceneConfig  # noqa: E402
+from mini_o3_jax.toy.shapes import COLORS, glyph_bitmap  # noqa: E402
 from mini_o3_jax.train.batch import BatchSpec, examples_from_trajectories, micro_batches  # noqa: E402
 from mini_o3_jax.train.session import open_session  # noqa: E402
 
@@ -52,7 +56,7 @@ DISTRACTOR_COLORS = ("green", "blue", "yellow", "purple", "cyan")
 
 
 def position_background(size: int) -> np.ndarray:
-    """The `background="position"` code of synthetic.py on a square image."""
+    """The `background="position"` code of toy/render.py on a square image."""
     a = np.full((size, size, 3), 128, np.float32)
     ramp = 80 + 96 * np.arange(size) / (size - 1)
     a[..., 0], a[..., 2] = ramp[None, :], ramp[:, None]
@@ -63,7 +67,7 @@ def fmt(v: float) -> str:
     return f"{v:.4f}".rstrip("0").rstrip(".") if v not in (0.0, 1.0) else f"{v:.1f}"
 
 
-def task(args, scene: synthetic.SceneConfig) -> Callable[[int], tuple[list, list[Image.Image]]]:
+def task(args, scene: SceneConfig) -> Callable[[int], tuple[list, list[Image.Image]]]:
     """seed -> (conversation, images) for the chosen probe."""
     size = 112
 
@@ -75,12 +79,12 @@ def task(args, scene: synthetic.SceneConfig) -> Callable[[int], tuple[list, list
         c, m = size // g, size // g // 4
         names = args.colors.split(",")  # the square's colour, drawn per image (the question names it)
         name = names[int(r.integers(len(names)))]
-        a[j * c + m:(j + 1) * c - m, i * c + m:(i + 1) * c - m] = synthetic.COLORS[name]
+        a[j * c + m:(j + 1) * c - m, i * c + m:(i + 1) * c - m] = COLORS[name]
         others = [k for k in range(g * g) if k != j * g + i]
         for k in r.permutation(others)[: args.distractors]:  # squares of colours the question never names
             ii, jj = k % g, k // g
             other = DISTRACTOR_COLORS[int(r.integers(len(DISTRACTOR_COLORS)))]
-            a[jj * c + m:(jj + 1) * c - m, ii * c + m:(ii + 1) * c - m] = synthetic.COLORS[other]
+            a[jj * c + m:(jj + 1) * c - m, ii * c + m:(ii + 1) * c - m] = COLORS[other]
         box = ", ".join(fmt(v) for v in (i / g, j / g, (i + 1) / g, (j + 1) / g))
         if args.decimals:
             box = ", ".join(f"{v:.{args.decimals}f}" for v in (i / g, j / g, (i + 1) / g, (j + 1) / g))
@@ -94,7 +98,7 @@ def task(args, scene: synthetic.SceneConfig) -> Callable[[int], tuple[list, list
         r = np.random.default_rng(seed)
         d = scene.glyphs[int(r.integers(len(scene.glyphs)))]
         a = np.zeros((size, size, 3), np.uint8) + np.array(GREEN, np.uint8)
-        bitmap = synthetic._glyph_bitmap(d, args.glyph_cell)
+        bitmap = glyph_bitmap(d, args.glyph_cell)
         h, w = bitmap.shape
         dy, dx = (int(x) for x in r.integers(-args.jitter, args.jitter + 1, size=2)) if args.jitter else (0, 0)
         y0, x0 = (size - h) // 2 + dy, (size - w) // 2 + dx
@@ -103,8 +107,8 @@ def task(args, scene: synthetic.SceneConfig) -> Callable[[int], tuple[list, list
                 [Image.fromarray(a)])
 
     def scene_task(seed):
-        p = synthetic.make_puzzle(seed, "easy", scene)
-        e = synthetic.expert_trajectory(p, seed=seed, pattern="direct")
+        p = make_puzzle(seed, "easy", scene)
+        e = expert_trajectory(p, seed=seed, pattern="direct")
         if args.probe == "scene-read":  # the image the expert reads from, the question about its object
             return ([{"from": "human", "value": f"<image>\nWhat is written on the {p.description}?"},
                      {"from": "gpt", "value": p.answer}], [e.images[-1]])
@@ -113,8 +117,8 @@ def task(args, scene: synthetic.SceneConfig) -> Callable[[int], tuple[list, list
                 [p.image])
 
     def traj_read(seed):  # an easy puzzle's whole direct trajectory: locate, zoom, read the observation
-        p = synthetic.make_puzzle(seed, "easy", scene)
-        e = synthetic.expert_trajectory(p, seed=seed, pattern="direct")
+        p = make_puzzle(seed, "easy", scene)
+        e = expert_trajectory(p, seed=seed, pattern="direct")
         conv = [m for m in e.conversations if m["from"] != "system"]
         if args.untrained_zoom:  # control: the zoom turn says nothing about where (no box to learn)
             conv[1] = {"from": "gpt", "value": "<think>Zoom in.</think>"}
@@ -136,7 +140,7 @@ def task(args, scene: synthetic.SceneConfig) -> Callable[[int], tuple[list, list
 
     def perception(seed):  # the recipe's perception stage: its skills in turn
         skills = args.skills.split(",")
-        return synthetic.perception_question(seed, skills[seed % len(skills)], scene, args.style)
+        return perception_question(seed, skills[seed % len(skills)], scene, args.style)
 
     return {"locate": locate, "read": read, "scene-read": scene_task, "scene-locate": scene_task,
             "traj-read": traj_read, "perception": perception}[args.probe]
@@ -194,7 +198,7 @@ def main() -> None:
             cfg.model[part][k] = ast.literal_eval(v)
     cfg.model["vision"]["out_hidden_size"] = cfg.model["text"]["hidden_size"]  # the merger feeds the decoder
     recipe = Recipe(cfg, console=None)
-    fields = {f.name: f.type for f in dataclasses.fields(synthetic.SceneConfig)}
+    fields = {f.name: f.type for f in dataclasses.fields(SceneConfig)}
     overrides = dict(kv.split("=", 1) for kv in args.scene)
     recipe.scene = dataclasses.replace(recipe.scene, **{k: ast.literal_eval(v) if fields[k] != "str" else v
                                                         for k, v in overrides.items()})

@@ -66,10 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from mini_o3_jax.agent.environment import EnvConfig, VisualSearchEnv
+    from mini_o3_jax.data.records import Record
     from mini_o3_jax.model.weights import load_hf
     from mini_o3_jax.processing.chat import Tokenizer
     from mini_o3_jax.processing.image import ImageProcessor
-    from mini_o3_jax.rollout.engine import EngineConfig, Episode, RolloutEngine
+    from mini_o3_jax.rollout.engine import EngineConfig, RolloutEngine
     from mini_o3_jax.rollout.sampler import Sampling
     from tests.hf_reference import qwen_tokenizer_dir
 
@@ -95,11 +96,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- ours: S samples of one prompt
     eng = engine(s, n)
-    episode = [Episode(image, "<image>\n" + QUESTION)]
+    questions = [Record(benchmark="", doc_id="", image=image, problem="<image>\n" + QUESTION, solution="",
+                        data_source="")]
     walls, decodes, hosts, toks = [], [], [], []
-    eng.run(episode, samples=s, seed=99)  # compile
+    eng.run(questions, samples=s, seed=99)  # compile
     for r in range(args.runs):
-        eng.run(episode, samples=s, seed=r)
+        eng.run(questions, samples=s, seed=r)
         st = eng.stats
         walls.append(st.wall_s)
         decodes.append(st.decode_s)
@@ -126,11 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     # ---- shared prefill for a group
     g = args.group
     eng = engine(g, 8)
-    eng.run(episode, samples=g, seed=0)
-    shared = statistics.median(_timed(lambda r=r: eng.run(episode, samples=g, seed=r)) for r in range(args.runs))
+    eng.run(questions, samples=g, seed=0)
+    shared = statistics.median(_timed(lambda r=r: eng.run(questions, samples=g, seed=r)) for r in range(args.runs))
     shared_extend = eng.stats.extend_s
-    eng.run(episode * g, samples=1, seed=0)
-    separate = statistics.median(_timed(lambda r=r: eng.run(episode * g, samples=1, seed=r)) for r in range(args.runs))
+    eng.run(questions * g, samples=1, seed=0)
+    separate = statistics.median(_timed(lambda r=r: eng.run(questions * g, samples=1, seed=r)) for r in range(args.runs))
     separate_extend = eng.stats.extend_s
     eng.close()
 

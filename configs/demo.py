@@ -2,8 +2,8 @@
 tiny Qwen2.5-VL that can see (the packaged base, the toy's stand-in for a pretrained Qwen2.5-VL, or the
 perception stages from random init), a direct-answer baseline, cold-start SFT on scripted-expert
 trajectories, GRPO with over-turn masking (training turn limit below the test limit, as in the paper),
-evaluation and a report. Sized for a 2-core CPU (~6 minutes from the packaged base; ~16 with
-`--config.base=` from scratch); every choice below was measured (docs/demo.md).
+evaluation and a report, sized for a 2-core CPU. Why each value: docs/demo.md (its "History" section
+holds the measurements behind them).
 
     mini-o3 demo                                   # runs/demo/report.md
     mini-o3 demo --ablation                        # + RL without over-turn masking, from the same SFT
@@ -29,17 +29,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.ablation = False  # also train RL without over-turn masking and compare turn curves
     # The model baseline and SFT start from, as Mini-o3 starts from a pretrained Qwen2.5-VL: "packaged" is the
     # perception stages below, run from scratch at seed 0 with this file's settings, and shipped
-    # (mini_o3_jax/assets/demo_base, 4 MB); a path is any such checkpoint; "" runs the perception stages (~10 of
-    # the ~16 minutes on a 2-core CPU). Why shipped: the stages cost more than the budget holds, and their outcome
-    # is a coin flip. The easy level's in-context reading clicks after a plateau of random length (~350 to beyond
-    # 900 steps), and the hard level's border check reached a loss of 0.020 in one run and 0.045 in another, which
-    # left SFT at 72 / 41 % or at 45 / 26 % (easy / hard; docs/demo.md).
+    # (mini_o3_jax/assets/demo_base, 4 MB); a path is any such checkpoint; "" runs the perception stages
     c.base = "packaged"
-    # the layer loops as straight-line code rather than a scan: 4 small layers on a CPU run ~15 % faster a step
+    # the layer loops as straight-line code rather than a scan (faster for a few small layers on a CPU)
     c.unroll_layers = True
 
-    # mini_o3_jax.data.synthetic preset (SceneConfig.<scene>()): texture labels read from a cell zoom, red
-    # square targets ("grid4", glyph labels, was not learnt from scratch within the budget: docs/demo.md)
+    # mini_o3_jax.toy.scene preset (SceneConfig.<scene>()): texture labels read from a cell zoom, red
+    # square targets
     c.scene = "toy"
     c.system_prompt = False  # a model trained from scratch needs no instruction; saves 226 tokens a sequence
     c.data = ml_collections.ConfigDict()
@@ -48,8 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.eval_per_level = 32
     c.data.tokenizer_puzzles = 60
     c.data.vocab_size = 700
-    # the levels RL prompts cycle through (empty: all): the hard one, where SFT leaves room. With the KL term
-    # 8 hard-only steps cost easy 0-2.4 points; without it, from an SFT model at chance on hard, 28 points
+    # the levels RL prompts cycle through (empty: all): the hard one, where SFT leaves room
     c.data.rl_levels = ["hard"]
 
     m = preset("tiny")
@@ -74,10 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # perception (with base=""; the packaged base is these stages' result): single-skill questions (where is the
     # target, what pattern), dense supervision before search, as Qwen2.5-VL's pretraining precedes Mini-o3.
-    # Stages run in order, each from the last;
-    # steps=0 skips one. Locating alone first (mixed with the other skills from the start it was not learned
-    # in 500 steps, alone it was in ~200), then locating and reading. Answers are the expert's own turns
-    # ("expert"; "short" bare answers left a model that re-learnt the trajectory format slowly).
+    # Stages run in order, each from the last; steps=0 skips one. Locating alone first, then locating and
+    # reading. Answers are the expert's own turns ("expert").
     c.perception_stages = ["perception_locate", "perception", "perception_search", "perception_check",
                            "perception_hard"]
     for name, steps, skills in (("perception_locate", 300, ["locate"]),
@@ -85,16 +78,13 @@ def get_config() -> ml_collections.ConfigDict:
         c[name] = trainer("sft_coldstart.py", steps=steps, batch_size=16, micro_batch=16, min_length=64,
                           max_length=256, logits_chunk=256, min_windows=16)
         c[name].skills = skills
-        c[name].style = "expert"  # synthetic.perception_question: "short" answers or the expert's own turns
+        c[name].style = "expert"  # toy.perception.perception_question: "short" answers or the expert's own turns
         c[name].optim.update(lr=1e-3, b2=0.95, warmup_ratio=0.05, weight_decay=0.0)
         c[name].checkpoint.every = 100
     # then the easy level's whole direct trajectories ("search", expert turns only): locating and reading
-    # chained in context, which clicks after a plateau of random length (350 to beyond 900 steps, docs/demo.md).
-    # min_windows 16: the 16 images of a batch fill it; 32 doubled the ViT's work (361 s -> 206 s a stage).
+    # chained in context. min_windows 16: the 16 images of a batch fill it.
     # Last, optionally, `perception_hard`: the hard level's whole direct trajectories (checking the look-alikes
-    # for the white border, reading the one that has it), up to 4 images each. Off: 150 steps (138 s) left SFT at 28.1 % on
-    # hard, within noise of 21.9 % without; zooming the first and the next look-alike and telling the border in
-    # context were not learned within 200-300 steps of the `bench/learnability.py` probe (docs/demo.md).
+    # for the white border, reading the one that has it), up to 4 images each; off,
     # --config.perception_hard.train.steps=150 runs it.
     for name, steps, skill, windows in (("perception_search", 900, "search", 16),
                                         ("perception_hard", 0, "search_hard", 32)):
@@ -107,8 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # then the hard level's first check ("check"): the first look-alike's box, and on its zoom either the border
     # and the answer or "no border" and the next look-alike's box; the first look-alike is the target half the
-    # time, so the border decision is balanced. Whole hard trajectories (`perception_hard`, 150 steps) left the
-    # border at chance in context; this stage lifted SFT on hard from 21.9 % to 37.5 % (docs/demo.md).
+    # time, so the border decision is balanced.
     c.perception_check = trainer("sft_coldstart.py", steps=200, batch_size=16, micro_batch=16, min_length=128,
                                  max_length=512, logits_chunk=512, min_windows=32)
     c.perception_check.skills = ["check"]
@@ -126,8 +115,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sft = trainer("sft_coldstart.py", steps=100, batch_size=8, micro_batch=8, min_length=128,
                     max_length=1024, logits_chunk=512, min_windows=32)
     c.sft.optim.update(lr=2e-3, b2=0.95, warmup_ratio=0.1, weight_decay=0.0)
-    # how often the expert uses each reasoning pattern (synthetic.PATTERNS): the direct one only here; with
-    # every pattern mixed, 250 SFT steps left sampled turns blending phrases of several patterns at T=1.0
+    # how often the expert uses each reasoning pattern (toy.expert.PATTERNS): the direct one only here
     c.sft.patterns = {"direct": 1.0}
 
     # GRPO with over-turn masking; training allows fewer turns than the test does
@@ -137,9 +125,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Keep steps whose groups all score alike (zero advantage: no update) instead of resampling and then
     # stopping; a toy model that never answers right must still finish the demo and show it.
     c.rl.train.dynamic_sampling = False
-    # lr 1e-4 and a KL term to the SFT model, hard prompts only: SFT 72.3 / 41.0 -> RL 69.9 / 44.5 (Avg@8, 32
-    # puzzles a level); 16 steps or 16 prompts a step did no better. Without KL, longer hard-only RL drifted
-    # (30 steps: 42.2 / 26.6), and 5 steps at 3e-4 on both levels cost 16 points on easy (docs/demo.md)
+    # lr 1e-4 and a KL term to the SFT model, hard prompts only (data.rl_levels)
     c.rl.optim.update(lr=1e-4)
     c.rl.ppo.kl_coef = 0.1
     c.rl.env.update(max_turns=3, max_images=12, max_context=4096, context_guard=256)
@@ -148,7 +134,8 @@ def get_config() -> ml_collections.ConfigDict:
     # evaluation: Avg@K at T=1.0 with a test turn limit above the training one
     # K=8: each puzzle's accuracy in steps of 1/8, not 1/2
     # scorer "auto": exact match on the puzzles' one-word answers, offline (not the paper's LLM judge)
-    c.eval = ml_collections.ConfigDict(dict(k=8, max_turns=6, max_context=4096, context_guard=256,
-                                            max_turn_tokens=128, slots=32, decode_chunk=16, workers=2,
-                                            turn_limits=[1, 2, 3, 4, 5, 6], save_crops=2, scorer="auto"))
+    # (eval.run.EvalConfig, key for field; pixels and system prompt are the scene's and `system_prompt`'s)
+    c.eval = ml_collections.ConfigDict(dict(k=8, turn_limits=[1, 2, 3, 4, 5, 6], save_crops=2, scorer="auto",
+                                            env=dict(max_turns=6, max_context=4096, context_guard=256),
+                                            rollout=dict(max_turn_tokens=128, slots=32, decode_chunk=16, workers=2)))
     return c

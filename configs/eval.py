@@ -10,18 +10,21 @@ scores offline by rule instead, and results.md says so. Turns, context, guard, t
 the system prompt left "auto" (0, -1, "auto") come from the checkpoint's agent.json when it has one, as
 `mini-o3 infer` does, else are the released eval's; a value set here or on the command line wins.
 
+The `eval` block is EvalConfig, key for field: `eval.env` the episodes' EnvConfig, `eval.rollout` the
+engine's EngineConfig with its `eval.rollout.sampling` group, shaped as the `env` and `rollout` blocks of
+configs/rl_grpo.py (e.g. `--config.eval.env.max_turns=32`, `--config.eval.rollout.sampling.temperature=0.6`).
+
 A benchmark not yet prepared is prepared from `sources.<name>` (the downloaded folder). Re-running
-the same command resumes: finished questions are kept. `eval.max_turns=32` with
+the same command resumes: finished questions are kept. `eval.env.max_turns=32` with
 `eval.turn_limits=(4,8,12,16,24,32)` gives the paper's turn-scaling curve from one run.
 """
 
-import dataclasses
-
 import ml_collections
 
+from mini_o3_jax.config_files import to_block
 from mini_o3_jax.data.benchmarks import BENCHMARKS
 from mini_o3_jax.eval.run import AUTO_AGENT, EvalConfig
-from mini_o3_jax.rl.rewards import config_defaults
+from mini_o3_jax.scoring.judge_config import config_defaults
 
 PAPER_BENCHMARKS = "visualprobe_hard,visualprobe_medium,visualprobe_easy,vstar,hrbench_4k,hrbench_8k,mme_realworld"
 
@@ -37,11 +40,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.sources = ml_collections.ConfigDict({name: "" for name in BENCHMARKS})  # downloaded folders
     c.image_root = ""  # $BASE_IMAGE_DIR for Mini-o3 JSON files whose image paths are relative to it
     c.allow_absolute_images = False  # True: also read absolute image paths outside image_root
-    c.eval = ml_collections.ConfigDict(
-        {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(EvalConfig()).items()})
+    # EvalConfig's values (the released eval); the engine's cache row and environment follow eval.env, and the
+    # vocabulary limits come from the tokenizer
+    c.eval = to_block(EvalConfig(), skip=("env.max_token_id", "rollout.max_len", "rollout.env",
+                                          "rollout.sampling.max_token_id", "rollout.sampling.banned_ids"))
     # "auto": the checkpoint's agent.json, else the released value (12 turns, 32,768 context, 8,192 tokens a
     # turn, 40k-2M pixels, the tool_crop system prompt, guard min(2000, context / 4)); "" = no system prompt
-    c.eval.update(AUTO_AGENT)
+    for group, auto in AUTO_AGENT.items():
+        c.eval[group].update(auto)
     # JudgeConfig when eval.scorer == "judge": url / model / api_key / api_version "" = from the environment
     # (MINI_O3_JUDGE_URL, MINI_O3_JUDGE_MODEL, ... or the released Azure END_POINT / API_KEY / API_VERSION);
     # system_prompt / user_prompt = the released judge prompts; timeout_s bounds each request end to end and

@@ -7,15 +7,33 @@ Released: 256 prompts x 16 rollouts per step, 8 mini-batch updates of 32 prompts
 constant, wd 0.01, clip 1.0, clip-higher 0.2/0.3, no KL, no entropy, 6 turns, 12 images, 32k
 context with a 2,000-token guard, dynamic sampling, LLM-judge reward (gpt-4o via
 API_KEY/END_POINT/API_VERSION or MINI_O3_JUDGE_URL for any OpenAI-compatible server).
+
+Each block is one typed dataclass (`config_files.from_block`): env -> EnvConfig, rollout -> rl.loop.RLRollout
+(the engine's settings, `rollout.sampling` -> Sampling), train -> train.settings.RLTrain, ppo -> PPOConfig,
+optim -> OptimConfig; a misspelt key is an error naming the closest one.
+
+The `tiny` local mode runs at toy scale on a CPU (about a minute), nothing to download:
+
+    mini-o3 rl --config configs/rl_grpo.py:tiny    # 3 GRPO steps on fresh hard toy puzzles -> runs/rl_tiny/final
+
+It starts from the packaged demo model (`mini-o3 infer`'s default, trained by `mini-o3 demo` without a
+system prompt, at the toy scene's pixel budget), which answers fresh `toy` puzzles of the hard level,
+generated as they are read, about a third of them right within 3 turns, so a group of 4 samples usually
+scores unevenly and GRPO has something to learn from; the reward is exact match with the one-word answer.
+It reads prompts from `data.path` or `data.sets` instead when set, and starts from another checkpoint with
+`--config.model_path=DIR` (e.g. runs/sft_tiny/final). `configs/rl_tiny.py` is the same config.
 """
 
 import ml_collections
 
 from mini_o3_jax.agent.prompts import SYSTEM_PROMPT_TOOL_CROP
-from mini_o3_jax.rl.rewards import config_defaults
+from mini_o3_jax.errors import ConfigError
+from mini_o3_jax.infer import DEMO_MODEL
+from mini_o3_jax.model.presets import preset
+from mini_o3_jax.scoring.judge_config import config_defaults
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model_path = ""  # the SFT checkpoint (e.g. runs/sft_coldstart/final or Mini-o3/Mini-o3-7B-SFT)
     c.tokenizer_path = ""  # default: model_path
@@ -51,11 +69,12 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.rollout = ml_collections.ConfigDict()
     c.rollout.samples = 16  # n rollouts per prompt (one GRPO group)
+    c.rollout.sampling = ml_collections.ConfigDict()
     # the sampling temperature, and the one the trainer's log-probs (old and new) are computed at: one setting,
     # as the release samples and recomputes old log-probs at T=1.0 (a disagreeing `train.temperature` is an error)
-    c.rollout.temperature = 1.0
-    c.rollout.top_k = 0
-    c.rollout.top_p = 1.0
+    c.rollout.sampling.temperature = 1.0
+    c.rollout.sampling.top_k = 0
+    c.rollout.sampling.top_p = 1.0
     c.rollout.slots = 64  # episodes decoding together per host
     c.rollout.max_len = 32768
     c.rollout.decode_chunk = 64
@@ -81,6 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.trainable = "all"  # the RL actor trains the vision tower too
     c.train.max_length = 32768 + 8192
     c.train.min_length = 1024
+    c.train.min_windows = 0  # smallest bucket of vision attention windows a micro-batch is padded to
     c.train.logits_chunk = 1024
 
     c.ppo = ml_collections.ConfigDict()
@@ -105,4 +125,34 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.every = 25
     c.checkpoint.keep = 3
     c.checkpoint.async_save = True
+    if mode == "tiny":
+        tiny(c)
+    elif mode is not None:
+        raise ConfigError(f"rl_grpo.py:{mode}: unknown mode; expected rl_grpo.py or rl_grpo.py:tiny")
     return c
+
+
+def tiny(c: ml_collections.ConfigDict) -> None:
+    """The toy-scale local mode (the module docstring), in place."""
+    c.model_path = DEMO_MODEL  # the packaged toy demo model (its tokenizer and preprocessor come with it)
+    c.model = preset("tiny")  # used when model_path is empty
+    c.dtype = "float32"
+    c.remat = "none"
+    c.out_dir = "runs/rl_tiny"
+    # generated prompts when data.path and data.sets are empty: a `toy.scene.PRESETS` scene ("" = read data.path)
+    c.data.synthetic = "toy"
+    c.data.synthetic_levels = ["hard"]  # the levels in turn (empty: all): where the model is right a third of the time
+    c.env.system_prompt = ""  # as the packaged model was trained (agent.json: "system_prompt": null)
+    c.env.max_turns = 3  # the demo's training limit, below its test limit of 6 (over-turn masking)
+    c.env.max_context = 6000
+    c.env.context_guard = 500
+    c.env.min_pixels = 3136  # the toy scene's view budget (56x56 .. 112x112 pixels), as the model was trained
+    c.env.max_pixels = 12_544
+    c.rollout.update(samples=4, slots=8, max_len=6144, decode_chunk=16, max_turn_tokens=128, workers=2)
+    c.reward.kind = "exact"
+    c.train.update(steps=3, prompts_per_step=2, mini_batch_prompts=1, max_gen_batches=4)
+    # one micro-batch of one length and image-window bucket per group: the update compiles once, not per shape
+    c.train.update(micro_batch=4, max_length=8192, min_length=512, min_windows=16, logits_chunk=256)
+    c.optim.lr = 1e-4
+    c.checkpoint.every = 1
+    c.checkpoint.async_save = False

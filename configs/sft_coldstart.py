@@ -6,12 +6,31 @@
 Released (LLaMA-Factory): full fine-tuning of the LLM, vision tower and merger frozen, lr 1e-5
 cosine with 10% warmup, 3 epochs, bf16, cutoff 32768, per-device batch 1 x grad-accum 4 on an
 unstated number of GPUs. Set `train.batch_size` to 4 x your device count to match.
+
+The train block is train.settings.SFTTrain and optim is OptimConfig (`config_files.from_block`): a
+misspelt key is an error naming the closest one.
+
+The `tiny` local mode runs at toy scale on a CPU (about a minute), nothing to download:
+
+    mini-o3 sft --config configs/sft_coldstart.py:tiny     # -> runs/sft_tiny/final
+    mini-o3 rl --config configs/rl_grpo.py:tiny --config.model_path=runs/sft_tiny/final
+
+It fine-tunes the packaged toy demo model (`mini-o3 infer`'s default, 4 MB) on the scripted expert's
+multi-turn trajectories over fresh `toy` puzzles, generated as they are read (`data.synthetic`). It reads a
+file instead when `data.path` is set (e.g. `data/synthetic/coldstart/Mini-o3-Coldstart.json` from `mini-o3
+data synthetic --preset toy`), and starts from another checkpoint with `--config.model_path=DIR`;
+`--config.model_path=` (empty) trains a random `tiny` model of the `model` block instead, which needs
+`--config.tokenizer_path` (a Qwen tokenizer directory). `configs/sft_tiny.py` is the same config.
 """
 
 import ml_collections
 
+from mini_o3_jax.errors import ConfigError
+from mini_o3_jax.infer import DEMO_MODEL
+from mini_o3_jax.model.presets import preset
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model_path = ""  # HF or `mini-o3 convert` directory of Qwen2.5-VL-7B-Instruct
     c.tokenizer_path = ""  # default: model_path
@@ -42,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.trainable = "language_model"  # freeze_vision_tower + freeze_multi_modal_projector
     c.train.max_length = 32768  # cutoff_len
     c.train.min_length = 1024  # smallest length bucket
+    c.train.min_windows = 0  # smallest bucket of vision attention windows a micro-batch is padded to
     c.train.logits_chunk = 1024
 
     c.optim = ml_collections.ConfigDict()
@@ -58,4 +78,30 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.every = 100
     c.checkpoint.keep = 3
     c.checkpoint.async_save = True
+    if mode == "tiny":
+        tiny(c)
+    elif mode is not None:
+        raise ConfigError(f"sft_coldstart.py:{mode}: unknown mode; expected sft_coldstart.py or sft_coldstart.py:tiny")
     return c
+
+
+def tiny(c: ml_collections.ConfigDict) -> None:
+    """The toy-scale local mode (the module docstring), in place."""
+    c.model_path = DEMO_MODEL  # the packaged toy demo model (its tokenizer and preprocessor come with it)
+    c.model = preset("tiny")  # used when model_path is empty
+    c.dtype = "float32"
+    c.remat = "none"
+    c.out_dir = "runs/sft_tiny"
+    # generated training data when data.path is empty: a `toy.scene.PRESETS` scene ("" = read data.path)
+    c.data.synthetic = "toy"
+    c.data.synthetic_levels = []  # the levels in turn; empty: all of the scene's
+    # the expert's reasoning patterns and their weights (toy.expert.PATTERNS; empty: its default mix); the
+    # packaged model was trained on the direct one only
+    c.data.synthetic_patterns = {"direct": 1.0}
+    c.data.system_prompt = False  # keep the expert's system turn (tool_crop); the packaged model has none
+    c.data.min_pixels = 3136  # the toy scene's view budget (56x56 .. 112x112 pixels), as the model was trained
+    c.data.max_pixels = 12_544
+    c.train.update(steps=6, batch_size=2, micro_batch=1, min_length=64, max_length=4096, logits_chunk=256)
+    c.optim.lr = 1e-4
+    c.checkpoint.every = 3
+    c.checkpoint.async_save = False

@@ -200,7 +200,7 @@ def cmd_sft(args) -> None:
         if not d.get("synthetic"):
             raise ConfigError(f"{args.config}: no training data: set --config.data.path=FILE (a LLaMA-Factory sharegpt "
                               "JSON such as Mini-o3-Coldstart.json) or --config.data.tfds_dir=DIR (the prepared set)")
-        from mini_o3_jax.data.synthetic_sources import sft_examples
+        from mini_o3_jax.toy.sources import sft_examples
 
         load, n = sft_examples(d, tok, proc)  # generated scripted-expert trajectories (configs/sft_tiny.py)
         metrics = run_sft(cfg, load, n, proc, side_files_from=side, pad_id=tok.endoftext_id)
@@ -210,7 +210,8 @@ def cmd_sft(args) -> None:
 
 
 def cmd_rl(args) -> None:
-    from mini_o3_jax.rl.data import DatasetPrompts, read_prompts
+    from mini_o3_jax.data.direct import read_prompts
+    from mini_o3_jax.rl.data import DatasetPrompts
     from mini_o3_jax.rl.loop import run_rl
 
     cfg, tok, proc, side = _train_parts(args)
@@ -226,7 +227,7 @@ def cmd_rl(args) -> None:
 
             print(f"rl: {len(bad)} unusable prompt row(s) skipped, {len(prompts)} kept:\n{describe_bad(bad, 10)}")
     elif d.get("synthetic"):  # generated puzzles (configs/rl_tiny.py)
-        from mini_o3_jax.data.synthetic_sources import rl_prompts
+        from mini_o3_jax.toy.sources import rl_prompts
 
         prompts = rl_prompts(d)
     else:
@@ -237,6 +238,7 @@ def cmd_rl(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from mini_o3_jax.agent.settings import AGENT_FILE, agent_settings
     from mini_o3_jax.data import loader
     from mini_o3_jax.eval.run import (
         EvalConfig,
@@ -245,7 +247,6 @@ def cmd_eval(args) -> None:
         run_eval,
         unjudged_message,
     )
-    from mini_o3_jax.infer import AGENT_FILE, agent_settings
     from mini_o3_jax.model.weights import load_model
     from mini_o3_jax.processing.chat import Tokenizer
     from mini_o3_jax.processing.image import ImageProcessor
@@ -273,7 +274,7 @@ def cmd_eval(args) -> None:
         source = cfg.sources.get(name) or None
         if source:
             print(loader.prepare(name, source, cfg.data_dir, image_root=cfg.image_root or None,
-                                 allow_absolute_images=bool(cfg.get("allow_absolute_images", False))).summary())
+                                 allow_absolute_images=bool(cfg.allow_absolute_images)).summary())
         benchmarks[name] = loader.load(name, cfg.data_dir)  # lazy: images are read as episodes start
         bad[name] = loader.bad_records(name, cfg.data_dir)
         if bad[name]:
@@ -300,15 +301,16 @@ def cmd_data(args) -> None:
         for bad in report.bad[:20]:
             print(f"  {bad}")
     else:
-        from mini_o3_jax.data import synthetic
+        from mini_o3_jax.toy.scene import PRESETS
+        from mini_o3_jax.toy.writers import write_all
 
         if args.n < 1:
             raise MiniO3Error(f"--n {args.n}: expected at least 1 question per level")
-        levels = synthetic.PRESETS[args.preset]().levels
+        levels = PRESETS[args.preset]().levels
         print(f"writing {args.n} question(s) per level ({', '.join(levels)}), {3 * args.n} training puzzles and "
               f"{args.n} cold-start trajectories ({args.preset} preset, seed {args.seed}) under "
               f"{os.path.abspath(args.out)}", flush=True)
-        for path in synthetic.write_all(args.out, n=args.n, seed=args.seed, preset=args.preset, progress=True):
+        for path in write_all(args.out, n=args.n, seed=args.seed, preset=args.preset, progress=True):
             print(f"wrote {path}")
 
 
@@ -324,7 +326,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_demo(args) -> None:
-    from mini_o3_jax.recipe import run_recipe, run_seeds
+    from mini_o3_jax.toy.recipe import run_recipe, run_seeds
 
     cfg = _demo_config(args)
     summary = run_seeds(cfg, args.seeds) if args.seeds else run_recipe(cfg)
@@ -519,7 +521,7 @@ benchmarks:
     d.add_argument("--n", type=int, default=100, help="questions per level")
     d.add_argument("--seed", type=int, default=0, help="puzzle seed")
     d.add_argument("--preset", default="default", choices=["default", "tiny", "demo", "grid4", "toy"],
-                   help="scene preset (synthetic.PRESETS)")
+                   help="scene preset (toy.scene.PRESETS)")
     s.set_defaults(fn=cmd_data)
 
     s = command("demo", "the whole recipe at toy scale on a CPU: synthetic data, baseline, SFT, "

@@ -3,6 +3,7 @@
     cfg = load_config("rl_tiny")                                   # a packaged config, by name
     cfg = load_config("configs/rl_grpo.py", ["train.steps=5"])     # `key=value` overrides
     cfg = load_config("configs/rl_grpo.py", args=["--config.model_path", "~/ckpt/sft"])  # CLI form
+    optim = from_block(OptimConfig, cfg.optim, "optim")           # a block -> its typed dataclass
 
 A config path that does not exist relative to the current directory is looked up among the configs
 shipped with the package (`mini_o3_jax.configs`, the repository's `configs/`), so `mini-o3 sft --config
@@ -15,21 +16,30 @@ absl's process-global FLAGS (defined once per process, parsed from sys.argv by `
 not fit argparse subcommands or `cli.main([...])` called in-process (tests, notebooks), and reports a bad
 value as absl's multi-line usage dump. This module keeps its override rules (int / float / bool / str /
 list / tuple / group, `--config.flag` for true) and gives one-line errors with the closest field names.
+
+Each block of a config maps 1:1 onto a frozen dataclass (`from_block`): the dataclass holds the defaults
+and the checks, the block only the values an experiment chooses; `to_block` writes a dataclass back as a
+block, for configs whose values are the dataclass defaults (configs/eval.py).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
+import inspect
 import os
-from collections.abc import Sequence
-from typing import Any
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import ml_collections
 
 from mini_o3_jax.errors import ConfigError
 
+T = TypeVar("T")
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 PREFIX = "--config."
@@ -57,10 +67,22 @@ def packaged_configs() -> list[str]:
     return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
 
 
+def split_config_arg(path: str | os.PathLike) -> tuple[str, str | None]:
+    """`configs/rl_grpo.py:tiny` -> (`configs/rl_grpo.py`, "tiny"): the text after the last `:` is the
+    argument of the file's `get_config(arg)` (as big_vision's `config.py:runlocal`), unless the whole text
+    names an existing file."""
+    given = os.fspath(path)
+    head, sep, arg = given.rpartition(":")
+    if not sep or not head or os.path.exists(os.path.expanduser(given)) or os.sep in arg:
+        return given, None
+    return head, arg
+
+
 def resolve_config_path(path: str | os.PathLike) -> str:
     """`path` itself when it exists (after `~` expansion), else the packaged config of that name:
-    `configs/rl_grpo.py`, `rl_grpo.py` and `rl_grpo` all find `<package>/configs/rl_grpo.py`."""
-    given = os.fspath(path)
+    `configs/rl_grpo.py`, `rl_grpo.py` and `rl_grpo` all find `<package>/configs/rl_grpo.py`. A `:arg`
+    suffix (`split_config_arg`) is left out."""
+    given = split_config_arg(path)[0]
     expanded = os.path.expanduser(given)
     if os.path.isfile(expanded):
         return expanded
@@ -78,9 +100,11 @@ def resolve_config_path(path: str | os.PathLike) -> str:
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
                 args: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Run `get_config()` from a config file (or a packaged config by name), apply `key.sub=value`
-    `overrides`, then command-line `args` (`--config.key=value` or `--config.key value`), then expand a
-    leading `~` in string fields."""
+    """Run `get_config()` from a config file (or a packaged config by name; `file.py:arg` runs
+    `get_config("arg")`, e.g. a config's `tiny` local mode), apply `key.sub=value` `overrides`, then
+    command-line `args` (`--config.key=value` or `--config.key value`), then expand a leading `~` in string
+    fields."""
+    arg = split_config_arg(path)[1]
     path = resolve_config_path(path)
     spec = importlib.util.spec_from_file_location(f"_mini_o3_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
@@ -92,7 +116,9 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
         raise ConfigError(f"{path}: failed to execute ({type(e).__name__}: {e})") from e
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: defines no get_config()")
-    config = module.get_config()
+    if arg is not None and not inspect.signature(module.get_config).parameters:
+        raise ConfigError(f"{path}: get_config() takes no argument, so `:{arg}` does not apply")
+    config = module.get_config() if arg is None else module.get_config(arg)
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config() returned a {type(config).__name__}; expected an ml_collections.ConfigDict")
     for item in overrides:
@@ -310,3 +336,57 @@ def _show(value: Any) -> str:
     if isinstance(value, ml_collections.ConfigDict):
         return repr(value.to_dict())
     return repr(value) if not isinstance(value, bool) else str(value).lower()
+
+
+def from_block(cls: type[T], block: Mapping[str, Any] | ml_collections.ConfigDict | None, where: str,
+               **given: Any) -> T:
+    """The dataclass `cls` from a config block, key for field: a nested block becomes the nested dataclass,
+    a list a tuple where the field is one; a key the block leaves out takes the dataclass default (the one
+    place a default lives). An unknown key is one ConfigError naming `where.key` and the closest field.
+    `given` are fields the caller sets itself (typed values, not read from the block)."""
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in (block or {}).items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            hint = f" (did you mean {where}.{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown setting {where}.{key}{hint}; {where} has {', '.join(names)}")
+        values[key] = _typed(hints[key], value, f"{where}.{key}")
+    values.update(given)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise  # the dataclass's own check names the field
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _typed(hint: Any, value: Any, where: str) -> Any:
+    """`value` as the field type `hint` wants it: nested dataclasses built, lists as tuples, groups as dicts."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    for option in options:
+        if dataclasses.is_dataclass(option) and isinstance(value, Mapping | ml_collections.ConfigDict):
+            return from_block(option, value, where)
+        if (option is tuple or typing.get_origin(option) is tuple) and isinstance(value, list | tuple | int | str):
+            return tuple(value) if isinstance(value, list | tuple) else (value,)
+    if isinstance(value, ml_collections.ConfigDict):
+        return value.to_dict()
+    return value
+
+
+def to_block(obj: Any, skip: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """A dataclass instance as a config block (tuples as lists, nested dataclasses as nested blocks), every
+    field but `skip` (dotted for nested ones: `rollout.max_len`) listed, so that each can be overridden on
+    the command line."""
+    out = ml_collections.ConfigDict()
+    for f in dataclasses.fields(obj):
+        if f.name in skip:
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_block(value, [k[len(f.name) + 1:] for k in skip if k.startswith(f.name + ".")])
+        else:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out

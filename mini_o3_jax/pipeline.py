@@ -26,8 +26,9 @@ from mini_o3_jax.model.qwen2_5_vl import Qwen25VL, TextInputs
 from mini_o3_jax.model.vision import VisionInputs
 from mini_o3_jax.model.weights import load_model
 from mini_o3_jax.processing.chat import Tokenizer, encode_chat, replace_image_placeholders
-from mini_o3_jax.processing.image import ImageProcessor, ImageSource, load_image, resize_original
+from mini_o3_jax.processing.image import ImageProcessor, ImageSource, load_image
 from mini_o3_jax.processing.inputs import Batch, build_inputs
+from mini_o3_jax.processing.resize import resize_original
 
 
 @functools.partial(jax.jit, static_argnums=0)

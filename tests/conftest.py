@@ -1,7 +1,47 @@
-"""Test setup: CPU JAX (no accelerator needed), quiet logs."""
+"""Test setup: CPU JAX (no accelerator needed), quiet logs; fixtures shared by several test modules."""
 
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# imported after the environment above: the helpers load jax
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from mini_o3_jax.processing.chat import Tokenizer
+from mini_o3_jax.processing.image import ImageProcessor
+from tests.hf_reference import qwen_tokenizer_dir
+
+# the helpers hold assertions (replay): rewrite them as in a test module, so a failure shows its values
+pytest.register_assert_rewrite("tests.helpers")
+from tests.helpers import FakeJudgeServer  # noqa: E402 - after the registration above
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    """The real Qwen2 tokenizer (offline files), loaded once per test module."""
+    return Tokenizer.from_pretrained(qwen_tokenizer_dir())
+
+
+@pytest.fixture(scope="module")
+def proc() -> ImageProcessor:
+    """Our image processor with its default pixel limits, built once per test module."""
+    return ImageProcessor()
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeJudgeServer]:
+    """A fake LLM judge on a free local port, answering with `grade` until a test sets `server.script`."""
+    for name in ("NO_PROXY", "no_proxy"):  # an inherited proxy setting must not capture 127.0.0.1
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+    srv = FakeJudgeServer()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(timeout=5)

@@ -17,17 +17,8 @@ from mini_o3_jax.agent.environment import EnvConfig, VisualSearchEnv
 from mini_o3_jax.agent.prompts import ERROR_TEMPLATE, OBSERVATION_TEMPLATE, SYSTEM_PROMPT_TOOL_CROP
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.processing.chat import IM_END, Tokenizer, expand_image_pads
-from mini_o3_jax.processing.image import ImageProcessor, resize_crop, resize_original
-from tests.hf_reference import qwen_tokenizer_dir
-
-W, H = 1000, 600
-QUESTION = "<image>\nWhat is written on the sign?"
-
-
-def coord_image(w: int = W, h: int = H) -> Image.Image:
-    """Pixel (x, y) holds (x % 256, y % 256, (x // 256) * 16 + y // 256): a crop says where it came from."""
-    y, x = np.mgrid[0:h, 0:w]
-    return Image.fromarray(np.stack([x % 256, y % 256, (x // 256) * 16 + y // 256], -1).astype(np.uint8))
+from mini_o3_jax.processing.resize import resize_crop, resize_original
+from tests.helpers import QUESTION, coord_image
 
 
 def origin_of(crop: Image.Image) -> tuple[int, int]:
@@ -37,16 +28,6 @@ def origin_of(crop: Image.Image) -> tuple[int, int]:
 
 def call(box, source="original_image", think="<think>zoom</think> ") -> str:
     return f'{think}<grounding>{{"bbox_2d": {box}, "source": "{source}"}}</grounding>'
-
-
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return Tokenizer.from_pretrained(qwen_tokenizer_dir())
-
-
-@pytest.fixture(scope="module")
-def proc() -> ImageProcessor:
-    return ImageProcessor()
 
 
 def make_env(tok, proc, **cfg) -> VisualSearchEnv:

@@ -142,11 +142,6 @@ CASE_NAMES = list(CASES)
 
 
 @pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return Tokenizer.from_pretrained(qwen_tokenizer_dir())
-
-
-@pytest.fixture(scope="module")
 def hf_tok():
     return hf_tokenizer()
 

@@ -27,7 +27,7 @@ from mini_o3_jax.errors import CheckpointError, CorruptCheckpointError
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
 from mini_o3_jax.model.weights import ORBAX_META, load_orbax, save_hf, save_orbax
 from mini_o3_jax.train.checkpoint import TrainCheckpointer, abstract_like
-from tests.train_fixtures import small_model_config, small_tokenizer
+from tests.helpers import small_model_config, small_tokenizer, train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("truncated", "deleted", "flipped")
@@ -139,15 +139,6 @@ def _umask() -> int:
 
 
 # ----------------------------------------------------------------------------- training checkpoints
-def train_state(step: int) -> dict:
-    """Incompressible arrays big enough that Orbax stores their bytes in data files, not inline."""
-    rng = np.random.default_rng(step)
-    params = {"w": jnp.asarray(rng.standard_normal((128, 128)), jnp.float32),
-              "b": jnp.asarray(rng.standard_normal(64), jnp.bfloat16)}
-    moments = {f"m{i}": jnp.asarray(rng.standard_normal((16, 8)), jnp.float32) for i in range(8)}
-    return {"params": params, "opt": moments, "count": jnp.asarray(step, jnp.int32)}
-
-
 @pytest.fixture(scope="module")
 def three_steps(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("train") / "ckpt")
@@ -211,7 +202,7 @@ def test_mismatching_target_does_not_fall_back(three_steps, tmp_path):
 
 _RESUME = r"""
 import sys
-from tests.test_checkpoint_corruption import train_state
+from tests.helpers import train_state
 from mini_o3_jax.train.checkpoint import TrainCheckpointer, abstract_like
 with TrainCheckpointer(sys.argv[1]) as ckpt:
     step, _, meta = ckpt.restore_latest(abstract_like(train_state(0)), warn=lambda m: print(m, file=sys.stderr))
@@ -271,7 +262,7 @@ def test_asyncio_never_retrieved_noise_of_a_failed_read_is_filtered_and_nothing_
     asyncio error is kept."""
     import logging
 
-    from mini_o3_jax.train.checkpoint import quiet_closed_loop_noise
+    from mini_o3_jax.integrity import quiet_closed_loop_noise
 
     quiet_closed_loop_noise()
     log = logging.getLogger("asyncio")

@@ -10,7 +10,7 @@ import pytest
 
 from mini_o3_jax.cli import main
 from mini_o3_jax.model.weights import load_hf, load_model
-from mini_o3_jax.roundtrip import run_roundtrip, scene
+from mini_o3_jax.toy.roundtrip import run_roundtrip, scene
 from tests.hf_reference import qwen_tokenizer_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,7 +92,8 @@ def test_infer_end_to_end_writes_the_report(tmp_path, capsys):
 
     # a checkpoint's agent.json (the environment it was trained with) sets what the flags leave unset;
     # it travels with conversions like the tokenizer files
-    from mini_o3_jax.infer import agent_settings, infer, write_agent_settings
+    from mini_o3_jax.agent.settings import agent_settings, write_agent_settings
+    from mini_o3_jax.infer import infer
     from mini_o3_jax.processing.chat import Tokenizer
 
     write_agent_settings(hf, max_turns=1, max_pixels=112 * 112, min_pixels=56 * 56, system_prompt=None,
@@ -114,8 +115,9 @@ def test_infer_end_to_end_writes_the_report(tmp_path, capsys):
 def test_infer_without_arguments_runs_the_packaged_demo_model_on_a_sample(tmp_path, capsys):
     """Issue 6, item 4: the demo's GRPO model ships as package data (<= 5 MB) and `mini-o3 infer` with no
     --model/--image runs it on a sample toy puzzle, which it solves (fixed seed, T=1.0)."""
+    from mini_o3_jax.agent.settings import agent_settings
     from mini_o3_jax.config_files import load_config
-    from mini_o3_jax.infer import DEMO_BASE, DEMO_MODEL, agent_settings
+    from mini_o3_jax.infer import DEMO_BASE, DEMO_MODEL
 
     demo = load_config(os.path.join(REPO, "configs", "demo.py"))
     # the packaged models (the demo's GRPO result and the perception base it starts from) are the ones
@@ -130,8 +132,8 @@ def test_infer_without_arguments_runs_the_packaged_demo_model_on_a_sample(tmp_pa
             text["hidden_size"], text["num_hidden_layers"], text["num_attention_heads"])
         assert hf["vision_config"]["hidden_size"] == demo.model["vision"]["hidden_size"]
         assert agent_settings(packaged) == {"min_pixels": 56 * 56, "max_pixels": 112 * 112, "system_prompt": None,
-                                            "max_turns": demo.eval.max_turns, "max_context": demo.eval.max_context,
-                                            "max_turn_tokens": demo.eval.max_turn_tokens}
+                                            "max_turns": demo.eval.env.max_turns, "max_context": demo.eval.env.max_context,
+                                            "max_turn_tokens": demo.eval.rollout.max_turn_tokens}
     with open(os.path.join(DEMO_MODEL, "tokenizer.json"), "rb") as a, open(os.path.join(DEMO_BASE, "tokenizer.json"),
                                                                             "rb") as b:
         assert a.read() == b.read()

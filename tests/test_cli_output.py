@@ -17,7 +17,7 @@ from PIL import Image
 
 from mini_o3_jax.cli import main
 from mini_o3_jax.errors import MiniO3Error
-from mini_o3_jax.roundtrip import scene
+from mini_o3_jax.toy.roundtrip import scene
 from tests.hf_reference import qwen_tokenizer_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +68,7 @@ def test_synthetic_streams_the_same_files_as_before(tmp_path, capsys, preset):
 
 
 def test_json_list_is_json_dump_byte_for_byte(tmp_path):
-    from mini_o3_jax.data.synthetic import _json_list
+    from mini_o3_jax.toy.writers import _json_list
 
     for records in ([], [{}], [{"a": [1, {"b": "x\ny \u00e9"}], "c": []}], [{"k": i, "v": [i] * i} for i in range(3)]):
         path = str(tmp_path / "x.json")
@@ -89,10 +89,11 @@ def test_synthetic_holds_one_puzzle_at_a_time(tmp_path, monkeypatch):
     held a whole split: 3 n images of 38 MB each at the default preset)."""
     import weakref
 
-    from mini_o3_jax.data import synthetic
+    from mini_o3_jax.toy import puzzles
+    from mini_o3_jax.toy.writers import write_all
 
     made, alive_at_make = [], []
-    make = synthetic.make_puzzle
+    make = puzzles.make_puzzle
 
     def tracked(*a, **kw):
         alive_at_make.append(sum(r() is not None for r in made))
@@ -100,8 +101,8 @@ def test_synthetic_holds_one_puzzle_at_a_time(tmp_path, monkeypatch):
         made.append(weakref.ref(p.image))
         return p
 
-    monkeypatch.setattr(synthetic, "make_puzzle", tracked)
-    synthetic.write_all(tmp_path, n=8, preset="toy")
+    monkeypatch.setattr(puzzles, "make_puzzle", tracked)
+    write_all(tmp_path, n=8, preset="toy")
     # at most the one just written is still referenced (a loop variable) when the next is made
     assert len(made) == 2 * 8 + 3 * 8 + 8 and max(alive_at_make) <= 1
 
@@ -111,10 +112,10 @@ def test_synthetic_memory_is_flat_in_n(tmp_path):
     ~33 MB: a 448x448 scene held per puzzle of the 48-puzzle training split)."""
     code = (
         "import resource, sys\n"
-        "from mini_o3_jax.data import synthetic\n"
+        "from mini_o3_jax.toy.writers import write_all\n"
         "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
-        "synthetic.write_all(sys.argv[1] + '/a', n=2, preset='toy'); small = peak()\n"
-        "synthetic.write_all(sys.argv[1] + '/b', n=16, preset='toy'); print(peak() - small)\n"
+        "write_all(sys.argv[1] + '/a', n=2, preset='toy'); small = peak()\n"
+        "write_all(sys.argv[1] + '/b', n=16, preset='toy'); print(peak() - small)\n"
     )
     run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert float(run.stdout) < 8.0, run.stdout  # MB
@@ -196,12 +197,14 @@ def test_run_prints_readable_probabilities_with_ids(tmp_path, capsys, tiny_fp32)
 
 def test_infer_warns_when_the_toy_model_gets_a_non_toy_image(tmp_path, capsys, monkeypatch):
     from mini_o3_jax import infer as infer_mod
-    from mini_o3_jax.infer import DEMO_MODEL, sample_puzzle, toy_model_warning
+    from mini_o3_jax.infer import DEMO_MODEL, toy_model_warning
+    from mini_o3_jax.toy.puzzles import make_puzzle
+    from mini_o3_jax.toy.scene import SceneConfig
 
     photo = tmp_path / "photo.png"
     scene(3, (640, 480)).save(photo)
     toy = tmp_path / "toy.png"
-    sample_puzzle("hard", seed=5).image.save(toy)
+    make_puzzle(5, "hard", SceneConfig.toy()).image.save(toy)
     warning = toy_model_warning(DEMO_MODEL, str(photo))
     assert warning.startswith("warning: the packaged toy demo model only knows the toy puzzles (448x448")
     assert "on this 640x480 image" in warning and "\n" not in warning

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from mini_o3_jax.agent.settings import agent_settings
 from mini_o3_jax.cli import main
 from mini_o3_jax.config_files import (
     load_config,
@@ -23,7 +24,7 @@ from mini_o3_jax.config_files import (
     resolve_config_path,
 )
 from mini_o3_jax.errors import ConfigError
-from mini_o3_jax.infer import DEMO_MODEL, agent_settings
+from mini_o3_jax.infer import DEMO_MODEL
 from mini_o3_jax.train.metrics import read_jsonl_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,14 +223,14 @@ def test_tilde_is_expanded_in_every_path(tmp_path, monkeypatch, capsys):
 
 def test_env_system_prompt_is_a_config_field():
     from mini_o3_jax.agent.prompts import SYSTEM_PROMPT_TOOL_CROP
-    from mini_o3_jax.rl.loop import engine_config
+    from mini_o3_jax.rl.loop import rollout_settings
 
-    assert engine_config(load_config("rl_grpo")).env.system_prompt == SYSTEM_PROMPT_TOOL_CROP
+    assert rollout_settings(load_config("rl_grpo")).env.system_prompt == SYSTEM_PROMPT_TOOL_CROP
     for none in ("", "False", "None", "false"):
-        assert engine_config(load_config("rl_grpo", [f"env.system_prompt={none}"])).env.system_prompt is None
-    assert engine_config(load_config("rl_grpo", ["env.system_prompt=Be brief."])).env.system_prompt == "Be brief."
+        assert rollout_settings(load_config("rl_grpo", [f"env.system_prompt={none}"])).env.system_prompt is None
+    assert rollout_settings(load_config("rl_grpo", ["env.system_prompt=Be brief."])).env.system_prompt == "Be brief."
     # rl_tiny runs the packaged model as it was trained (its agent.json): no system turn, its pixel budget
-    tiny, agent = engine_config(load_config("rl_tiny")).env, agent_settings(DEMO_MODEL)
+    tiny, agent = rollout_settings(load_config("rl_tiny")).env, agent_settings(DEMO_MODEL)
     assert (tiny.system_prompt, tiny.min_pixels, tiny.max_pixels) == (
         agent["system_prompt"], agent["min_pixels"], agent["max_pixels"]) == (None, 3136, 12544)
 
@@ -279,9 +280,10 @@ def test_unknown_benchmark_is_one_line(capsys, tmp_path):
 
 
 def test_prepare_from_a_missing_source_fails_even_when_prepared(tmp_path, capsys):
-    from mini_o3_jax.data import synthetic
+    from mini_o3_jax.toy.scene import SceneConfig
+    from mini_o3_jax.toy.writers import write_benchmark
 
-    synthetic.write_benchmark(tmp_path / "src", "hard", 2, config=synthetic.SceneConfig.toy())
+    write_benchmark(tmp_path / "src", "hard", 2, config=SceneConfig.toy())
     argv = ["data", "prepare", "--benchmark", "synthetic_hard", "--data-dir", str(tmp_path / "tfds")]
     capsys.readouterr()
     assert main([*argv, "--source", str(tmp_path / "src" / "synthetic_hard")]) == 0

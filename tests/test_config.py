@@ -38,3 +38,39 @@ def test_hub_layout_round_trip_and_transformers_agree(name):
         c.vision.depth, c.vision.out_hidden_size, list(c.vision.fullatt_block_indexes))
     # transformers-5 nested layout (what save_pretrained writes) parses to the same config
     assert ModelConfig.from_hf_dict(hf.to_dict()) == c
+
+
+def test_a_block_maps_onto_its_dataclass_key_for_field():
+    """One converter for every block: nested groups become nested dataclasses, lists tuples, a missing key
+    the dataclass default, and an unknown key one error naming the block's key and the closest field."""
+    from mini_o3_jax.config_files import from_block, load_config, to_block
+    from mini_o3_jax.errors import ConfigError
+    from mini_o3_jax.rollout.engine import EngineConfig
+    from mini_o3_jax.rollout.sampler import Sampling
+    from mini_o3_jax.train.optim import OptimConfig
+
+    assert from_block(OptimConfig, {"lr": 1e-3}, "optim") == OptimConfig(lr=1e-3)
+    engine = from_block(EngineConfig, {"slots": 3, "sampling": {"top_k": 5, "banned_ids": [1, 2]}}, "rollout")
+    assert engine == EngineConfig(slots=3, sampling=Sampling(top_k=5, banned_ids=(1, 2)))
+    assert from_block(EngineConfig, to_block(engine), "rollout") == engine  # and back
+    with pytest.raises(ConfigError, match=r"unknown setting optim\.lrr \(did you mean optim\.lr\?\)"):
+        from_block(OptimConfig, {"lrr": 1e-3}, "optim")
+    with pytest.raises(ConfigError, match=r"unknown setting rollout\.sampling\.temprature \(did you mean "
+                                          r"rollout\.sampling\.temperature\?\)"):
+        from_block(EngineConfig, {"sampling": {"temprature": 0.5}}, "rollout")
+    with pytest.raises(ConfigError, match="optimizer schedule 'linear'"):  # the dataclass's own checks run
+        from_block(OptimConfig, load_config("sft_coldstart", ["optim.schedule=linear"]).optim, "optim")
+
+
+def test_the_tiny_configs_are_a_local_mode_of_the_main_ones():
+    from mini_o3_jax.config_files import load_config
+    from mini_o3_jax.errors import ConfigError
+
+    for main, tiny in (("rl_grpo", "rl_tiny"), ("sft_coldstart", "sft_tiny")):
+        local = load_config(f"configs/{main}.py:tiny")
+        assert local.to_dict() == load_config(tiny).to_dict()
+        assert local.out_dir == f"runs/{tiny}" and load_config(main).out_dir == f"runs/{main}"
+        with pytest.raises(ConfigError, match="unknown mode"):
+            load_config(f"{main}:huge")
+    with pytest.raises(ConfigError, match="takes no argument"):
+        load_config("qwen2_5_vl_tiny:tiny")

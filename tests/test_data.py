@@ -146,10 +146,12 @@ def test_minio3_json_visualprobe(tmp_path):
     folder, imgs = visualprobe_fixture(tmp_path)
     records, bad = read_source("visualprobe_hard", folder)
     assert records == [
-        Record("visualprobe_hard", "0", imgs[0], "<image>\nWhat color is the kite?", "red", "visual_probe_hard",
-               (), "hard"),
-        Record("visualprobe_hard", "1", imgs[1], "<image>\nWhat is it?", "a lamp", "visual_probe_hard", (), "hard"),
-        Record("visualprobe_hard", "9", imgs[2], "<image>\nHow many?", "3", "visual_probe_hard", (), "hard"),
+        Record(benchmark="visualprobe_hard", doc_id="0", image=imgs[0], problem="<image>\nWhat color is the kite?",
+               solution="red", data_source="visual_probe_hard", options=(), category="hard"),
+        Record(benchmark="visualprobe_hard", doc_id="1", image=imgs[1], problem="<image>\nWhat is it?",
+               solution="a lamp", data_source="visual_probe_hard", options=(), category="hard"),
+        Record(benchmark="visualprobe_hard", doc_id="9", image=imgs[2], problem="<image>\nHow many?", solution="3",
+               data_source="visual_probe_hard", options=(), category="hard"),
     ]
     assert records[0].scorer == "exact" and not records[0].multiple_choice
     assert len(bad) == 7
@@ -187,10 +189,10 @@ def test_minio3_jsonl_synthetic(tmp_path):
                          "solution": "blue", "category": "easy-colors"})]
     write(tmp_path / "val.jsonl", "\n".join(lines) + "\n")
     records, bad = read_source("synthetic_easy", tmp_path)
-    assert records == [Record("synthetic_easy", "s0", img, "<image>\nHow many dots?", "7", "synthetic_easy", (),
-                              "easy"),
-                       Record("synthetic_easy", "s2", img, "<image>\nColor?", "blue", "synthetic_easy", (),
-                              "easy-colors")]
+    assert records == [Record(benchmark="synthetic_easy", doc_id="s0", image=img, problem="<image>\nHow many dots?",
+                              solution="7", data_source="synthetic_easy", options=(), category="easy"),
+                       Record(benchmark="synthetic_easy", doc_id="s2", image=img, problem="<image>\nColor?",
+                              solution="blue", data_source="synthetic_easy", options=(), category="easy-colors")]
     assert len(bad) == 1 and bad[0].row == 1 and "line 2 is not JSON" in bad[0].reason
 
 
@@ -239,10 +241,11 @@ def test_vstar_original_layout(tmp_path):
     write(tmp_path / "test_questions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     records, bad = read_source("vstar", tmp_path)
     assert records == [
-        Record("vstar", "0", imgs[0], "<image>\n" + text0, "A", "vstar_bench", ("rubber", "cotton", "kevlar",
-                                                                                   "leather"), "direct_attributes"),
-        Record("vstar", "1", imgs[1], "<image>\n" + text1, "B", "vstar_bench", ("left", "right"),
-               "relative_position")]
+        Record(benchmark="vstar", doc_id="0", image=imgs[0], problem="<image>\n" + text0, solution="A",
+               data_source="vstar_bench", options=("rubber", "cotton", "kevlar", "leather"),
+               category="direct_attributes"),
+        Record(benchmark="vstar", doc_id="1", image=imgs[1], problem="<image>\n" + text1, solution="B",
+               data_source="vstar_bench", options=("left", "right"), category="relative_position")]
     why = reasons(bad)
     assert "field 'label': answer letter 'C' is not among the options A-B" in why["2"]
     assert "no '(A) ...' option lines" in why["3"]
@@ -258,8 +261,9 @@ def test_vstar_annotation_layout(tmp_path):
     records, bad = read_source("vstar", tmp_path)
     problem = "<image>\nWhat is the material of the glove?\n(A) rubber\n(B) cotton\n(C) kevlar\n(D) leather\n" + \
         VSTAR_TAIL
-    assert records == [Record("vstar", "direct_attributes/sa_4690", img, problem, "A", "vstar_bench",
-                              ("rubber", "cotton", "kevlar", "leather"), "direct_attributes")]
+    assert records == [Record(benchmark="vstar", doc_id="direct_attributes/sa_4690", image=img, problem=problem,
+                              solution="A", data_source="vstar_bench",
+                              options=("rubber", "cotton", "kevlar", "leather"), category="direct_attributes")]
     assert vstar_problem("What is the material of the glove?", ["rubber", "cotton", "kevlar", "leather"]) == problem
     assert len(bad) == 1 and bad[0].doc_id == "relative_position/sa_9" and "no image beside" in bad[0].reason
 
@@ -288,10 +292,12 @@ def hrbench_rows(imgs: list[bytes]) -> list[dict]:
 def check_hrbench(records: list[Record], bad: list[BadRecord], imgs: list[bytes], name: str) -> None:
     opts = ("red", "blue", "green", "white")
     assert records == [
-        Record(name, "0", imgs[0], "<image>\nWhat color is the car?\nA. red\nB. blue\nC. green\nD. white\n"
-               "Answer the option letter directly.", "B", name.replace("hrbench", "hr_bench"), opts, "single"),
-        Record(name, "1", imgs[1], hrbench_problem("What color is the roof?", opts), "D",
-               name.replace("hrbench", "hr_bench"), opts, "cross")]
+        Record(benchmark=name, doc_id="0", image=imgs[0],
+               problem="<image>\nWhat color is the car?\nA. red\nB. blue\nC. green\nD. white\n"
+                       "Answer the option letter directly.",
+               solution="B", data_source=name.replace("hrbench", "hr_bench"), options=opts, category="single"),
+        Record(benchmark=name, doc_id="1", image=imgs[1], problem=hrbench_problem("What color is the roof?", opts),
+               solution="D", data_source=name.replace("hrbench", "hr_bench"), options=opts, category="cross")]
     why = reasons(bad)
     assert len(bad) == 5
     assert "field 'answer': answer letter 'E' is not among the options A-D" in why["2"]
@@ -355,11 +361,12 @@ def test_mme_realworld_parquet_shards(tmp_path):
     records, bad = read_source("mme_realworld", tmp_path)
     texts = ("13", "90", "77", "6", "The image does not feature the buses")
     assert records == [
-        Record("mme_realworld", "10", imgs[0], "<image>\nWhat is the number of buses in the image? The choices are "
-               "listed below:\n" + "\n".join(opts) + "\n" + MME_TAIL, "E", "mme_realworld", texts,
-               "Perception/Monitoring"),
-        Record("mme_realworld", "12", imgs[1], mme_problem("How many cars?", texts), "C", "mme_realworld", texts,
-               "Perception/Monitoring")]
+        Record(benchmark="mme_realworld", doc_id="10", image=imgs[0],
+               problem="<image>\nWhat is the number of buses in the image? The choices are listed below:\n"
+                       + "\n".join(opts) + "\n" + MME_TAIL,
+               solution="E", data_source="mme_realworld", options=texts, category="Perception/Monitoring"),
+        Record(benchmark="mme_realworld", doc_id="12", image=imgs[1], problem=mme_problem("How many cars?", texts),
+               solution="C", data_source="mme_realworld", options=texts, category="Perception/Monitoring")]
     why = reasons(bad)
     assert "item 0 is 'A) x'; expected '(A) <option text>'" in why["11"]
     assert "duplicate doc_id '10'" in why["10"] and bad[-1].source.endswith("00001-of-00002.parquet")
@@ -378,9 +385,10 @@ def test_mme_realworld_json(tmp_path):
     write(tmp_path / "MME_RealWorld.json", json.dumps(rows))
     records, bad = read_source("mme_realworld", tmp_path, image_root=tmp_path / "images")
     texts = ("many cars", "one truck", "no vehicles", "two buses", "none of the above")
-    assert records == [Record("mme_realworld", "Perception/Autonomous_Driving/Objects_Identify/0000", img,
-                              mme_problem("What is in front of the ego car?", texts), "D", "mme_realworld", texts,
-                              "Perception/Autonomous_Driving")]
+    assert records == [Record(benchmark="mme_realworld", doc_id="Perception/Autonomous_Driving/Objects_Identify/0000",
+                              image=img, problem=mme_problem("What is in front of the ego car?", texts),
+                              solution="D", data_source="mme_realworld", options=texts,
+                              category="Perception/Autonomous_Driving")]
     assert "'Ground truth': answer letter 'F' is not among the options A-E" in reasons(bad)["q1"]
 
 
@@ -422,8 +430,6 @@ def test_coldstart_parquet(tmp_path):
     records, bad = read_conversations(tmp_path)
     assert records == [ConversationRecord("visual_probe_train/5/2", t1, (imgs[0], imgs[1]), "visual_probe_train"),
                        ConversationRecord("deepeyes_train/7/0", t0, (imgs[2],), "deepeyes_train")]
-    assert records[0].sharegpt() == {"conversations": t1, "images": [imgs[0], imgs[1]],
-                                     "name": "visual_probe_train/5/2"}
     why = reasons(bad)
     assert "2 <image> placeholder(s) in the human turns but 1 image(s)" in why["deepeyes_train/8/0"]
     assert "neither JSON nor a Python list literal" in why["deepeyes_train/9/0"]
@@ -476,13 +482,14 @@ def test_prepare_multiple_choice_sets_round_trip(tmp_path):
     assert loader.records("hrbench_4k", tmp_path / "tfds") == expected
 
 
-def test_prepare_coldstart_gives_sharegpt_dicts(tmp_path):
+def test_prepare_coldstart_gives_conversation_records(tmp_path):
     imgs = [image_bytes(60), image_bytes(61)]
     rows = [{"conversations": repr(coldstart_turns(1)), "images": [{"bytes": i, "path": None} for i in imgs],
              "data_source": "visual_probe_train", "sample_index": 1, "rollout_index": 0}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train-00000-of-00001.parquet")
-    dicts = loader.coldstart_records(tmp_path / "tfds", tmp_path)
-    assert list(dicts) == [{"conversations": coldstart_turns(1), "images": imgs, "name": "visual_probe_train/1/0"}]
+    records = loader.coldstart_records(tmp_path / "tfds", tmp_path)
+    assert list(records) == [ConversationRecord("visual_probe_train/1/0", coldstart_turns(1), tuple(imgs),
+                                                "visual_probe_train")]
     expected, _ = read_conversations(tmp_path)
     assert list(loader.load_conversations(tmp_path / "tfds")) == expected
 
@@ -522,11 +529,12 @@ def test_iter_source_streams_in_source_order(tmp_path):
     assert [type(i).__name__ for i in items[:3]] == ["Record", "Record", "BadRecord"]
 
 
-def test_coldstart_dicts_feed_sft_like_read_sharegpt(tmp_path):
-    """The prepared cold-start dicts give the same SFT trajectories as the LLaMA-Factory JSON reader."""
+def test_prepared_coldstart_feeds_sft_like_the_json_read_directly(tmp_path):
+    """The prepared cold-start records give the same SFT trajectories as the LLaMA-Factory JSON read directly."""
+    from mini_o3_jax.data.direct import read_sharegpt
     from mini_o3_jax.processing.image import ImageProcessor
-    from mini_o3_jax.sft.data import read_sharegpt, sharegpt_trajectories
-    from tests.train_fixtures import small_tokenizer, write_sharegpt
+    from mini_o3_jax.sft.data import sharegpt_trajectories
+    from tests.helpers import small_tokenizer, write_sharegpt
 
     path = write_sharegpt(str(tmp_path / "sft"), 2)
     tok, proc = small_tokenizer(), ImageProcessor(min_pixels=3136, max_pixels=60_000)
@@ -542,11 +550,13 @@ def test_coldstart_dicts_feed_sft_like_read_sharegpt(tmp_path):
 
 def test_rl_prompts_from_prepared_sets_equal_the_json_files(tmp_path):
     """`mini-o3 rl --config.data.sets=a,b` reads prepared sets lazily; the prompts are those of the JSON files."""
-    from mini_o3_jax.data import synthetic
-    from mini_o3_jax.rl.data import DatasetPrompts, read_prompts
+    from mini_o3_jax.data.direct import read_prompts
+    from mini_o3_jax.rl.data import DatasetPrompts
+    from mini_o3_jax.toy.scene import SceneConfig
+    from mini_o3_jax.toy.writers import write_benchmark
 
-    cfg = synthetic.SceneConfig.tiny()
-    files = [synthetic.write_benchmark(str(tmp_path / "src"), level, 3, seed=7, config=cfg) for level in ("easy", "hard")]
+    cfg = SceneConfig.tiny()
+    files = [write_benchmark(str(tmp_path / "src"), level, 3, seed=7, config=cfg) for level in ("easy", "hard")]
     for name, path in zip(("synthetic_easy", "synthetic_hard"), files):
         loader.prepare(name, Path(path).parent, tmp_path / "tfds")
     prompts = DatasetPrompts(["synthetic_easy", "synthetic_hard"], tmp_path / "tfds")

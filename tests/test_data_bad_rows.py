@@ -22,10 +22,13 @@ from PIL import Image
 from mini_o3_jax.cli import main
 from mini_o3_jax.data import loader
 from mini_o3_jax.data.benchmarks import read_conversations, read_source
-from mini_o3_jax.data.formats import MAX_NESTING, MAX_ROW_BYTES, parse_conversations, resolve_image
+from mini_o3_jax.data.conversations import parse_conversations
+from mini_o3_jax.data.direct import read_sharegpt
+from mini_o3_jax.data.images import resolve_image
 from mini_o3_jax.data.records import ConversationRecord, Record, RecordError
+from mini_o3_jax.data.rows import MAX_NESTING, MAX_ROW_BYTES
 from mini_o3_jax.errors import ChatFormatError
-from mini_o3_jax.sft.data import conversation_trajectory, read_sharegpt, sharegpt_trajectories
+from mini_o3_jax.sft.data import conversation_trajectory, sharegpt_trajectories
 
 DEEP = "[" * 100_000 + "]" * 100_000
 OVERSIZE = "x" * (MAX_ROW_BYTES + 1)
@@ -88,7 +91,8 @@ def minio3_jsonl(tmp_path: Path) -> tuple[Path, bytes, bytes]:
 
 
 def expected_jsonl_records(img: bytes) -> list[Record]:
-    return [Record("synthetic_easy", doc, img, f"<image>\n{q}", "7", "synthetic_easy", (), "easy")
+    return [Record(benchmark="synthetic_easy", doc_id=doc, image=img, problem=f"<image>\n{q}", solution="7",
+                   data_source="synthetic_easy", options=(), category="easy")
             for doc, q in (("s0", "How many dots?"), ("s2", "How many dots?"), ("s5", "Which shape?"))]
 
 
@@ -211,10 +215,10 @@ def test_coldstart_prepare_parser_and_sft_reader_agree_row_by_row(tmp_path):
     sft_bad: list = []
     rows = read_sharegpt(path, bad=sft_bad)
     image = str(path.parent / "images")
-    assert rows == [
-        {"conversations": turns(1, "Red"), "images": [f"{image}/0.png", f"{image}/1.png"], "name": f"{path}[0]"},
-        {"conversations": turns(0, "Blue"), "images": [f"{image}/2.png"], "name": f"{path}[1]"},
-        {"conversations": turns(0, "Green"), "images": [f"{image}/0.png"], "name": f"{path}[2]"}]
+    assert rows == [  # the same rows, named by file and row, images kept as their checked paths
+        ConversationRecord(f"{path}[0]", turns(1, "Red"), (f"{image}/0.png", f"{image}/1.png"), "mini_o3_coldstart"),
+        ConversationRecord(f"{path}[1]", turns(0, "Blue"), (f"{image}/2.png",), "mini_o3_coldstart"),
+        ConversationRecord(f"{path}[2]", turns(0, "Green"), (f"{image}/0.png",), "mini_o3_coldstart")]
     assert [(b.row, b.reason) for b in sft_bad] == [(b.row, b.reason) for b in bad]
     assert all(b.source == str(path) for b in sft_bad + bad)
 
@@ -223,13 +227,13 @@ def test_coldstart_prepare_parser_and_sft_reader_agree_row_by_row(tmp_path):
     check_coldstart_bad_rows([(b.row, b.reason) for b in bad], absolute_allowed=True)
     sft_bad = []
     rows = read_sharegpt(path, allow_absolute_images=True, bad=sft_bad)
-    assert [r["name"] for r in rows][3] == f"{path}[8]" and rows[3]["images"] == [str(tmp_path / "outside/secret.png")]
+    assert [r.doc_id for r in rows][3] == f"{path}[8]" and rows[3].images == (str(tmp_path / "outside/secret.png"),)
     assert [(b.row, b.reason) for b in sft_bad] == [(b.row, b.reason) for b in bad]
 
 
 def test_sft_trains_on_the_kept_rows_and_refuses_a_file_with_none(tmp_path):
     from mini_o3_jax.processing.image import ImageProcessor
-    from tests.train_fixtures import small_tokenizer
+    from tests.helpers import small_tokenizer
 
     path, _, _ = coldstart_json(tmp_path)
     tok, proc = small_tokenizer(), ImageProcessor(min_pixels=3136, max_pixels=60_000)
@@ -319,7 +323,7 @@ def rl_prompts_jsonl(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_rl_prompt_reader_keeps_good_rows_and_reports_each_bad_one(tmp_path):
-    from mini_o3_jax.rl.data import read_prompts
+    from mini_o3_jax.data.direct import read_prompts
 
     path, secret = rl_prompts_jsonl(tmp_path)
     bad: list = []
@@ -343,8 +347,8 @@ def test_rl_prompt_reader_keeps_good_rows_and_reports_each_bad_one(tmp_path):
 
 
 def test_rl_prompt_file_with_no_usable_row_is_one_error(tmp_path):
+    from mini_o3_jax.data.direct import read_prompts
     from mini_o3_jax.errors import ConfigError
-    from mini_o3_jax.rl.data import read_prompts
 
     path = put(tmp_path / "bad.json", json.dumps([{"images": ["../x.png"], "problem": "p", "solution": "s"}]).encode())
     with pytest.raises(ConfigError, match=r"no usable RL prompt record \(1 bad\):\n.*row 0: image path '../x.png' "

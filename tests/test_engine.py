@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from mini_o3_jax.agent.environment import EnvConfig
+from mini_o3_jax.data.records import Record
 from mini_o3_jax.model.weights import load_hf
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
-from mini_o3_jax.rollout.engine import EngineConfig, Episode, RolloutEngine
+from mini_o3_jax.rollout.engine import EngineConfig, RolloutEngine
 from mini_o3_jax.rollout.sampler import Sampling
+from tests.helpers import full_logits, rand_image
 from tests.hf_reference import qwen_tokenizer_dir, tiny_hf_model
-from tests.test_model_golden import rand_image
-from tests.test_sampler import full_logits
 
 ENV = EnvConfig(max_turns=3, max_context=6000, context_guard=500, min_pixels=3136, max_pixels=60000)
 
@@ -26,8 +26,12 @@ def parts(tmp_path_factory):
     return load_hf(d, dtype="float32"), Tokenizer.from_pretrained(qwen_tokenizer_dir()), ImageProcessor()
 
 
-def episodes(n):
-    return [Episode(rand_image(200 + 40 * i, 300, i), f"<image>\nQuestion {i}?") for i in range(n)]
+def question(image, problem: str) -> Record:
+    return Record(benchmark="", doc_id="", image=image, problem=problem, solution="", data_source="")
+
+
+def questions(n):
+    return [question(rand_image(200 + 40 * i, 300, i), f"<image>\nQuestion {i}?") for i in range(n)]
 
 
 T1 = Sampling()
@@ -38,7 +42,7 @@ def run(parts, n=3, samples=2, slots=3, sampling=T1, chunk=8, seed=0):
     cfg = EngineConfig(slots=slots, max_len=6144, decode_chunk=chunk, max_turn_tokens=24, sampling=sampling, env=ENV)
     engine = RolloutEngine(model, tok, proc, cfg)
     try:
-        return engine.run(episodes(n), samples=samples, seed=seed)
+        return engine.run(questions(n), samples=samples, seed=seed)
     finally:
         engine.close()
 
@@ -99,8 +103,8 @@ def test_multi_turn_episode_with_a_zoom_runs_through_the_engine(parts, tmp_path)
 
     base, tok, proc = parts
     model = nnx.merge(*nnx.split(base))  # a private copy to train
-    ep = episodes(1)[0]
-    env = VisualSearchEnv(ep.image, ep.question, tok, proc, ENV)
+    ep = questions(1)[0]
+    env = VisualSearchEnv(ep.image, ep.problem, tok, proc, ENV)
     call = '<think>zoom</think><grounding>{"bbox_2d": [0.2, 0.1, 0.7, 0.6], "source": "original_image"}</grounding>'
     env.step(tok.encode(call))
     env.step(tok.encode("<answer>A</answer><|im_end|>"))
@@ -151,7 +155,7 @@ def test_multi_turn_episode_with_a_zoom_runs_through_the_engine(parts, tmp_path)
 
     from mini_o3_jax.agent.report import write_report
 
-    page = write_report([got], str(tmp_path / "r.html"), question=ep.question)
+    page = write_report([got], str(tmp_path / "r.html"), question=ep.problem)
     with open(page) as f:
         text = f.read()
     assert "source&quot;: &quot;original_image&quot;" in text and "<b>Turn 2</b>: final" in text
@@ -175,7 +179,7 @@ def test_host_memory_stays_flat_over_500_episodes(parts):
     env = EnvConfig(max_turns=2, max_context=2048, context_guard=200, min_pixels=3136, max_pixels=12544)
     cfg = EngineConfig(slots=8, max_len=2048, decode_chunk=8, max_turn_tokens=8, env=env)
     engine = RolloutEngine(model, tok, proc, cfg)
-    eps = [Episode(rand_image(90 + i % 5 * 7, 120, i), "<image>\nWhat?") for i in range(50)]
+    eps = [question(rand_image(90 + i % 5 * 7, 120, i), "<image>\nWhat?") for i in range(50)]
     rss = []
     try:
         for round_ in range(10):

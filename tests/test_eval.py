@@ -13,8 +13,7 @@ import time
 import pytest
 
 from mini_o3_jax.errors import ConfigError
-from tests.test_rewards import grade, server  # noqa: F401 - the fake judge and its fixture
-from tests.train_fixtures import write_small_checkpoint
+from tests.helpers import grade, write_small_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEVELS = ("synthetic_easy", "synthetic_hard")
@@ -23,13 +22,14 @@ N = 6  # questions per level
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from mini_o3_jax.data import synthetic
+    from mini_o3_jax.toy.scene import SceneConfig
+    from mini_o3_jax.toy.writers import write_benchmark
 
     root = tmp_path_factory.mktemp("eval")
     ckpt = write_small_checkpoint(str(root / "ckpt"))
-    cfg = synthetic.SceneConfig.tiny()
-    sources = {name: os.path.dirname(synthetic.write_benchmark(str(root / "src"), name.split("_")[1], N, seed=1,
-                                                                config=cfg)) for name in LEVELS}
+    cfg = SceneConfig.tiny()
+    sources = {name: os.path.dirname(write_benchmark(str(root / "src"), name.split("_")[1], N, seed=1,
+                                                      config=cfg)) for name in LEVELS}
     return root, ckpt, sources
 
 
@@ -37,10 +37,11 @@ def _cmd(root, ckpt, sources, out):
     args = [sys.executable, "-m", "mini_o3_jax.cli", "eval", "--config", os.path.join(REPO, "configs", "eval.py"),
             f"--config.model_path={ckpt}", f"--config.out_dir={out}", f"--config.data_dir={root / 'tfds'}",
             f"--config.benchmarks={','.join(LEVELS)}", "--config.label=tiny-random", "--config.eval.scorer=auto",
-            "--config.eval.k=4", "--config.eval.max_turns=3", "--config.eval.turn_limits=(1,2,3)",
-            "--config.eval.max_context=4000", "--config.eval.context_guard=400", "--config.eval.min_pixels=3136",
-            "--config.eval.max_pixels=20000", "--config.eval.max_turn_tokens=40", "--config.eval.slots=4",
-            "--config.eval.decode_chunk=8", "--config.eval.workers=2"]
+            "--config.eval.k=4", "--config.eval.env.max_turns=3", "--config.eval.turn_limits=(1,2,3)",
+            "--config.eval.env.max_context=4000", "--config.eval.env.context_guard=400",
+            "--config.eval.env.min_pixels=3136", "--config.eval.env.max_pixels=20000",
+            "--config.eval.rollout.max_turn_tokens=40", "--config.eval.rollout.slots=4",
+            "--config.eval.rollout.decode_chunk=8", "--config.eval.rollout.workers=2"]
     return args + [f"--config.sources.{name}={path}" for name, path in sources.items()]
 
 
@@ -114,19 +115,22 @@ def test_resume_with_other_settings_is_refused(setup):
     assert res.returncode == 2 and "holds results from other settings" in res.stderr and "'k': (8, 4)" in res.stderr
 
 
-def test_judge_failures_are_judged_again_on_resume_without_rollouts(tmp_path, server):  # noqa: F811
+def test_judge_failures_are_judged_again_on_resume_without_rollouts(tmp_path, server):
     """A run whose judge failed on some samples keeps them (score null); the next invocation asks the judge
     again for exactly those, rewrites the line, and recomputes the metrics. No model is needed. The judge
     sees the raw solution ("B" for multiple choice, no option text), as the release."""
+    from mini_o3_jax.agent.environment import EnvConfig
     from mini_o3_jax.data.records import Record
     from mini_o3_jax.eval.metrics import QuestionResult, SampleResult
     from mini_o3_jax.eval.run import EvalConfig, run_eval
-    from mini_o3_jax.rl.rewards import JudgeConfig
+    from mini_o3_jax.scoring.judge_config import JudgeConfig
 
-    cfg = EvalConfig(k=3, max_turns=2, turn_limits=(1, 2))
+    cfg = EvalConfig(k=3, env=EnvConfig(max_turns=2, max_images=0), turn_limits=(1, 2))
     assert cfg.scorer == "judge"  # the paper's scorer is the default
-    recs = [Record("vstar", "q0", b"", "<image>\nColor? (A) red (B) blue", "B", "vstar_bench", ("red", "blue")),
-            Record("vstar", "q1", b"", "<image>\nHow many?", "3", "vstar_bench")]
+    recs = [Record(benchmark="vstar", doc_id="q0", image=b"", problem="<image>\nColor? (A) red (B) blue",
+                   solution="B", data_source="vstar_bench", options=("red", "blue")),
+            Record(benchmark="vstar", doc_id="q1", image=b"", problem="<image>\nHow many?", solution="3",
+                   data_source="vstar_bench")]
     done = [QuestionResult("vstar", "q0", "", [SampleResult(None, "B", 1), SampleResult(0.0, "red", 1),
                                                SampleResult(None, "(A) red", 2)], recs[0].problem, "B", "blue", "judge"),
             QuestionResult("vstar", "q1", "", [SampleResult(1.0, "3", 1), SampleResult(0.0, "4", 1),
@@ -178,17 +182,18 @@ def test_eval_runs_the_packaged_model_as_trained(tmp_path, capsys):
     pixel budget, 6 turns, 4k context, 128 tokens a turn): held-out toy puzzles are mostly solved and no
     sample is void (with the released defaults instead, every sample was void: 0 %)."""
     from mini_o3_jax.cli import main
-    from mini_o3_jax.data import synthetic
     from mini_o3_jax.infer import DEMO_MODEL
-    from mini_o3_jax.recipe import SEED_EVAL
+    from mini_o3_jax.toy.recipe import SEED_EVAL
+    from mini_o3_jax.toy.scene import SceneConfig
+    from mini_o3_jax.toy.writers import write_benchmark
 
-    src = synthetic.write_benchmark(tmp_path / "src", "easy", 4, seed=SEED_EVAL, config=synthetic.SceneConfig.toy())
+    src = write_benchmark(tmp_path / "src", "easy", 4, seed=SEED_EVAL, config=SceneConfig.toy())
     out = tmp_path / "out"
     rc = main(["eval", "--config", os.path.join(REPO, "configs", "eval.py"), f"--config.model_path={DEMO_MODEL}",
                f"--config.out_dir={out}", f"--config.data_dir={tmp_path / 'tfds'}", "--config.benchmarks=synthetic_easy",
                f"--config.sources.synthetic_easy={os.path.dirname(src)}", "--config.eval.scorer=auto",
-               "--config.eval.k=4", "--config.eval.slots=16", "--config.eval.decode_chunk=16",
-               "--config.eval.workers=2", "--config.eval.save_crops=0", "--config.eval.turn_limits=(1,2,3)"])
+               "--config.eval.k=4", "--config.eval.rollout.slots=16", "--config.eval.rollout.decode_chunk=16",
+               "--config.eval.rollout.workers=2", "--config.eval.save_crops=0", "--config.eval.turn_limits=(1,2,3)"])
     printed = capsys.readouterr().out
     assert rc == 0
     assert "agent.json: running the model as it was trained" in printed
@@ -204,47 +209,53 @@ def test_eval_runs_the_packaged_model_as_trained(tmp_path, capsys):
 def test_eval_settings_given_win_over_agent_json(tmp_path):
     """Precedence, as `infer`: a value the eval block sets wins; "auto" ones come from agent.json, else the
     released eval's; "" means no system prompt."""
+    from mini_o3_jax.agent.settings import RELEASED_AGENT, write_agent_settings
     from mini_o3_jax.config_files import load_config
     from mini_o3_jax.eval.run import EvalConfig
-    from mini_o3_jax.infer import DEMO_MODEL, RELEASED_AGENT, write_agent_settings
+    from mini_o3_jax.infer import DEMO_MODEL
 
-    cfg = load_config(os.path.join(REPO, "configs", "eval.py"), ["eval.max_turns=9", "eval.context_guard=100"])
+    cfg = load_config(os.path.join(REPO, "configs", "eval.py"), ["eval.env.max_turns=9", "eval.env.context_guard=100"])
     got = EvalConfig.from_config(cfg.eval, checkpoint=DEMO_MODEL)
-    assert (got.max_turns, got.context_guard, got.max_context, got.max_pixels, got.system_prompt) == (9, 100, 4096, 12544, None)
+    assert (got.env.max_turns, got.env.context_guard, got.env.max_context, got.env.max_pixels, got.env.system_prompt) == (
+        9, 100, 4096, 12544, None)
     bare = EvalConfig.from_config(cfg.eval, checkpoint=tmp_path)  # no agent.json: the released eval
-    assert (bare.max_context, bare.context_guard, bare.max_turn_tokens, bare.min_pixels, bare.max_pixels) == (
+    assert (bare.env.max_context, bare.env.context_guard, bare.rollout.max_turn_tokens, bare.env.min_pixels,
+            bare.env.max_pixels) == (
         32768, 100, 8192, RELEASED_AGENT["min_pixels"], RELEASED_AGENT["max_pixels"])
-    assert bare.system_prompt == RELEASED_AGENT["system_prompt"] and bare.system_prompt
+    assert bare.env.system_prompt == RELEASED_AGENT["system_prompt"] and bare.env.system_prompt
     write_agent_settings(tmp_path, system_prompt="Zoom first.", max_context=8192)
-    mine = EvalConfig.from_config(load_config(os.path.join(REPO, "configs", "eval.py"), ["eval.system_prompt="]).eval,
+    mine = EvalConfig.from_config(load_config(os.path.join(REPO, "configs", "eval.py"), ["eval.env.system_prompt="]).eval,
                                   checkpoint=tmp_path)
-    assert (mine.system_prompt, mine.max_context, mine.context_guard, mine.max_turns) == (None, 8192, 2000, 12)
+    assert (mine.env.system_prompt, mine.env.max_context, mine.env.context_guard, mine.env.max_turns) == (
+        None, 8192, 2000, 12)
     (tmp_path / "agent.json").write_text("{not json")
     with pytest.raises(ConfigError, match="agent.json"):
         EvalConfig.from_config(cfg.eval, checkpoint=tmp_path)
 
 
-def test_unjudged_samples_fail_the_command_and_a_rerun_judges_them(tmp_path, capsys, monkeypatch, server):  # noqa: F811
+def test_unjudged_samples_fail_the_command_and_a_rerun_judges_them(tmp_path, capsys, monkeypatch, server):
     """An unreachable judge leaves the rollouts on disk unjudged: `mini-o3 eval` exits 2 with one line saying
     how many and to re-run; the re-run, with the judge back, rolls nothing out and asks only for those."""
     import socket
 
     from mini_o3_jax.cli import main
-    from mini_o3_jax.data import synthetic
     from mini_o3_jax.infer import DEMO_MODEL
-    from mini_o3_jax.recipe import SEED_EVAL
+    from mini_o3_jax.toy.recipe import SEED_EVAL
+    from mini_o3_jax.toy.scene import SceneConfig
+    from mini_o3_jax.toy.writers import write_benchmark
 
     for name in _JUDGE_ENV:
         monkeypatch.delenv(name, raising=False)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    src = synthetic.write_benchmark(tmp_path / "src", "easy", 2, seed=SEED_EVAL, config=synthetic.SceneConfig.toy())
+    src = write_benchmark(tmp_path / "src", "easy", 2, seed=SEED_EVAL, config=SceneConfig.toy())
     out = tmp_path / "out"
     argv = ["eval", "--config", os.path.join(REPO, "configs", "eval.py"), f"--config.model_path={DEMO_MODEL}",
             f"--config.out_dir={out}", f"--config.data_dir={tmp_path / 'tfds'}", "--config.benchmarks=synthetic_easy",
-            f"--config.sources.synthetic_easy={os.path.dirname(src)}", "--config.eval.k=2", "--config.eval.slots=4",
-            "--config.eval.decode_chunk=16", "--config.eval.workers=2", "--config.eval.save_crops=0",
+            f"--config.sources.synthetic_easy={os.path.dirname(src)}", "--config.eval.k=2",
+            "--config.eval.rollout.slots=4", "--config.eval.rollout.decode_chunk=16", "--config.eval.rollout.workers=2",
+            "--config.eval.save_crops=0",
             "--config.eval.turn_limits=(1,2,3)", "--config.judge.model=toy-judge", "--config.judge.attempts=1",
             "--config.judge.timeout_s=2"]
     capsys.readouterr()

@@ -24,11 +24,10 @@ from mini_o3_jax.processing.image import (
     load_image,
     load_rgb,
     num_image_tokens,
-    resize_crop,
-    resize_original,
     smart_resize,
     to_rgb_array,
 )
+from mini_o3_jax.processing.resize import resize_crop, resize_original
 from tests.hf_reference import hf_image_processor
 
 # Exact: a float32 (instead of float64) rescale would differ by 4.8e-7, which 1e-6 would miss.
@@ -580,6 +579,7 @@ def test_environment_sees_an_exif_rotated_photo_as_stored_unless_asked(tmp_path,
 
 
 def test_exif_option_is_off_in_the_rl_and_eval_configs_and_reaches_the_environment():
+    import dataclasses
     import os
 
     from mini_o3_jax.agent.environment import EnvConfig
@@ -591,14 +591,14 @@ def test_exif_option_is_off_in_the_rl_and_eval_configs_and_reaches_the_environme
     assert rl.env.exif_transpose is False and EnvConfig(**dict(rl.env)).exif_transpose is False
     rl.env.exif_transpose = True
     assert EnvConfig(**dict(rl.env)).exif_transpose is True
-    assert EvalConfig().env().exif_transpose is False and "exif_transpose" not in EvalConfig().fingerprint()
-    on = EvalConfig(exif_transpose=True)
-    assert on.env().exif_transpose is True and on.fingerprint()["exif_transpose"] is True
+    assert EvalConfig().env.exif_transpose is False and "exif_transpose" not in EvalConfig().fingerprint()
+    on = EvalConfig(env=dataclasses.replace(EvalConfig().env, exif_transpose=True))
+    assert on.rollout.env.exif_transpose is True and on.fingerprint()["exif_transpose"] is True
 
 
 def test_sft_images_follow_llamafactory_order():
     """LLaMA-Factory's `_preprocess_image` (written out): resize with PIL's default filter, then convert."""
-    from mini_o3_jax.processing.image import resize_llamafactory
+    from mini_o3_jax.processing.resize import resize_llamafactory
 
     def reference(image, max_pixels, min_pixels):
         if image.width * image.height > max_pixels:

@@ -19,8 +19,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mini_o3_jax.rl.loop import Rewarder, rollout_metrics
-from mini_o3_jax.rl.rewards import JudgeConfig, JudgeError, JudgeItem, LLMJudge, redact
+from mini_o3_jax.rl.loop import check_judge, rollout_metrics
+from mini_o3_jax.scoring.judge import JudgeError, JudgeItem, LLMJudge
+from mini_o3_jax.scoring.judge_config import JudgeConfig
+from mini_o3_jax.scoring.judge_http import redact
+from mini_o3_jax.scoring.scorer import Scorer, trajectory_items
 
 QUESTION = "<image>\nWhat colour is the car?"
 KEY = "sk-live-7Hq2ZpXw9LmN4vB8"  # what must never be printed
@@ -278,17 +281,18 @@ def test_rl_stops_naming_the_judge_when_it_fails_on_every_answer(monkeypatch) ->
     port = _closed_port()
     cfg = ml_collections.ConfigDict({"kind": "judge", "judge": {"url": f"http://127.0.0.1:{port}/v1",
                                                                 "attempts": 2, "backoff_s": 0.0, "api_key": KEY}})
-    rewarder = Rewarder(cfg)
+    scorer = Scorer(cfg.kind, Scorer.check(cfg.kind, cfg.judge))
     try:
         prompts = [types.SimpleNamespace(problem=QUESTION, solution="blue")] * 3
         trajs = [_traj("blue"), _traj("red"), _traj(None)]  # the unanswered one is 0 without the judge
-        rewards, failed = rewarder.submit(prompts, trajs).result(timeout=30)
+        items = trajectory_items(prompts, trajs)
+        rewards, failed = scorer.submit(items).result(timeout=30)
         assert failed.tolist() == [True, True, False] and rewards.tolist() == [0.0, 0.0, 0.0]
         with pytest.raises(JudgeError) as info:
-            rewarder.check_judge(4, trajs, failed)
-        rewarder.check_judge(4, trajs, np.array([True, False, False]))  # one judged answer: the judge works
+            check_judge(scorer, 4, items, failed)
+        check_judge(scorer, 4, items, np.array([True, False, False]))  # one judged answer: the judge works
     finally:
-        rewarder.close()
+        scorer.close()
     line = str(info.value)
     assert line.startswith(f"rl step 4: the judge at http://127.0.0.1:{port}/v1/chat/completions gave no usable "
                            "score for any of the 2 answer(s) of a rollout batch (2 attempt(s) each); last error: ")

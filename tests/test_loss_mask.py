@@ -13,24 +13,12 @@ from PIL import Image
 from mini_o3_jax.agent import protocol
 from mini_o3_jax.agent.environment import EnvConfig, VisualSearchEnv
 from mini_o3_jax.agent.trajectory import mask_after_last_end
-from mini_o3_jax.processing.chat import IM_END, Tokenizer
-from mini_o3_jax.processing.image import ImageProcessor
+from mini_o3_jax.processing.chat import IM_END
 from mini_o3_jax.train.batch import examples_from_trajectories, token_weights
-from tests.hf_reference import qwen_tokenizer_dir
+from tests.helpers import QUESTION
 
-QUESTION = "<image>\nWhat is written on the sign?"
 CROP = '<think>zoom</think> <grounding>{"bbox_2d": [0.1, 0.1, 0.5, 0.5], "source": "original_image"}</grounding>'
 ANSWER = "<think>done</think> <answer>B</answer>"
-
-
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return Tokenizer.from_pretrained(qwen_tokenizer_dir())
-
-
-@pytest.fixture(scope="module")
-def proc() -> ImageProcessor:
-    return ImageProcessor()
 
 
 def image() -> Image.Image:

@@ -13,7 +13,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mini_o3_jax.model.qwen2_5_vl import forward_logits
 from mini_o3_jax.model.weights import load_hf, load_orbax, save_hf, save_orbax
@@ -21,6 +20,7 @@ from mini_o3_jax.processing.chat import Tokenizer, encode_chat, render_chat
 from mini_o3_jax.processing.image import ImageProcessor
 from mini_o3_jax.processing.inputs import build_inputs
 from mini_o3_jax.processing.positions import rope_index, vision_layout
+from tests.helpers import make_inputs, rand_image
 from tests.hf_reference import hf_logits, hf_processor, qwen_tokenizer_dir, tiny_hf_model
 
 FP32_TOL = 1e-4
@@ -29,23 +29,9 @@ FP32_TOL = 1e-4
 BF16_TOL = 6e-2
 
 
-def rand_image(h: int, w: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
-    img = Image.fromarray(base).resize((w, h), Image.Resampling.BILINEAR)  # smooth but varied content
-    noise = rng.integers(-20, 21, (h, w, 3))
-    return Image.fromarray(np.clip(np.asarray(img, np.int64) + noise, 0, 255).astype(np.uint8))
-
-
 @pytest.fixture(scope="module")
 def processor():
     return hf_processor()
-
-
-def make_inputs(processor, messages, images):
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    out = processor(text=[text], images=images or None, return_tensors="np")
-    return out["input_ids"][0], out.get("pixel_values"), out.get("image_grid_thw")
 
 
 def our_logits(model, ids, pixel_values=None, grid=None, **kw):

@@ -27,8 +27,7 @@ from mini_o3_jax.agent.environment import EnvConfig, VisualSearchEnv
 from mini_o3_jax.agent.prompts import ERROR_TEMPLATE, OBSERVATION_TEMPLATE
 from mini_o3_jax.processing.chat import Tokenizer, encode_template
 from mini_o3_jax.processing.image import ImageProcessor
-from tests.hf_reference import qwen_tokenizer_dir
-from tests.test_agent_protocol import QUESTION, coord_image
+from tests.helpers import QUESTION, coord_image
 
 # The released engine's regexes (recipe spec §1.3, §1.4, §1.8): the oracle for what a turn means.
 RELEASED_CALL_RE = re.compile(r'.*<grounding>{"bbox_2d": (.*),.*"source": [\',"](.*)[\',"]}</grounding>', re.DOTALL)
@@ -152,11 +151,6 @@ EXEC_WATCH = ExecWatch()
 
 def special_counts(ids: np.ndarray, special_ids: set[int]) -> collections.Counter:
     return collections.Counter(int(i) for i in ids if int(i) in special_ids)
-
-
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return Tokenizer.from_pretrained(qwen_tokenizer_dir())
 
 
 @pytest.fixture(scope="module")

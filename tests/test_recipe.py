@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 
 from mini_o3_jax.cli import main
-from mini_o3_jax.data.synthetic import SceneConfig
 from mini_o3_jax.errors import ConfigError
-from mini_o3_jax.recipe import PuzzlePrompts
+from mini_o3_jax.toy.recipe import PuzzlePrompts
+from mini_o3_jax.toy.scene import SceneConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REDUCED = [
     "perception_locate.train.steps=2", "perception.train.steps=2", "perception_search.train.steps=2",
     "perception_check.train.steps=2", "perception_hard.train.steps=2", "baseline.train.steps=2", "sft.train.steps=3", "rl.train.steps=1", "rl.train.prompts_per_step=2",
     "rl.train.mini_batch_prompts=1", "rl.rollout.samples=2", "rl.train.dynamic_sampling=False",
-    "data.eval_per_level=2", "data.tokenizer_puzzles=6", "eval.k=2", "eval.max_turn_tokens=32",
+    "data.eval_per_level=2", "data.tokenizer_puzzles=6", "eval.k=2", "eval.rollout.max_turn_tokens=32",
     "rl.rollout.max_turn_tokens=32",
 ]
 LEVELS = ("easy", "hard")  # the toy scene's levels
@@ -76,7 +76,7 @@ def test_demo_starts_from_the_packaged_base_with_its_tokenizer(tmp_path):
     ids) with the demo's agent.json; a base without a tokenizer is one clear error."""
     from mini_o3_jax.config_files import load_config
     from mini_o3_jax.infer import DEMO_BASE
-    from mini_o3_jax.recipe import Recipe
+    from mini_o3_jax.toy.recipe import Recipe
 
     cfg = load_config(os.path.join(REPO, "configs", "demo.py"), [f"out_dir={tmp_path / 'run'}"])
     recipe = Recipe(cfg, console=None)
@@ -113,7 +113,7 @@ def _fake_seed_run(root, seed: int, acc: dict[str, tuple[float, float]]) -> None
 
 def test_seeds_report_gives_mean_standard_error_and_paired_differences(tmp_path):
     """`mini-o3 demo --seeds`: accuracy over seeds as mean +- sample SD / sqrt(n), and RL - SFT paired by seed."""
-    from mini_o3_jax.recipe import write_seeds_report
+    from mini_o3_jax.toy.recipe import write_seeds_report
 
     runs = {0: {"baseline": (30.0, 20.0), "sft": (70.0, 40.0), "rl": (68.0, 44.0)},
             1: {"baseline": (32.0, 24.0), "sft": (90.0, 36.0), "rl": (91.0, 41.0)},

@@ -1,43 +1,29 @@
 """Rewards: answer extraction, the LLM judge against a real local HTTP server, and the rule-based scorers.
 
-The judge tests start a ``ThreadingHTTPServer`` on 127.0.0.1 that speaks just enough of the chat-completions
-API: it records every request and answers from a per-test script (fail, stall, return garbage, or grade the
-predicted answer against the ground truth it finds in the prompt). Nothing of ours is mocked.
+The judge tests start a ``ThreadingHTTPServer`` on 127.0.0.1 (conftest.py's `server` fixture) that speaks just
+enough of the chat-completions API: it records every request and answers from a per-test script (fail, stall,
+return garbage, or grade the predicted answer against the ground truth it finds in the prompt). Nothing of ours
+is mocked.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
-import http.server
-import json
 import os
 import re
 import socket
-import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
 
 import pytest
 
 from mini_o3_jax.errors import ConfigError
-from mini_o3_jax.rl.rewards import (
-    SCORERS,
-    SYSTEM_PROMPT,
-    USER_PROMPT_TEMPLATE,
-    JudgeConfig,
-    JudgeItem,
-    LLMJudge,
-    build_messages,
-    config_defaults,
-    extract_answer,
-    parse_score,
-    rule_score,
-    score_choice,
-    score_exact,
-    score_numeric,
-)
+from mini_o3_jax.scoring.judge import JudgeItem, LLMJudge
+from mini_o3_jax.scoring.judge_config import JudgeConfig, config_defaults
+from mini_o3_jax.scoring.judge_prompts import SYSTEM_PROMPT, USER_PROMPT_TEMPLATE, build_messages, parse_score
+from mini_o3_jax.scoring.rules import SCORERS, rule_score, score_choice, score_exact, score_numeric
+from mini_o3_jax.scoring.scorer import Scorer, extract_answer
+from tests.helpers import FakeJudgeServer, Reply, grade
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUESTION = "<image>\nWhat colour is the car parked next to the red door?"
@@ -48,123 +34,8 @@ SPEC_SYSTEM = "You are an intelligent chatbot designed for evaluating the correc
 SPEC_USER = "I will give you a question related to an image and the following text as inputs:\n\n1. **Question Related to the Image**: {question}\n2. **Ground Truth Answer**: {ground_truth}\n3. **Model Predicted Answer**: {prediction}\n\nYour task is to evaluate the model's predicted answer against the ground truth answer, based on the context provided by the question related to the image. Consider the following criteria for evaluation:\n- **Relevance**: Does the predicted answer directly address the question posed, considering the information provided by the given question?\n- **Accuracy**: Compare the predicted answer to the ground truth answer. You need to evaluate from the following two perspectives:\n(1) If the ground truth answer is open-ended, consider whether the prediction accurately reflects the information given in the ground truth without introducing factual inaccuracies. If it does, the prediction should be considered correct.\n(2) If the ground truth answer is a definitive answer, strictly compare the model's prediction to the actual answer. Pay attention to unit conversions such as length and angle, etc. As long as the results are consistent, the model's prediction should be deemed correct.\n**Output Format**:\nYour response should include an integer score indicating the correctness of the prediction: 1 for correct and 0 for incorrect. Note that 1 means the model's prediction strictly aligns with the ground truth, while 0 means it does not.\nThe format should be \"Score: 0 or 1\""
 
 # --------------------------------------------------------------------------------------------------------------
-# A fake judge server
+# The fake judge server (tests/helpers.py) as a configured client
 # --------------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Recorded:
-    path: str
-    headers: dict[str, str]  # lower-cased names
-    body: dict | None
-
-    @property
-    def user(self) -> str:
-        assert self.body is not None
-        return self.body["messages"][1]["content"]
-
-
-@dataclasses.dataclass
-class Reply:
-    content: str | None = "Score: 1"
-    status: int = 200
-    delay: float = 0.0
-    raw: bytes | None = None  # sent verbatim instead of a chat-completions JSON
-
-
-_GRADED = re.compile(r"\*\*Ground Truth Answer\*\*: (.*?)\n3\. \*\*Model Predicted Answer\*\*: (.*?)\n\nYour task",
-                     re.DOTALL)
-
-
-def grade(req: Recorded, n: int) -> Reply:
-    """Answer like a judge would: 1 when the predicted answer equals the ground truth (case-insensitive)."""
-    match = _GRADED.search(req.user)
-    assert match, req.user
-    truth, predicted = (s.strip().lower() for s in match.groups())
-    return Reply(
-        f"The prediction is {'right' if truth == predicted else 'wrong'}.\nScore: {int(truth == predicted)}"
-    )
-
-
-class FakeJudgeServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # many concurrent clients connect at once
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.script: Callable[[Recorded, int], Reply] = grade
-        self.requests: list[Recorded] = []
-        self.lock = threading.Lock()
-        self.in_flight = 0
-        self.max_in_flight = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: FakeJudgeServer
-
-    def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
-        raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        rec = Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-        srv = self.server
-        with srv.lock:
-            srv.requests.append(rec)
-            n = len(srv.requests) - 1
-            srv.in_flight += 1
-            srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
-        done = False
-
-        def leave() -> None:
-            # counted out *before* the reply goes out: once the client has the reply it may send its next
-            # request, which must not find this one still counted (that race made max_in_flight flaky)
-            nonlocal done
-            if not done:
-                done = True
-                with srv.lock:
-                    srv.in_flight -= 1
-
-        try:
-            reply = srv.script(rec, n)
-            time.sleep(reply.delay)
-            if reply.raw is not None:
-                payload = reply.raw
-            else:
-                message = {"role": "assistant", "content": reply.content}
-                choice = {"index": 0, "message": message, "finish_reason": "stop"}
-                payload = json.dumps({"object": "chat.completion", "choices": [choice]}).encode()
-            leave()
-            self.send_response(reply.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (timeout test)
-        finally:
-            leave()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeJudgeServer]:
-    for name in ("NO_PROXY", "no_proxy"):  # an inherited proxy setting must not capture 127.0.0.1
-        monkeypatch.setenv(name, "127.0.0.1,localhost")
-    srv = FakeJudgeServer()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=5)
 
 
 def make_judge(srv: FakeJudgeServer, **kw: object) -> LLMJudge:
@@ -502,15 +373,15 @@ CUSTOM_USER = "Q: {question}\nTruth: {ground_truth}\nSaid: {prediction}\nScore?"
 
 
 def test_prompts_are_overridable_in_the_rl_config(server: FakeJudgeServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`reward.judge` of configs/rl_grpo.py, as `mini-o3 rl` reads it (`Rewarder.check` builds its judge)."""
+    """`reward.judge` of configs/rl_grpo.py, as `mini-o3 rl` reads it (`Scorer.check` builds its judge)."""
     from mini_o3_jax.config_files import load_config
-    from mini_o3_jax.rl.loop import Rewarder
+    from mini_o3_jax.scoring.scorer import Scorer
 
     monkeypatch.setenv("MINI_O3_JUDGE_URL", server.url + "/v1")
     server.script = lambda req, n: Reply("Score: 1")  # `grade` reads the released prompt only
     cfg = load_config(os.path.join(REPO, "configs", "rl_grpo.py"),
                       ["reward.judge.system_prompt=Be strict.", f"reward.judge.user_prompt={CUSTOM_USER}"])
-    judge_cfg = Rewarder.check(cfg.reward)
+    judge_cfg = Scorer.check(cfg.reward.kind, cfg.reward.judge)
     assert judge_cfg is not None and judge_cfg.url == server.url + "/v1"  # the endpoint still from the environment
     with LLMJudge(judge_cfg) as judge:
         assert judge.score([JudgeItem(QUESTION, "blue", "navy")]) == [1.0]
@@ -519,10 +390,10 @@ def test_prompts_are_overridable_in_the_rl_config(server: FakeJudgeServer, monke
         {"role": "system", "content": "Be strict."},
         {"role": "user", "content": f"Q: {QUESTION}\nTruth: blue\nSaid: navy\nScore?"}]
     default = load_config(os.path.join(REPO, "configs", "rl_grpo.py"))
-    assert Rewarder.check(default.reward) == JudgeConfig.from_env()  # the block's defaults change nothing
+    assert Scorer.check(default.reward.kind, default.reward.judge) == JudgeConfig.from_env()  # the block's defaults change nothing
     bad = load_config(os.path.join(REPO, "configs", "rl_grpo.py"), ["reward.judge.user_prompt={question}"])
     with pytest.raises(ConfigError, match=r"missing \['ground_truth', 'prediction'\]"):
-        Rewarder.check(bad.reward)
+        Scorer.check(bad.reward.kind, bad.reward.judge)
 
 
 def test_prompts_are_overridable_in_the_eval_config(server: FakeJudgeServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -734,3 +605,30 @@ def test_rule_score_dispatch() -> None:
     assert rule_score("numeric", None, "1000") == 0.0
     with pytest.raises(ConfigError, match=r"fuzzy.*choice.*exact.*numeric"):
         rule_score("fuzzy", "a", "a")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The Scorer: one shape for the rule scorers and the judge, as RL and eval use it
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_scorer_gives_rules_and_the_judge_one_shape(server: FakeJudgeServer) -> None:
+    items = [JudgeItem(QUESTION, "B", "The answer is B"), JudgeItem(QUESTION, "B", "A"), JudgeItem(QUESTION, "B", None)]
+    with Scorer("choice") as scorer:
+        scores = scorer.submit(items, rule="exact").result()  # `rule` is for "auto" only
+    assert scores.rewards.dtype.name == "float32" and scores.rewards.tolist() == [1.0, 0.0, 0.0]
+    assert scores.failed.tolist() == [False] * 3 and scores.as_list() == [1.0, 0.0, 0.0]
+    with Scorer("auto") as scorer:  # eval's "auto": the rule each record names
+        assert scorer.submit(items, rule="exact").result().as_list() == [0.0, 0.0, 0.0]
+    assert Scorer.check("numeric") is None
+    with pytest.raises(ConfigError, match=r"fuzzy.*choice.*exact.*numeric"):
+        Scorer("fuzzy")
+    server.script = lambda req, n: Reply(status=500) if "Predicted Answer**: A\n" in req.user else grade(req, n)
+    items = [JudgeItem(QUESTION, "B", "b"), JudgeItem(QUESTION, "B", "A"), JudgeItem(QUESTION, "B", None)]
+    with Scorer("judge", JudgeConfig(url=server.url + "/v1", attempts=2, backoff_s=0.0)) as scorer:
+        scores = scorer.submit(items).result(timeout=30)
+        assert scorer.endpoint == server.url + "/v1/chat/completions"
+        assert scorer.last_error is not None and "HTTP 500" in scorer.last_error
+    assert scores.rewards.tolist() == [1.0, 0.0, 0.0] and scores.failed.tolist() == [False, True, False]
+    assert scores.as_list() == [1.0, None, 0.0]  # the unanswered item is 0 without asking the judge
+    assert len(server.requests) == 3  # one for "b", two attempts for "A"

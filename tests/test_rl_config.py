@@ -18,9 +18,9 @@ RL_GRPO = os.path.join(REPO, "configs", "rl_grpo.py")
 
 def test_one_temperature_for_sampling_and_log_probs() -> None:
     cfg = load_config(RL_GRPO)
-    assert "temperature" not in cfg.train  # one setting: rollout.temperature
-    assert cfg.rollout.temperature == 1.0 and step_config(cfg, "ppo").temperature == 1.0
-    warm = load_config(RL_GRPO, ["rollout.temperature=0.7"])
+    assert "temperature" not in cfg.train  # one setting: rollout.sampling.temperature
+    assert cfg.rollout.sampling.temperature == 1.0 and step_config(cfg, "ppo").temperature == 1.0
+    warm = load_config(RL_GRPO, ["rollout.sampling.temperature=0.7"])
     assert logprob_temperature(warm, "ppo") == 0.7
     assert step_config(warm, "ppo").temperature == 0.7  # the trainer follows the sampler
     with pytest.raises(ConfigError, match="temperature"):
@@ -30,7 +30,7 @@ def test_one_temperature_for_sampling_and_log_probs() -> None:
 def test_a_disagreeing_train_temperature_stops_rl_before_loading_anything() -> None:
     cfg = load_config(RL_GRPO)
     cfg.train.temperature = 0.5  # an older config file that still sets it
-    with pytest.raises(ConfigError, match=r"train.temperature = 0.5 but rollout.temperature = 1.0"):
+    with pytest.raises(ConfigError, match=r"train.temperature = 0.5 but rollout.sampling.temperature = 1.0"):
         logprob_temperature(cfg, "ppo")
     # run_rl checks it first: no model, tokenizer or prompts are needed to get the error
     with pytest.raises(ConfigError, match="train.temperature"):
@@ -40,7 +40,7 @@ def test_a_disagreeing_train_temperature_stops_rl_before_loading_anything() -> N
 
 
 def test_greedy_rollouts_are_refused_for_rl() -> None:
-    cfg = load_config(RL_GRPO, ["rollout.temperature=0.0"])
+    cfg = load_config(RL_GRPO, ["rollout.sampling.temperature=0.0"])
     with pytest.raises(ConfigError, match="positive sampling temperature"):
         logprob_temperature(cfg, "ppo")
 

@@ -11,15 +11,15 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mini_o3_jax.model.qwen2_5_vl import TextInputs, forward_logits
+from mini_o3_jax.model.qwen2_5_vl import TextInputs
 from mini_o3_jax.model.weights import load_hf
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.inputs import build_inputs
 from mini_o3_jax.rollout.cache import copy_slots, init_cache
 from mini_o3_jax.rollout.sampler import Sampling, decode, extend, kv_window, sample_tokens
 from mini_o3_jax.rollout.stops import kmp_automaton, stop_table, truncate_at_stop
+from tests.helpers import full_logits, make_inputs, rand_image
 from tests.hf_reference import hf_processor, qwen_tokenizer_dir, tiny_hf_model
-from tests.test_model_golden import make_inputs, rand_image
 
 GREEDY = Sampling(temperature=0.0)
 ONE_IMAGE = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Where is the sign?"}]}]
@@ -40,13 +40,6 @@ def chunk_inputs(model, ids, pixel_values, grid, start):
     text = TextInputs(*(jnp.asarray(a) for a in batch.text))
     vision = None if batch.vision is None else jax.tree.map(jnp.asarray, batch.vision)
     return text, vision, int(batch.rope_deltas[0])
-
-
-def full_logits(model, ids, pixel_values, grids):
-    pv = np.concatenate(pixel_values) if pixel_values else None
-    g = np.concatenate(grids) if grids else None
-    batch = build_inputs([ids], [pv], [g], model.config)
-    return np.asarray(forward_logits(model, batch.text, batch.vision)[0, : len(ids)], np.float64)
 
 
 class Slot:

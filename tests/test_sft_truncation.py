@@ -13,17 +13,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mini_o3_jax.data.direct import read_sharegpt
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
 from mini_o3_jax.sft.data import (
     conversation_trajectory,
     infer_seqlen,
-    read_sharegpt,
     sharegpt_trajectories,
     truncate_pairs,
 )
+from tests.helpers import write_sharegpt
 from tests.hf_reference import qwen_tokenizer_dir
-from tests.train_fixtures import write_sharegpt
 
 IGNORE_INDEX = -100
 PIXELS = {"min_pixels": 3136, "max_pixels": 60_000}
@@ -102,7 +102,7 @@ def setup(tmp_path_factory):
 def trajectory(setup, record=0, **kw):
     tok, proc, records = setup
     r = records[record]
-    return conversation_trajectory(r["conversations"], r["images"], tok, proc, **PIXELS, **kw)
+    return conversation_trajectory(r.conversations, r.images, tok, proc, **PIXELS, **kw)
 
 
 def test_infer_seqlen_is_llamafactorys():
@@ -175,6 +175,6 @@ def test_sharegpt_samples_are_truncated_not_dropped_and_named(setup):
     names: list[str] = []
     trajs = list(sharegpt_trajectories(records, tok, proc, max_length=300, truncated=names, **PIXELS))
     assert len(trajs) == 2 and all(len(t) <= 300 for t in trajs)
-    long = [r["name"] for r, t in zip(records, trajs) if t.truncated]
-    assert long == [records[0]["name"]] and names == [f"{records[0]['name']} (300 of its tokens kept)"]
+    long = [r.doc_id for r, t in zip(records, trajs) if t.truncated]
+    assert long == [records[0].doc_id] and names == [f"{records[0].doc_id} (300 of its tokens kept)"]
     assert not trajs[1].truncated

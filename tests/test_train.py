@@ -14,18 +14,18 @@ import pytest
 from flax import nnx
 
 from mini_o3_jax.config_files import load_config
+from mini_o3_jax.data.direct import read_prompts, read_sharegpt
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL, forward_logits
 from mini_o3_jax.model.weights import load_model
 from mini_o3_jax.processing.image import ImageProcessor
-from mini_o3_jax.rl.data import read_prompts
 from mini_o3_jax.rl.loop import run_rl
-from mini_o3_jax.sft.data import conversation_trajectory, read_sharegpt, sharegpt_trajectories
+from mini_o3_jax.sft.data import conversation_trajectory, sharegpt_trajectories
 from mini_o3_jax.sft.loop import run_sft, step_indices
 from mini_o3_jax.train.batch import BatchSpec, examples_from_trajectories, micro_batches
 from mini_o3_jax.train.metrics import read_jsonl_metrics, read_tensorboard_scalars
 from mini_o3_jax.train.optim import OptimConfig, make_optimizer
 from mini_o3_jax.train.step import StepConfig, Trainer
-from tests.train_fixtures import small_model_config, small_tokenizer, write_prompts, write_sharegpt
+from tests.helpers import small_model_config, small_tokenizer, write_prompts, write_sharegpt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +57,7 @@ def test_sft_data_masks_exactly_the_assistant_turns(parts):
 def test_sft_data_mask_history_trains_the_last_turn_only(parts, tmp_path):
     tok, proc, trajs, _ = parts
     record = read_sharegpt(write_sharegpt(str(tmp_path), 4))[0]
-    last = conversation_trajectory(record["conversations"], record["images"], tok, proc, min_pixels=3136,
+    last = conversation_trajectory(record.conversations, record.images, tok, proc, min_pixels=3136,
                                    max_pixels=60_000, mask_history=True)
     assert np.array_equal(last.token_ids, trajs[0].token_ids)  # same sequence, only the mask differs
     assert tok.decode(last.token_ids[last.loss_mask == 1]) == "<think>it is A</think> <answer>A</answer><|im_end|>\n"
@@ -73,7 +73,7 @@ def test_sft_data_with_the_real_qwen_tokenizer(tmp_path):
     proc = ImageProcessor(min_pixels=3136, max_pixels=60_000)
     record = read_sharegpt(write_sharegpt(str(tmp_path), 1))[0]
     traj = next(sharegpt_trajectories([record], tok, proc, min_pixels=3136, max_pixels=60_000))
-    conv = json.loads(json.dumps(record["conversations"]))
+    conv = json.loads(json.dumps(record.conversations))
     roles = {"system": "system", "human": "user", "gpt": "assistant"}
     messages = [{"role": roles[m["from"]], "content": replace_image_placeholders(m["value"])} for m in conv]
     whole = encode_chat(tok, messages, traj.grids, add_generation_prompt=False)

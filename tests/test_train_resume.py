@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.train_fixtures import write_sharegpt, write_small_checkpoint
+from tests.helpers import write_sharegpt, write_small_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,10 +151,11 @@ from flax import nnx
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
 from mini_o3_jax.parallel.mesh import make_mesh
 from mini_o3_jax.processing.image import ImageProcessor
-from mini_o3_jax.sft.data import read_sharegpt, sharegpt_trajectories
+from mini_o3_jax.data.direct import read_sharegpt
+from mini_o3_jax.sft.data import sharegpt_trajectories
 from mini_o3_jax.train.batch import BatchSpec, examples_from_trajectories, micro_batches
 from mini_o3_jax.train.step import StepConfig, Trainer
-from tests.train_fixtures import small_model_config, small_tokenizer
+from tests.helpers import small_model_config, small_tokenizer
 
 data = sys.argv[1]
 proc = ImageProcessor(min_pixels=3136, max_pixels=60000)
@@ -189,16 +190,18 @@ for loss, agg, trainable in (("sft", "token-mean", "language_model"), ("ppo", "s
     out[loss + "_max_diff"] = max(diffs.values())
 # rollout from mesh-sharded weights (what the RL loop does between updates): the same tokens as on one device
 from mini_o3_jax.agent.environment import EnvConfig
-from mini_o3_jax.rollout.engine import EngineConfig, Episode, RolloutEngine
-from tests.test_model_golden import rand_image
+from mini_o3_jax.data.records import Record
+from mini_o3_jax.rollout.engine import EngineConfig, RolloutEngine
+from tests.helpers import rand_image
 env = EnvConfig(max_turns=2, max_context=2000, context_guard=100, min_pixels=3136, max_pixels=60000)
 ecfg = EngineConfig(slots=4, max_len=2048, decode_chunk=8, max_turn_tokens=12, env=env)
 rolled = []
 for mesh in (None, make_mesh({"data": 1, "fsdp": 4, "tensor": 2})):
     tr = Trainer(Qwen25VL(cfg, rngs=nnx.Rngs(1)), optax.sgd(0.1), StepConfig(loss="ppo"), mesh=mesh)
     engine = RolloutEngine(tr.model(), tok, proc, ecfg)
-    rolled.append([t.token_ids.tolist() for t in engine.run([Episode(rand_image(120, 160, 0), "<image>\nWhat?")],
-                                                          samples=2, seed=0)])
+    asked = Record(benchmark="", doc_id="", image=rand_image(120, 160, 0), problem="<image>\nWhat?", solution="",
+                   data_source="")
+    rolled.append([t.token_ids.tolist() for t in engine.run([asked], samples=2, seed=0)])
 out["rollout_equal"] = rolled[0] == rolled[1]
 out["rollout_tokens"] = sum(len(t) for t in rolled[0])
 print("RESULT " + json.dumps(out))

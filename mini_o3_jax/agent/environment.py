@@ -41,9 +41,8 @@ from mini_o3_jax.processing.image import (
     ImageSource,
     ProcessedImages,
     load_rgb,
-    resize_crop,
-    resize_original,
 )
+from mini_o3_jax.processing.resize import resize_crop, resize_original
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +50,8 @@ class EnvConfig:
     """Episode limits (recipe spec §1.8, §4.2). Training: 6 turns; the released eval: 12; up to 32+."""
 
     max_turns: int = 6
-    max_images: int = 12  # the original counts; a tool call with this many images is over-turn
+    # the original counts; a tool call with this many images is over-turn. 0: as many as turns (the eval's)
+    max_images: int = 12
     max_context: int = 32768
     context_guard: int = 2000  # over-length once the context reaches max_context - context_guard
     min_pixels: int = MINI_O3_MIN_PIXELS
@@ -62,16 +62,23 @@ class EnvConfig:
     # Sampled ids above this are dropped: ids the model's padded embedding has but the tokenizer does
     # not. None: the tokenizer's last id (151664 for Qwen2.5-VL, the released filter's constant).
     max_token_id: int | None = None
+    # the system turn of every episode; a config spells "no system turn" as "" / False / None (on the command
+    # line also `False` or `None`, which stay strings): all read as None
     system_prompt: str | None = SYSTEM_PROMPT_TOOL_CROP
     # Rotate the question image by its EXIF orientation on load. Off, as in the release (spec §2):
     # the model was trained and evaluated on photos as stored; on only for data that needs it.
     exif_transpose: bool = False
 
     def __post_init__(self) -> None:
+        prompt = self.system_prompt
+        if prompt is False or (isinstance(prompt, str) and prompt.strip().lower() in ("", "false", "none")):
+            object.__setattr__(self, "system_prompt", None)
+        elif prompt is not None and not isinstance(prompt, str):
+            raise ConfigError(f"env.system_prompt = {prompt!r}: expected the prompt text, or '' / False for none")
         for name in ("max_turns", "max_images", "max_context", "min_pixels", "max_pixels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"EnvConfig.{name} = {value!r}; expected a positive integer")
+            value, least = getattr(self, name), 0 if name == "max_images" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"EnvConfig.{name} = {value!r}; expected an integer >= {least}")
         if not 0 <= self.context_guard < self.max_context:
             raise ConfigError(
                 f"EnvConfig.context_guard = {self.context_guard!r}; expected 0 <= guard < max_context "
@@ -87,6 +94,11 @@ class EnvConfig:
     @property
     def context_limit(self) -> int:
         return self.max_context - self.context_guard
+
+    @property
+    def image_limit(self) -> int:
+        """`max_images`, 0 read as `max_turns`."""
+        return self.max_images or self.max_turns
 
 
 @dataclasses.dataclass
@@ -164,7 +176,7 @@ class VisualSearchEnv:
         if not protocol.has_tool_call(text):
             self.void = hit_token_limit or not protocol.is_final_answer(text)
             return self._finish(turn, "final")
-        if len(self.observations) >= self.config.max_images or index == self.config.max_turns - 1:
+        if len(self.observations) >= self.config.image_limit or index == self.config.max_turns - 1:
             self.over_turn = True
             return self._finish(turn, "over_turn")
         if self.length >= self.config.context_limit:

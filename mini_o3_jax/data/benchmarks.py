@@ -76,7 +76,7 @@ def _hrbench(res: str) -> BenchmarkInfo:
 
 
 def _synthetic(level: str) -> BenchmarkInfo:
-    # synthetic.write_benchmark writes <out>/synthetic_<level>/val.json (train: .../train.json)
+    # toy.writers.write_benchmark writes <out>/synthetic_<level>/val.json (train: .../train.json)
     patterns = (("train.json", "train.jsonl", "synthetic_train/train.json") if level == "train"
                 else ("val.json", "val.jsonl", f"synthetic_{level}/val.json"))
     return BenchmarkInfo(f"synthetic_{level}", None, (_minio3(*patterns),), f"synthetic_{level}", None, "exact",
@@ -164,7 +164,7 @@ def iter_source(name: str, source: str | Path, image_root: str | Path | None = N
                 allow_absolute_images: bool = False) -> Iterator[Parsed]:
     """Stream a downloaded dataset in source order; a doc_id seen before becomes a BadRecord (the
     first occurrence is kept) so scores are never silently double-counted. Image paths are read
-    inside the image root only, unless `allow_absolute_images` (`formats.resolve_image`)."""
+    inside the image root only, unless `allow_absolute_images` (`images.resolve_image`)."""
     info = benchmark(name)
     layout, files = source_files(info, source)
     ctx = info.context(image_root, allow_absolute_images)

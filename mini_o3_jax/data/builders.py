@@ -178,9 +178,10 @@ def _text(value: Any) -> str:
 
 def to_record(example: dict[str, Any], name: str) -> Record:
     """A prepared example back as the `Record` `read_source` gave (Text features come back as bytes)."""
-    return Record(name, _text(example["doc_id"]), bytes(example["image"]), _text(example["problem"]),
-                  _text(example["solution"]), _text(example["data_source"]),
-                  tuple(_text(o) for o in example["options"]), _text(example["category"]))
+    return Record(benchmark=name, doc_id=_text(example["doc_id"]), image=bytes(example["image"]),
+                  problem=_text(example["problem"]), solution=_text(example["solution"]),
+                  data_source=_text(example["data_source"]), options=tuple(_text(o) for o in example["options"]),
+                  category=_text(example["category"]))
 
 
 def to_conversation(example: dict[str, Any]) -> ConversationRecord:

@@ -26,7 +26,7 @@ from mini_o3_jax.data.builders import (
     to_conversation,
     to_record,
 )
-from mini_o3_jax.data.records import BadRecord, ConversationRecord, Record, RecordError, SourceError
+from mini_o3_jax.data.records import BadRecord, Record, RecordError, SourceError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,16 +123,13 @@ def records(name: str, data_dir: str | Path, source_dir: str | Path | None = Non
 
 def coldstart_records(data_dir: str | Path, source_dir: str | Path | None = None, *,
                       image_root: str | Path | None = None, allow_absolute_images: bool = False) -> grain.MapDataset:
-    """Cold-start trajectories as the dicts `mini_o3_jax.sft.data.sharegpt_trajectories` takes
-    ({"conversations", "images": encoded bytes, "name": doc_id}); lazy and indexable. The rows
-    `prepare` left out are in `bad_records("coldstart", data_dir)`."""
+    """The prepared cold-start set as `ConversationRecord`s (images as encoded bytes), preparing it first
+    when `source_dir` is given and it is not yet prepared; lazy and indexable, what
+    `mini_o3_jax.sft.data.sharegpt_trajectories` takes. The rows `prepare` left out are in
+    `bad_records("coldstart", data_dir)`."""
     if source_dir is not None:
         prepare("coldstart", source_dir, data_dir, image_root=image_root, allow_absolute_images=allow_absolute_images)
-    return load_conversations(data_dir).map(_sharegpt)
-
-
-def _sharegpt(record: ConversationRecord) -> dict:
-    return record.sharegpt()
+    return load_conversations(data_dir)
 
 
 __all__ = ["PrepareReport", "RecordError", "bad_records", "coldstart_records", "load", "load_conversations",

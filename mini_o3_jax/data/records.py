@@ -1,22 +1,19 @@
-"""One question record for every benchmark and RL prompt set, whatever format it was published in.
+"""One record type per kind of data: `Record` (a question and its image) for every benchmark, RL prompt
+set and inference question; `ConversationRecord` for a cold-start SFT trajectory.
 
-Readers for each published format (parsers below) turn rows into `Record`s; a row that cannot be
-used becomes a `BadRecord` naming the file, the row and the reason, so nothing disappears silently.
+The parsers in `formats.py` turn each published format's rows into these; a row that cannot be used
+becomes a `BadRecord` naming the file, the row and the reason, so nothing disappears silently.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import re
 import string
-import warnings
 from collections.abc import Sequence
-from typing import Any
-
-from PIL import Image
 
 from mini_o3_jax.errors import MiniO3Error
+from mini_o3_jax.processing.image import ImageSource
 
 LETTERS = string.ascii_uppercase
 
@@ -25,16 +22,20 @@ class RecordError(MiniO3Error, ValueError):
     """A dataset row is unusable (missing image, no `<image>` in the problem, empty answer, ...)."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Record:
-    """A question with its image, as the agent and the scorers consume it."""
+    """A question with its image, as the agent and the scorers consume it.
 
-    benchmark: str  # registry name, e.g. "visualprobe_hard", "vstar", "hrbench_4k"
-    doc_id: str  # unique within the benchmark
-    image: bytes  # the encoded image exactly as published (file bytes or embedded bytes)
+    A prepared set gives the image as its encoded bytes exactly as published; a run reading its own file
+    gives the checked path, loaded when used. A free question (inference) has no benchmark, id or answer.
+    """
+
+    image: ImageSource  # encoded bytes (prepared sets) or a checked file path (a file read directly)
     problem: str  # the user text given to the model; starts with "<image>\n"
-    solution: str  # the ground truth: the answer text, or the option letter for multiple choice
-    data_source: str  # Mini-o3's data_source key, e.g. "visual_probe_hard", "vstar_bench"
+    solution: str = ""  # the ground truth: the answer text, or the option letter for multiple choice
+    benchmark: str = ""  # registry name, e.g. "visualprobe_hard", "vstar", "hrbench_4k"
+    doc_id: str = ""  # unique within the benchmark
+    data_source: str = ""  # Mini-o3's data_source key, e.g. "visual_probe_hard", "vstar_bench"
     options: tuple[str, ...] = ()  # multiple choice: option texts in letter order (A, B, ...)
     category: str = ""  # difficulty or the benchmark's own category, for per-category metrics
 
@@ -87,14 +88,10 @@ class SourceError(MiniO3Error, FileNotFoundError):
 class ConversationRecord:
     """One cold-start SFT trajectory: sharegpt turns plus the images its `<image>` placeholders stand for."""
 
-    doc_id: str
+    doc_id: str  # a direct read names a row without an id `file[row]`
     conversations: list[dict[str, str]]  # [{"from": "system"|"human"|"gpt", "value": ...}, ...]
-    images: tuple[bytes, ...]  # encoded images in placeholder order (question image first)
+    images: tuple[ImageSource, ...]  # in placeholder order (question image first): bytes or checked paths
     data_source: str
-
-    def sharegpt(self) -> dict[str, Any]:
-        """The dict `mini_o3_jax.sft.data.sharegpt_trajectories` consumes (images as encoded bytes)."""
-        return {"conversations": self.conversations, "images": list(self.images), "name": self.doc_id}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,23 +154,3 @@ def answer_letter(answer: str, options: Sequence[str]) -> str:
     raise RecordError(f"answer {answer!r} is neither an option letter {letters[0]}-{letters[-1]} "
                       f"nor one of the option texts {list(options)}")
 
-
-def check_image_bytes(data: bytes) -> None:
-    """Raise RecordError unless `data` is an image PIL can identify (header + structure, no full decode).
-
-    Images above PIL's decompression-bomb limit count as readable: the bytes are kept exactly as
-    published and the size rule is applied where the image is loaded (`processing.image.load_image`).
-    """
-    if not data:
-        raise RecordError("image is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                img.verify()
-    except Image.DecompressionBombError:
-        return
-    except Exception as e:  # PIL raises many types (UnidentifiedImageError, SyntaxError, OSError, ...)
-        detail = re.sub(r"\s*<[^>]* at 0x[0-9a-f]+>", "", str(e))  # PIL names the BytesIO by address
-        raise RecordError(f"image bytes ({len(data)} bytes, starting {data[:8]!r}) do not decode as an image: "
-                          f"{type(e).__name__}: {detail}") from None

@@ -12,11 +12,11 @@ on (seed, benchmark, doc_id, sample), so the resumed run samples what the uninte
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import os
-import queue
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,30 +26,40 @@ from PIL import Image
 from tqdm import tqdm
 
 from mini_o3_jax.agent.environment import EnvConfig
+from mini_o3_jax.agent.settings import resolve_agent
 from mini_o3_jax.agent.trajectory import Trajectory
 from mini_o3_jax.atomic_io import write_json, write_text
+from mini_o3_jax.config_files import from_block
 from mini_o3_jax.data.records import BadRecord, Record
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.eval.metrics import QuestionResult, SampleResult, summarize_benchmark
 from mini_o3_jax.eval.report import write_reports
-from mini_o3_jax.infer import resolve_agent
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
 from mini_o3_jax.processing.chat import Tokenizer
-from mini_o3_jax.processing.image import MINI_O3_MAX_PIXELS, MINI_O3_MIN_PIXELS, ImageProcessor
-from mini_o3_jax.rl.rewards import SCORERS, JudgeConfig, JudgeItem, LLMJudge, endpoint_url, rule_score
-from mini_o3_jax.rollout.engine import EngineConfig, Episode, RolloutEngine
-from mini_o3_jax.rollout.sampler import Sampling
+from mini_o3_jax.processing.image import ImageProcessor
+from mini_o3_jax.rollout.engine import EngineConfig, RolloutEngine
+from mini_o3_jax.scoring.judge import JudgeItem
+from mini_o3_jax.scoring.judge_config import JudgeConfig, endpoint_url, judge_from_config
+from mini_o3_jax.scoring.rules import SCORERS
+from mini_o3_jax.scoring.scorer import Scorer
 
 # Config-file values that mean "not set here": the checkpoint's agent.json decides, else the released eval
-# (`infer.resolve_agent`, the rule `mini-o3 infer` follows). configs/eval.py holds these by default.
-AUTO_AGENT: dict[str, Any] = {"max_turns": 0, "max_context": 0, "max_turn_tokens": 0, "min_pixels": 0,
-                              "max_pixels": 0, "context_guard": -1, "system_prompt": "auto"}
+# (`agent.settings.resolve_agent`, the rule `mini-o3 infer` follows), per group of the eval block. configs/eval.py holds
+# these by default.
+AUTO_AGENT: dict[str, dict[str, Any]] = {
+    "env": {"max_turns": 0, "max_context": 0, "min_pixels": 0, "max_pixels": 0, "context_guard": -1,
+            "system_prompt": "auto"},
+    "rollout": {"max_turn_tokens": 0},
+}
 
 
 def explicit_agent_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The agent settings an eval block sets itself (not left at `AUTO_AGENT`), "" for the system prompt
-    read as None (no system prompt)."""
-    out = {k: settings[k] for k in AUTO_AGENT if k in settings and settings[k] != AUTO_AGENT[k]}
+    """The agent settings an eval block's `env` and `rollout` groups set themselves (not left out or at
+    `AUTO_AGENT`), flat, "" for the system prompt read as None (no system prompt)."""
+    out = {}
+    for group, auto in AUTO_AGENT.items():
+        given = settings.get(group) or {}
+        out.update({k: given[k] for k in auto if k in given and given[k] != auto[k]})
     if "system_prompt" in out:
         out["system_prompt"] = out["system_prompt"] or None
     return out
@@ -59,81 +69,72 @@ def explicit_agent_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 class EvalConfig:
     """The released eval (spec §5): Avg@32 at T=1.0, top-p 1, 12 turns, 12 images, 32k context, every
     answer judged by an LLM judge (GPT-4o in the paper); "auto" / "choice" / "exact" / "numeric" are
-    offline rule scorers whose numbers are not the paper's."""
+    offline rule scorers whose numbers are not the paper's.
+
+    The `eval` block of a config maps onto it 1:1 (`from_config`): its `env` group is the episodes'
+    EnvConfig (`max_images` 0: as many as turns), its `rollout` group the engine's EngineConfig with the
+    `sampling` group; the engine's cache row (`max_len`) and environment follow `env`.
+    """
 
     k: int = 32
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
     seed: int = 0
-    max_turns: int = 12
-    max_images: int = 0  # 0: as many as turns (the released 12/12); a tool call beyond it is over-turn
-    max_context: int = 32768
-    context_guard: int = 2000
-    min_pixels: int = MINI_O3_MIN_PIXELS
-    max_pixels: int = MINI_O3_MAX_PIXELS
-    max_turn_tokens: int = 8192
-    system_prompt: str | None = EnvConfig.system_prompt
-    exif_transpose: bool = False  # rotate images by their EXIF tag; off as in the released eval (spec §2)
     scorer: str = "judge"  # or offline: "auto" (choice for multiple choice, else exact), or a rule scorer
     turn_limits: tuple[int, ...] = (4, 8, 12, 16, 24, 32)  # the accuracy-vs-turns curve (<= max_turns)
     limit: int = 0  # questions per benchmark (0: all)
     save_crops: int = 4  # samples per question whose crops are saved as images (-1: all)
-    slots: int = 64
-    decode_chunk: int = 64
-    workers: int = 4
+    # the released eval's 12 turns, as many images; no EXIF rotation, as in the released eval (spec §2)
+    env: EnvConfig = EnvConfig(max_turns=12, max_images=0)
+    rollout: EngineConfig = EngineConfig(slots=64)
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.max_turns < 1:
-            raise ConfigError(f"EvalConfig: k={self.k}, max_turns={self.max_turns}; expected both >= 1")
+        if self.k < 1:
+            raise ConfigError(f"EvalConfig: k={self.k}; expected >= 1")
         if self.scorer not in ("auto", "judge", *SCORERS):
             raise ConfigError(f"EvalConfig.scorer = {self.scorer!r}; expected 'judge' (the paper's), or offline "
                               f"'auto' or one of {sorted(SCORERS)}")
-        self.env()  # turns, context, guard and pixels checked now, not when the engine starts
+        object.__setattr__(self, "rollout", dataclasses.replace(self.rollout, env=self.env,
+                                                                max_len=self.env.max_context))
 
     @classmethod
-    def from_config(cls, settings: Mapping[str, Any], *, checkpoint: str | os.PathLike | None = None,
-                    **overrides: Any) -> EvalConfig:
-        """From an ml-collections `eval` block (lists for tuples, "" for no system prompt).
+    def from_config(cls, settings: Mapping[str, Any], *, checkpoint: str | os.PathLike | None = None) -> EvalConfig:
+        """From an ml-collections `eval` block (`config_files.from_block`: an unknown key is an error).
 
         The agent settings (turns, context, guard, tokens a turn, pixels, system prompt) that the block
         sets win; those it leaves out or at `AUTO_AGENT` come from `checkpoint`'s agent.json when it has
         one (a model trained with another pixel budget or prompt only behaves when run the same way),
-        else from the released eval, by `infer.resolve_agent`, exactly as `mini-o3 infer` resolves them.
+        else from the released eval, by `agent.settings.resolve_agent`, exactly as `mini-o3 infer` resolves them.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        kw = {**dict(settings), **overrides}
-        unknown = sorted(set(kw) - known)
-        if unknown:
-            raise ConfigError(f"unknown eval settings {unknown}; known: {sorted(known)}")
-        limits = kw.get("turn_limits", cls.turn_limits)
-        kw["turn_limits"] = (limits,) if isinstance(limits, int) else tuple(limits)
-        explicit = explicit_agent_settings(kw)
-        for k in AUTO_AGENT:
-            kw.pop(k, None)
-        return cls(**kw, **resolve_agent(checkpoint, explicit))
+        agent = resolve_agent(checkpoint, explicit_agent_settings(settings))
+        block = {**settings}
+        for group, auto in AUTO_AGENT.items():
+            block[group] = {**(settings.get(group) or {}), **{k: agent[k] for k in auto}}
+        return from_block(cls, block, "eval")
 
     @property
     def curve_limits(self) -> list[int]:
-        return sorted({t for t in self.turn_limits if 1 <= t <= self.max_turns} | {self.max_turns})
+        turns = self.env.max_turns
+        return sorted({t for t in self.turn_limits if 1 <= t <= turns} | {turns})
 
-    def env(self) -> EnvConfig:
-        return EnvConfig(max_turns=self.max_turns, max_images=self.max_images or self.max_turns,
-                         max_context=self.max_context, context_guard=self.context_guard,
-                         min_pixels=self.min_pixels, max_pixels=self.max_pixels, system_prompt=self.system_prompt,
-                         exif_transpose=self.exif_transpose)
-
-    def engine(self) -> EngineConfig:
-        return EngineConfig(slots=self.slots, max_len=self.max_context, decode_chunk=self.decode_chunk,
-                            max_turn_tokens=self.max_turn_tokens, env=self.env(), workers=self.workers,
-                            sampling=Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p))
+    def settings(self) -> dict[str, Any]:
+        """Every setting by its flat name, as metrics.json and run.json have always listed them."""
+        e, r, s = self.env, self.rollout, self.rollout.sampling
+        out = {"k": self.k, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": self.seed,
+               "max_turns": e.max_turns, "max_images": e.max_images, "max_context": e.max_context,
+               "context_guard": e.context_guard, "min_pixels": e.min_pixels, "max_pixels": e.max_pixels,
+               "max_turn_tokens": r.max_turn_tokens, "system_prompt": e.system_prompt,
+               "exif_transpose": e.exif_transpose, "observation_numbering": e.observation_numbering,
+               "scorer": self.scorer, "turn_limits": self.turn_limits, "limit": self.limit,
+               "save_crops": self.save_crops, "slots": r.slots, "decode_chunk": r.decode_chunk, "workers": r.workers}
+        if e.observation_numbering == "released":  # the default: listed only when changed, as before
+            del out["observation_numbering"]
+        return out
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a finished question's samples depend on: a resumed run must match them."""
         skip = {"limit", "save_crops", "slots", "decode_chunk", "workers", "turn_limits"}
-        if not self.exif_transpose:  # the default: runs saved before the option existed still resume
+        if not self.env.exif_transpose:  # the default: runs saved before the option existed still resume
             skip.add("exif_transpose")
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        return {k: v for k, v in self.settings().items() if k not in skip}
 
 
 def question_seed(seed: int, benchmark: str, doc_id: str) -> int:
@@ -185,98 +186,46 @@ def judge_config(settings: Mapping[str, Any] | None = None) -> JudgeConfig:
     Fails at once, in one line, when no judge is configured, so that `mini-o3 eval` stops before loading
     the model rather than after the first questions' rollouts.
     """
-    judge = JudgeConfig.from_env(**dict(settings or {}))
-    if not judge.url:
-        raise ConfigError(
-            "eval.scorer is 'judge' (the paper's GPT-4o judge scores every answer) but no judge is configured: "
-            "set MINI_O3_JUDGE_URL (any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1, with "
-            "MINI_O3_JUDGE_MODEL) or the released Azure variables END_POINT, API_KEY and API_VERSION, or "
-            "--config.judge.url=...; or score offline by rule with --config.eval.scorer=auto "
-            "(or choice / exact / numeric), whose numbers are not the paper's")
-    judge.validate()
-    return judge
+    return judge_from_config(settings, unset=(
+        "eval.scorer is 'judge' (the paper's GPT-4o judge scores every answer) but no judge is configured: "
+        "set MINI_O3_JUDGE_URL (any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1, with "
+        "MINI_O3_JUDGE_MODEL) or the released Azure variables END_POINT, API_KEY and API_VERSION, or "
+        "--config.judge.url=...; or score offline by rule with --config.eval.scorer=auto "
+        "(or choice / exact / numeric), whose numbers are not the paper's"))
 
 
-class _Scorer:
-    """Rule scorers inline; the LLM judge asynchronously (results arrive on `ready`)."""
-
-    def __init__(self, kind: str, judge: JudgeConfig | None):
-        self.kind = kind
-        self.judge = LLMJudge(judge or judge_config()) if kind == "judge" else None
-        self.ready: queue.Queue = queue.Queue()
-
-    def submit(self, record: Record, answers: Sequence[str | None], done: Callable[[list[float | None]], None]) -> None:
-        if self.judge is None:
-            kind = record.scorer if self.kind == "auto" else self.kind
-            done([rule_score(kind, a, record.solution) for a in answers])
-            return
-        self.submit_text(record.problem, record.solution, answers, done)
-
-    def submit_text(self, problem: str, solution: str, answers: Sequence[str | None],
-                    done: Callable[[list[float | None]], None]) -> None:
-        """Judge `answers` to the raw `problem` against the raw `solution`, as the release does: a bare
-        letter for multiple choice, no option text added (spec §4.5)."""
-        future = self.judge.submit([JudgeItem(problem, solution, a) for a in answers])
-        # the future itself is queued: its result (or a bug's exception) is taken on the caller's thread
-        future.add_done_callback(lambda f: self.ready.put((done, f)))
-
-    def drain(self, block: bool = False) -> int:
-        """Hand finished scores to their callbacks; `block` waits for at least one. Waiting has no limit of
-        its own: every judge request has a wall deadline (`JudgeConfig.timeout_s`), so results always come."""
-        n = 0
-        while True:
-            try:
-                done, future = self.ready.get(block=block and n == 0)
-            except queue.Empty:
-                return n
-            done(future.result())
-            n += 1
-
-    def close(self) -> None:
-        if self.judge is not None:
-            self.judge.close()
-
-
-def _rejudge(scorer: _Scorer, results: Mapping[str, list[QuestionResult]], files: Mapping[str, str],
+def _rejudge(scorer: Scorer, results: Mapping[str, list[QuestionResult]], files: Mapping[str, str],
              console: Callable[[str], None] | None) -> None:
     """Ask the judge again for samples it failed on in an earlier invocation (no re-rollout), then
-    rewrite those results files in one atomic replace."""
+    rewrite those results files in one atomic replace. The judge sees the raw problem and solution, as
+    the release: a bare letter for multiple choice, no option text added (spec §4.5)."""
     for b, rs in results.items():
         failed = [r for r in rs if any(s.score is None for s in r.samples)]
         if not failed:
             continue
         if console:
             console(f"{b}: asking the judge again for {len(failed)} question(s) it failed on before")
-        pending = len(failed)
-
-        def done(scores: list[float | None], redo: list[SampleResult]) -> None:
-            nonlocal pending
-            for smp, v in zip(redo, scores):
+        redo = [[x for x in r.samples if x.score is None] for r in failed]
+        futures = [scorer.submit([JudgeItem(r.problem, r.solution, x.answer) for x in xs])
+                   for r, xs in zip(failed, redo)]
+        for xs, future in zip(redo, futures):  # every judge request has a wall deadline: results always come
+            for smp, v in zip(xs, future.result().as_list()):
                 smp.score = v
-            pending -= 1
-
-        for r in failed:
-            redo = [x for x in r.samples if x.score is None]
-            scorer.submit_text(r.problem, r.solution, [x.answer for x in redo],
-                               lambda scores, redo=redo: done(scores, redo))
-        while pending:
-            scorer.drain(block=True)
         write_text(files[b], "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rs))
 
 
-class _Episodes(Sequence):
-    """Episodes read from the benchmark only when the engine starts them (a benchmark may not fit in memory)."""
+class _Questions(Sequence):
+    """Records read from the benchmark only when the engine starts them (a benchmark may not fit in memory)."""
 
-    def __init__(self, benchmarks: Mapping[str, Sequence[Record]], todo: Sequence[tuple[str, int, Record]], seed: int):
-        self.benchmarks, self.todo, self.seed = benchmarks, todo, seed
+    def __init__(self, benchmarks: Mapping[str, Sequence[Record]], todo: Sequence[tuple[str, int, Record]]):
+        self.benchmarks, self.todo = benchmarks, todo
 
     def __len__(self) -> int:
         return len(self.todo)
 
-    def __getitem__(self, e: int) -> Episode:
-        b, i, light = self.todo[e]
-        rec = self.benchmarks[b][i]
-        return Episode(rec.image, rec.problem, seed=question_seed(self.seed, b, light.doc_id))
+    def __getitem__(self, e: int) -> Record:
+        b, i, _ = self.todo[e]
+        return self.benchmarks[b][i]
 
 
 def _sample(traj: Trajectory, crops: dict[int, str]) -> SampleResult:
@@ -332,12 +281,13 @@ def run_eval(
         console(f"resuming {run_dir}: {sum(map(len, results.values()))} questions already done, {len(todo)} to go")
 
     t_start = time.perf_counter()
-    scorer = _Scorer("judge" if config.scorer == "judge" else config.scorer, judge)
+    scorer = Scorer(config.scorer, (judge or judge_config()) if config.scorer == "judge" else None)
     if config.scorer == "judge":
         _rejudge(scorer, results, files, console)
-    engine = RolloutEngine(model, tokenizer, processor, config.engine()) if todo else None
+    engine = RolloutEngine(model, tokenizer, processor, config.rollout) if todo else None
     k = config.k
     samples: dict[int, dict[int, SampleResult]] = {}
+    scoring: dict[int, concurrent.futures.Future] = {}  # questions whose K answers are being scored
     images: dict[int, str] = {}
     correct = total = 0
     bar = tqdm(total=len(todo) * k, desc="eval", unit="sample", disable=console is None, smoothing=0.05)
@@ -372,23 +322,32 @@ def run_eval(
         samples.setdefault(e, {})[s] = _sample(traj, crops)
         bar.update(1)
         if len(samples[e]) == k:
-            answers = [samples[e][i].answer for i in range(k)]
-            scorer.submit(rec, answers, lambda scores, e=e: finish(e, scores))
-        scorer.drain()
+            scoring[e] = scorer.submit([JudgeItem(rec.problem, rec.solution, samples[e][i].answer) for i in range(k)],
+                                       rule=rec.scorer)
+        collect()
+
+    def collect(block: bool = False) -> None:
+        """Write the questions whose scores are in, on this thread; `block` waits for at least one. Waiting has
+        no limit of its own: every judge request has a wall deadline (`JudgeConfig.timeout_s`)."""
+        if block:
+            concurrent.futures.wait(scoring.values(), return_when=concurrent.futures.FIRST_COMPLETED)
+        for e in [e for e, f in scoring.items() if f.done()]:
+            finish(e, scoring.pop(e).result().as_list())
 
     try:
         if engine is not None:
-            episodes = _Episodes(benchmarks, todo, config.seed)
-            engine.run(episodes, samples=k, seed=config.seed, on_trajectory=on_trajectory, collect=False)
-            while samples:
-                scorer.drain(block=True)
+            seeds = [question_seed(config.seed, b, light.doc_id) for b, _, light in todo]
+            engine.run(_Questions(benchmarks, todo), samples=k, seed=config.seed, seeds=seeds,
+                       on_trajectory=on_trajectory, collect=False)
+            while scoring:
+                collect(block=True)
         sampled = engine.stats.sampled_tokens if engine is not None else 0
     finally:
         bar.close()
         if engine is not None:
             engine.close()
         scorer.close()
-    last_judge_error = scorer.judge.last_error if scorer.judge is not None else None
+    last_judge_error = scorer.last_error
     wall = time.perf_counter() - t_start
     with open(os.path.join(run_dir, "runs.jsonl"), "a", encoding="utf-8") as f:
         f.write(json.dumps({"questions": len(todo), "samples": len(todo) * k, "sampled_tokens": sampled,
@@ -408,7 +367,7 @@ def run_eval(
                         "given in the config win over it")
         console(f"wrote {os.path.join(run_dir, 'metrics.json')}, results.md, turn_curve.png, index.html")
         if unjudged(metrics):
-            console(f"warning: the judge at {scorer.judge.endpoint if scorer.judge else '?'} failed on "
+            console(f"warning: the judge at {scorer.endpoint or '?'} failed on "
                     f"{unjudged(metrics)} sample(s) after its retries; last error: {last_judge_error}")
     return metrics
 
@@ -448,7 +407,7 @@ def compute_metrics(run_dir: str, config: EvalConfig, results: Mapping[str, Sequ
         m.update(judged_accuracy(rs))
         benches[b] = m
     metrics = {
-        "config": {**dataclasses.asdict(config), "max_images": config.max_images or config.max_turns},
+        "config": {**config.settings(), "max_images": config.env.image_limit},
         "benchmarks": benches,
         "wall_s": sum(r["wall_s"] for r in runs),
         "sampled_tokens": sum(r["sampled_tokens"] for r in runs),

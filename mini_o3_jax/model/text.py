@@ -6,6 +6,9 @@ Head-structured kernels (q: embed x heads x head_dim) keep the head axis explici
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -14,6 +17,8 @@ from mini_o3_jax.model.attention import attention
 from mini_o3_jax.model.config import TextConfig
 from mini_o3_jax.model.layers import apply_rotary, dense, matmul_fp32, param, rms_norm
 from mini_o3_jax.model.vision import _remat_policy
+
+S = TypeVar("S")  # what the attention threads through the layer loop: nothing, or the KV cache
 
 
 class DecoderLayers(nnx.Module):
@@ -42,19 +47,23 @@ def decoder_layer(
     cos: jax.Array,
     sin: jax.Array,
     eps: float,
-    attend,
-) -> jax.Array:
-    """One pre-norm decoder layer. `attend(q, k, v)` supplies the attention (plain or KV-cached)."""
+    attend: Callable[[jax.Array, jax.Array, jax.Array, S], tuple[jax.Array, S]],
+    state: S,
+) -> tuple[jax.Array, S]:
+    """One pre-norm decoder layer. `attend(q, k, v, state) -> (out, state)` supplies the attention:
+    plain (no state) or KV-cached (the cache goes in and comes back written, a value the scan carries).
+    """
     h = rms_norm(x, w["input_norm"], eps)
     q = apply_rotary(dense(h, w["q"], "bld,dhk->blhk", w["q_bias"]), cos, sin)
     k = apply_rotary(dense(h, w["k"], "bld,dhk->blhk", w["k_bias"]), cos, sin)
     v = dense(h, w["v"], "bld,dhk->blhk", w["v_bias"])
-    x = x + dense(attend(q, k, v), w["o"], "blhk,hkd->bld")
+    out, state = attend(q, k, v, state)
+    x = x + dense(out, w["o"], "blhk,hkd->bld")
     h = rms_norm(x, w["post_norm"], eps)
     g = dense(h, w["gate"], "bld,df->blf")
     u = dense(h, w["up"], "bld,df->blf")
     act = jax.nn.silu(g.astype(jnp.float32)).astype(g.dtype) * u
-    return x + dense(act, w["down"], "blf,fd->bld")
+    return x + dense(act, w["down"], "blf,fd->bld"), state
 
 
 class TextDecoder(nnx.Module):
@@ -84,11 +93,11 @@ class TextDecoder(nnx.Module):
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]
         eps = self.cfg.rms_norm_eps
 
-        def attend(q, k, v):
-            return attention(q, k, v, segment_ids, segment_ids, token_pos, token_pos)
+        def attend(q, k, v, state: None) -> tuple[jax.Array, None]:
+            return attention(q, k, v, segment_ids, segment_ids, token_pos, token_pos), state
 
         def body(x, w):
-            return decoder_layer(x, w, cos, sin, eps, attend), None
+            return decoder_layer(x, w, cos, sin, eps, attend, None)[0], None
 
         if self.remat != "none":
             body = jax.checkpoint(body, policy=_remat_policy(self.remat))
@@ -128,23 +137,22 @@ class TextDecoder(nnx.Module):
         q_seg = valid.astype(jnp.int32)
 
         def body(carry, layer):
-            x, kc, vc = carry
+            x, cache = carry
             w, i = layer
 
-            def attend(q, k, v):
-                nonlocal kc, vc
+            def attend(q, k, v, cache: tuple[jax.Array, jax.Array]):
+                kc, vc = cache
                 kc = kc.at[i, rows[:, None], q_pos].set(k.astype(kc.dtype), mode="drop")
                 vc = vc.at[i, rows[:, None], q_pos].set(v.astype(vc.dtype), mode="drop")
                 keys = (kc[i] if slots is None else kc[i, rows])[:, :kv_len]
                 values = (vc[i] if slots is None else vc[i, rows])[:, :kv_len]
-                return attention(q, keys, values, q_seg, kv_seg, q_pos, kv_pos)
+                return attention(q, keys, values, q_seg, kv_seg, q_pos, kv_pos), (kc, vc)
 
-            x = decoder_layer(x, w, cos, sin, eps, attend)
-            return (x, kc, vc), None
+            return decoder_layer(x, w, cos, sin, eps, attend, cache), None
 
         layers = jnp.arange(self.cfg.num_hidden_layers, dtype=jnp.int32)
-        (x, k_cache, v_cache), _ = jax.lax.scan(body, (x, k_cache, v_cache), (self.layer_weights(), layers),
-                                                unroll=bool(self.unroll))
+        (x, (k_cache, v_cache)), _ = jax.lax.scan(body, (x, (k_cache, v_cache)), (self.layer_weights(), layers),
+                                                  unroll=bool(self.unroll))
         return rms_norm(x, self.norm[...], eps), k_cache, v_cache
 
     def logits(self, hidden: jax.Array, out_dtype: jnp.dtype = jnp.float32) -> jax.Array:

@@ -27,7 +27,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mini_o3_jax.atomic_io import replace_dir, write_json
-from mini_o3_jax.errors import CheckpointError
+from mini_o3_jax.errors import CheckpointError, CorruptCheckpointError
+from mini_o3_jax.integrity import changed_arrays, quiet_closed_loop_noise, read_error_summary, state_checksums
 from mini_o3_jax.model.config import ModelConfig
 from mini_o3_jax.model.qwen2_5_vl import DTYPES, Qwen25VL
 from mini_o3_jax.model.safetensors_io import SafetensorsDir, iter_shards, write_safetensors
@@ -45,7 +46,7 @@ SIDE_FILES = (
     "chat_template.jinja",
     "preprocessor_config.json",
     "generation_config.json",
-    "agent.json",  # the environment a model was trained with (mini_o3_jax.infer.agent_settings)
+    "agent.json",  # the environment a model was trained with (mini_o3_jax.agent.settings)
 )
 _BUFFERS = re.compile(r".*(rotary_emb|rotary_pos_emb)\.inv_freq$")
 _NEW_LAYOUT = ((re.compile(r"^model\.language_model\."), "model."), (re.compile(r"^model\.visual\."), "visual."))
@@ -357,8 +358,6 @@ def save_orbax(model: Qwen25VL, path: str | os.PathLike, side_files_from: str | 
     not write (tokenizer files, notes) are carried over."""
     import orbax.checkpoint as ocp
 
-    from mini_o3_jax.train.checkpoint import state_checksums
-
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     pure = nnx.to_pure_dict(nnx.split(model)[1])
     with replace_dir(path) as tmp:
@@ -387,7 +386,6 @@ def _file_sizes(directory: str) -> dict[str, int]:
 
 def _check_files(params_dir: str, expected: dict[str, int]) -> None:
     """Name the first missing or resized params file before Orbax trips over it with a TensorStore error."""
-    from mini_o3_jax.errors import CorruptCheckpointError
 
     for rel, size in expected.items():
         full = os.path.join(params_dir, rel)
@@ -416,8 +414,6 @@ def load_orbax(
     (unreadable data) or the arrays whose contents fail the checksums written at save time (altered bytes)."""
     import orbax.checkpoint as ocp
 
-    from mini_o3_jax.errors import CorruptCheckpointError
-    from mini_o3_jax.train.checkpoint import changed_arrays, quiet_closed_loop_noise, read_error_summary
 
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     meta_path = os.path.join(path, ORBAX_META)

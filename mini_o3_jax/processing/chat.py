@@ -380,6 +380,21 @@ def _build_qwen2_bpe(directory: str) -> tokenizers.Tokenizer:
 # --- chat rendering -------------------------------------------------------------------------------
 
 
+MESSAGE_END = f"{IM_END}\n"
+GENERATION_PROMPT = f"{IM_START}assistant\n"  # opens the assistant message the model writes
+
+
+def message_start(role: str) -> str:
+    """What opens a message in the template: `<|im_start|>role\\n`."""
+    return f"{IM_START}{role}\n"
+
+
+def render_message(role: str, text: str) -> str:
+    """One message with text content as the template renders it. `render_chat` is built from these
+    pieces, and SFT tokenises a conversation message by message with them (as LLaMA-Factory does)."""
+    return message_start(role) + text + MESSAGE_END
+
+
 def replace_image_placeholders(text: str, placeholder: str = DATASET_IMAGE_PLACEHOLDER) -> str:
     """Turn each dataset `<image>` marker into the model's vision placeholder.
 
@@ -436,8 +451,8 @@ def render_chat(
             raise ChatFormatError(f"message {index} ({role}) has no 'content'")
         content = message["content"]
         if index == 0 and role != "system":
-            parts.append(f"{IM_START}system\n{DEFAULT_SYSTEM_MESSAGE}{IM_END}\n")
-        parts.append(f"{IM_START}{role}\n")
+            parts.append(render_message("system", DEFAULT_SYSTEM_MESSAGE))
+        parts.append(message_start(role))
         if isinstance(content, str):
             parts.append(content)
         elif isinstance(content, Sequence) and not isinstance(content, bytes):
@@ -459,9 +474,9 @@ def render_chat(
             raise ChatFormatError(
                 f"message {index} ({role}) content must be a string or a list of items, got {type(content).__name__}"
             )
-        parts.append(f"{IM_END}\n")
+        parts.append(MESSAGE_END)
     if add_generation_prompt:
-        parts.append(f"{IM_START}assistant\n")
+        parts.append(GENERATION_PROMPT)
     return "".join(parts)
 
 

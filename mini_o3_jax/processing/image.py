@@ -10,10 +10,9 @@ the *behaviour* of transformers' `Qwen2VLImageProcessorPil` (5.24) step by step:
 4. `x.astype(float64) * (1/255)` then cast to float32; `(x - mean) / std` in float32.
 5. Patchify into rows of (C, T, py, px) with T = 2 identical frames, rows merge-block-major.
 
-It also holds Mini-o3's own loading and pre-resize rules (`load_rgb`, `resize_original`,
-`resize_crop`), which run *before* the processor and bound the pixel count of originals and zoom-in
-crops: decode, plain `convert("RGB")`, pre-resize, processor (recipe spec §2). EXIF orientation is
-not applied unless asked for (`exif_transpose=True`), as in the released pipeline.
+It also holds Mini-o3's loading rule (`load_image`, `load_rgb`): EXIF orientation is not applied
+unless asked for (`exif_transpose=True`), as in the released pipeline. The pre-resize rules that
+run between loading and the processor live in `processing/resize.py`.
 
 Nothing here imports torch or transformers; the tests compare against transformers directly.
 """
@@ -44,8 +43,6 @@ __all__ = [
     "load_image",
     "load_rgb",
     "num_image_tokens",
-    "resize_crop",
-    "resize_original",
     "smart_resize",
     "to_rgb_array",
 ]
@@ -58,9 +55,9 @@ MINI_O3_MIN_PIXELS = 40_000
 MINI_O3_MAX_PIXELS = 2_000_000
 
 # The vision tower needs at least one 28x28 merge block per side.
-_MIN_SIDE = 28
+MIN_SIDE = 28
 # HF's smart_resize refuses aspect ratios above this.
-_MAX_ASPECT = 200
+MAX_ASPECT = 200
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
@@ -70,7 +67,7 @@ ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 # --------------------------------------------------------------------------------------------------
 
 
-def _source_name(source: Any) -> str:
+def source_name(source: Any) -> str:
     """A short name for error messages: the path, "<bytes>", or the PIL image's filename."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return "<bytes>"
@@ -121,7 +118,7 @@ def load_image(source: ImageSource, *, exif_transpose: bool = False) -> Image.Im
             `PIL.Image.MAX_IMAGE_PIXELS` pixels.
     """
     if isinstance(source, Image.Image):
-        name = _source_name(source)
+        name = source_name(source)
         try:
             source.load()
             return ImageOps.exif_transpose(source) if exif_transpose else source
@@ -183,6 +180,19 @@ def load_image(source: ImageSource, *, exif_transpose: bool = False) -> Image.Im
     return decoded
 
 
+def plain_rgb(image: Image.Image) -> Image.Image:
+    """The released code's plain PIL convert: alpha is dropped, not composited."""
+    if image.mode == "RGB":
+        return image
+    try:
+        return image.convert("RGB")
+    except ValueError as e:
+        raise ImageError(
+            f"image {source_name(image)} of PIL mode {image.mode!r} cannot be converted to RGB ({e}); "
+            "expected a mode PIL can convert (RGB, RGBA, L, LA, P, 1, I, I;16, F, CMYK, ...)"
+        ) from e
+
+
 def load_rgb(source: ImageSource, *, exif_transpose: bool = False) -> Image.Image:
     """Decode and plain-`convert("RGB")`: Mini-o3's `Image.open(path).convert("RGB")` (spec §2).
 
@@ -193,7 +203,7 @@ def load_rgb(source: ImageSource, *, exif_transpose: bool = False) -> Image.Imag
     Raises:
         ImageError: as `load_image`, or a mode PIL cannot convert to RGB.
     """
-    return _plain_rgb(load_image(source, exif_transpose=exif_transpose))
+    return plain_rgb(load_image(source, exif_transpose=exif_transpose))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,9 +233,9 @@ def smart_resize(
     if height <= 0 or width <= 0:
         raise ImageError(f"image size {height}x{width} (HxW) is empty; expected both sides >= 1")
     aspect = max(height, width) / min(height, width)
-    if aspect > _MAX_ASPECT:
+    if aspect > MAX_ASPECT:
         raise ImageError(
-            f"image size {height}x{width} (HxW) has aspect ratio {aspect:.2f}; expected at most {_MAX_ASPECT}"
+            f"image size {height}x{width} (HxW) has aspect ratio {aspect:.2f}; expected at most {MAX_ASPECT}"
         )
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
@@ -261,7 +271,7 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
             rgb = image.convert("RGB")
     except ValueError as e:
         raise ImageError(
-            f"image {_source_name(image)} of PIL mode {image.mode!r} cannot be converted to RGB ({e}); "
+            f"image {source_name(image)} of PIL mode {image.mode!r} cannot be converted to RGB ({e}); "
             "expected a mode PIL can convert (RGB, RGBA, L, LA, P, 1, I, I;16, F, CMYK, ...)"
         ) from e
     return np.asarray(rgb, dtype=np.uint8)
@@ -481,156 +491,3 @@ class ImageProcessor:
             pixel_values=np.concatenate(rows, axis=0),
             grid_thw=np.asarray(grids, dtype=np.int64),
         )
-
-
-# --------------------------------------------------------------------------------------------------
-# Mini-o3 pre-resize rules (recipe spec section 2)
-# --------------------------------------------------------------------------------------------------
-
-
-def _scale_to_pixels(image: Image.Image, target: int, resample: Image.Resampling) -> Image.Image:
-    """Scale both sides by sqrt(target / (w*h)), truncating with int() as the released code does."""
-    width, height = image.size
-    f = math.sqrt(target / (width * height))
-    new_w, new_h = int(width * f), int(height * f)
-    if new_w < 1 or new_h < 1:
-        raise ImageError(
-            f"image {_source_name(image)} of size {width}x{height} (WxH) would be resized to "
-            f"{new_w}x{new_h} to fit {target} pixels; expected a less elongated image"
-        )
-    return image.resize((new_w, new_h), resample=resample)
-
-
-def _fit_pixel_budget(
-    image: Image.Image, min_pixels: int, max_pixels: int, resample: Image.Resampling
-) -> Image.Image:
-    """Scale down above max_pixels, then (re-measured) up below min_pixels."""
-    if min_pixels > max_pixels:
-        raise ImageError(f"min_pixels = {min_pixels} > max_pixels = {max_pixels}; expected min <= max")
-    width, height = image.size
-    if width <= 0 or height <= 0:
-        raise ImageError(
-            f"image {_source_name(image)} is empty ({width}x{height}, WxH); expected both sides >= 1"
-        )
-    if width * height > max_pixels:
-        image = _scale_to_pixels(image, max_pixels, resample)
-    width, height = image.size
-    if width * height < min_pixels:
-        image = _scale_to_pixels(image, min_pixels, resample)
-    return image
-
-
-def _plain_rgb(image: Image.Image) -> Image.Image:
-    """The released code's plain PIL convert: alpha is dropped, not composited."""
-    if image.mode == "RGB":
-        return image
-    try:
-        return image.convert("RGB")
-    except ValueError as e:
-        raise ImageError(
-            f"image {_source_name(image)} of PIL mode {image.mode!r} cannot be converted to RGB ({e}); "
-            "expected a mode PIL can convert (RGB, RGBA, L, LA, P, 1, I, I;16, F, CMYK, ...)"
-        ) from e
-
-
-def resize_original(
-    image: Image.Image, min_pixels: int = MINI_O3_MIN_PIXELS, max_pixels: int = MINI_O3_MAX_PIXELS
-) -> Image.Image:
-    """Mini-o3's rule for the original (question) image, before the HF processor.
-
-    Bounds the token count (2M px is about 2,551 visual tokens) so that several zoom turns fit in
-    the context window. Following `multimodal_dataset.py::process_image` (spec §2): first a plain
-    `convert("RGB")` if the mode is not RGB (the released code opens with
-    `Image.open(p).convert("RGB")`: alpha dropped, palette expanded, before any resize; resizing a
-    palette image first would make PIL fall back to NEAREST); then if w*h > max_pixels scale both
-    sides by sqrt(max_pixels/(w*h)) with int() truncation (LANCZOS); then if w*h < min_pixels scale
-    up the same way; both sides must be >= 28.
-
-    Unlike the released code we also reject an aspect ratio >= 200 up front (the crop tool's
-    rule), with a message naming the image, instead of failing later inside smart_resize.
-
-    Raises:
-        ImageError: aspect ratio >= 200, or a side ends up below 28 pixels.
-    """
-    w0, h0 = image.size
-    if min(w0, h0) <= 0 or max(w0, h0) / min(w0, h0) >= _MAX_ASPECT:
-        raise ImageError(
-            f"image {_source_name(image)} is {w0}x{h0} (WxH): aspect ratio {max(w0, h0) / max(min(w0, h0), 1):.1f} "
-            f"is not below {_MAX_ASPECT}, the limit of Qwen2.5-VL's processor and Mini-o3's zoom tool"
-        )
-    image = _fit_pixel_budget(_plain_rgb(image), min_pixels, max_pixels, Image.Resampling.LANCZOS)
-    width, height = image.size
-    if width < _MIN_SIDE or height < _MIN_SIDE:
-        raise ImageError(
-            f"image {_source_name(image)} is {width}x{height} (WxH) after Mini-o3's pixel-budget resize; "
-            f"expected both sides >= {_MIN_SIDE}"
-        )
-    return image
-
-
-def resize_crop(
-    image: Image.Image, min_pixels: int = MINI_O3_MIN_PIXELS, max_pixels: int = MINI_O3_MAX_PIXELS
-) -> Image.Image:
-    """Mini-o3's rule for a zoom-in crop, before the HF processor.
-
-    Crops can be tiny or thin, which the ViT (28 px blocks) and HF's smart_resize (aspect <= 200)
-    cannot take, so they are stretched rather than rejected. The steps come from the recipe spec's
-    paraphrase of the released `vllm_async_engine.py::process_image` (the exact code was not
-    available), interpreted as:
-
-    0. Plain `convert("RGB")` if the mode is not RGB. Crops are cut from the original, which the
-       environment already converted on load (`load_rgb`), so this only matters for a caller's
-       non-RGB crop; with NEAREST resampling the order makes no difference to the pixels.
-    1. The same pixel budget as `resize_original` but with NEAREST: if w*h > max_pixels scale by
-       sqrt(max_pixels/(w*h)), then if w*h < min_pixels by sqrt(min_pixels/(w*h)); sides int()-truncated.
-    2. If min(w, h) < 28: every side becomes int(side * 28 / min(w, h)) + 1 (the short side becomes
-       29), NEAREST.
-    3. If max(w, h) / min(w, h) >= 200: the short side becomes int(long / 190) + 1, NEAREST.
-
-    Note that step 1 usually lifts a small crop to a 28+ px short side already (a 10x500 crop
-    becomes 28x1414), so step 2 only fires for very elongated crops.
-
-    Raises:
-        ImageError: the pixel budget would shrink a side to zero.
-    """
-    image = _fit_pixel_budget(_plain_rgb(image), min_pixels, max_pixels, Image.Resampling.NEAREST)
-    width, height = image.size
-    short = min(width, height)
-    if short < _MIN_SIDE:
-        width, height = int(width * _MIN_SIDE / short) + 1, int(height * _MIN_SIDE / short) + 1
-        image = image.resize((width, height), resample=Image.Resampling.NEAREST)
-    if max(width, height) / min(width, height) >= _MAX_ASPECT:
-        if width < height:
-            width = int(height / 190) + 1
-        else:
-            height = int(width / 190) + 1
-        image = image.resize((width, height), resample=Image.Resampling.NEAREST)
-    return image
-
-
-def resize_llamafactory(
-    image: Image.Image, min_pixels: int = MINI_O3_MIN_PIXELS, max_pixels: int = MINI_O3_MAX_PIXELS
-) -> Image.Image:
-    """The cold-start SFT image rule: LLaMA-Factory's Qwen2-VL plugin with Mini-o3's
-    `image_max_pixels: 2000000`, `image_min_pixels: 40000` (spec §2, §3).
-
-    Pixel budget as `resize_original` but with PIL's default (bicubic) resampling; then a side
-    below 28 px is raised to 28, and an aspect ratio above 200 is cut to 180 by stretching the
-    short side, so every image the SFT data holds is accepted by smart_resize.
-
-    Unlike the RL/eval path, and exactly like LLaMA-Factory's `_preprocess_image`, the plain
-    `convert("RGB")` comes *after* the resizes and no EXIF rotation is applied (LLaMA-Factory
-    opens with a bare `Image.open`): the SFT images are what LLaMA-Factory fed the model. (PIL
-    resizes a palette image with NEAREST whatever filter is asked for, and RGBA premultiplied; for
-    RGB and L images, such as the JPEGs of the cold-start set, the order makes no difference.)
-    """
-    image = _fit_pixel_budget(image, min_pixels, max_pixels, Image.Resampling.BICUBIC)
-    width, height = image.size
-    if min(width, height) < _MIN_SIDE:
-        image = image.resize((max(width, _MIN_SIDE), max(height, _MIN_SIDE)), resample=Image.Resampling.BICUBIC)
-    width, height = image.size
-    if width / height > _MAX_ASPECT:
-        image = image.resize((height * 180, height), resample=Image.Resampling.BICUBIC)
-    elif height / width > _MAX_ASPECT:
-        image = image.resize((width, width * 180), resample=Image.Resampling.BICUBIC)
-    return _plain_rgb(image)

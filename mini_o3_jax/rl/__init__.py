@@ -1,1 +1,1 @@
-"""Reinforcement-learning pieces that run on the host: answer extraction and rewards (LLM judge, rule scorers)."""
+"""Mini-o3's GRPO stage: the released RL prompt files and the RL loop (rewards come from `mini_o3_jax.scoring`)."""

@@ -14,7 +14,7 @@ One RL step:
 
 from __future__ import annotations
 
-import concurrent.futures
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -24,84 +24,42 @@ from tqdm import tqdm
 
 from mini_o3_jax.agent.environment import EnvConfig
 from mini_o3_jax.agent.trajectory import Trajectory
+from mini_o3_jax.config_files import from_block
+from mini_o3_jax.data.records import Record
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
-from mini_o3_jax.rl.data import Prompt, prompt_indices, take
-from mini_o3_jax.rl.rewards import JudgeConfig, JudgeError, JudgeItem, LLMJudge, rule_score
-from mini_o3_jax.rollout.engine import EngineConfig, Episode, RolloutEngine
-from mini_o3_jax.rollout.sampler import Sampling
+from mini_o3_jax.rl.data import prompt_indices, take
+from mini_o3_jax.rollout.engine import EngineConfig, RolloutEngine
+from mini_o3_jax.scoring.judge import JudgeItem
+from mini_o3_jax.scoring.scorer import Scorer, trajectory_items
 from mini_o3_jax.train.advantages import grpo_advantages, valid_groups
-from mini_o3_jax.train.batch import BatchSpec, batch_tokens, examples_from_trajectories, micro_batches
+from mini_o3_jax.train.batch import batch_tokens, examples_from_trajectories, micro_batches
 from mini_o3_jax.train.checkpoint import PreemptionGuard
 from mini_o3_jax.train.metrics import StepTimer
 from mini_o3_jax.train.session import build_model, logprob_temperature, open_session
+from mini_o3_jax.train.settings import train_settings
 
 
-class Rewarder:
-    """Scores trajectories: `reward.kind` is "judge" (LLM judge, spec §4.5) or a rule scorer
-    ("choice", "exact", "numeric"). `submit` returns a future of (rewards, failed)."""
-
-    def __init__(self, cfg: ml_collections.ConfigDict):
-        self.kind = cfg.kind
-        self.judge = LLMJudge(self.check(cfg)) if self.kind == "judge" else None
-
-    @staticmethod
-    def check(cfg: ml_collections.ConfigDict) -> JudgeConfig | None:
-        """Validate the `reward` block (the judge's endpoint and prompts, or the rule scorer's name) without
-        starting anything, so that a mistake stops the run before the model is loaded."""
-        if cfg.kind != "judge":
-            rule_score(cfg.kind, None, "")
-            return None
-        judge = JudgeConfig.from_env(**dict(cfg.get("judge") or {}))
-        judge.validate()
-        return judge
-
-    def submit(self, prompts: Sequence[Prompt], trajs: Sequence[Trajectory]) -> concurrent.futures.Future:
-        answers = [None if t.answer is None else t.answer.strip() for t in trajs]  # as rewards.extract_answer
-        out: concurrent.futures.Future = concurrent.futures.Future()
-        if self.judge is None:
-            rewards = np.array([rule_score(self.kind, a, p.solution) for a, p in zip(answers, prompts)], np.float32)
-            out.set_result((rewards, np.zeros(len(trajs), bool)))
-            return out
-        inner = self.judge.submit([JudgeItem(p.problem, p.solution, a) for p, a in zip(prompts, answers)])
-
-        def done(f: concurrent.futures.Future) -> None:
-            try:  # an error must reach the waiting loop, or it would wait forever
-                scores = f.result()
-                failed = np.array([s is None for s in scores], bool)
-                out.set_result((np.array([0.0 if s is None else s for s in scores], np.float32), failed))
-            except BaseException as exc:
-                out.set_exception(exc)
-
-        inner.add_done_callback(done)
-        return out
-
-    def check_judge(self, step: int, trajs: Sequence[Trajectory], failed: np.ndarray) -> None:
-        """Raise JudgeError when the judge failed on every answer it was asked about in one rollout batch:
-        the judge is unreachable or refusing, and more rollouts would only repeat that."""
-        asked = np.array([t.answer is not None for t in trajs], bool)
-        if self.judge is None or not failed.any() or (asked & ~failed).any():
-            return
-        j = self.judge
-        raise JudgeError(f"rl step {step}: the judge at {j.endpoint} gave no usable score for any of the "
-                         f"{int(failed.sum())} answer(s) of a rollout batch ({j.config.attempts} attempt(s) each); "
-                         f"last error: {j.last_error}. Check reward.judge (url, model, api_key, api_version) or "
-                         "MINI_O3_JUDGE_URL / END_POINT; re-running resumes from the last checkpoint")
-
-    def close(self) -> None:
-        if self.judge is not None:
-            self.judge.close()
+def check_judge(scorer: Scorer, step: int, items: Sequence[JudgeItem], failed: np.ndarray) -> None:
+    """Stop the run (JudgeError) when the judge failed on every answer of a rollout batch it was asked about:
+    more rollouts would only repeat that, and the message says where to fix it."""
+    scorer.check_judge(items, failed, where=f"rl step {step}", batch="a rollout batch",
+                       fix="Check reward.judge (url, model, api_key, api_version) or MINI_O3_JUDGE_URL / END_POINT; "
+                           "re-running resumes from the last checkpoint")
 
 
-def system_prompt(value: str | bool | None) -> str | None:
-    """`env.system_prompt` as the environment takes it: the text, or None for no system turn, which the
-    config spells "" / False / None (on the command line also `False` or `None`, which stay strings)."""
-    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "false", "none")):
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"env.system_prompt = {value!r}: expected the prompt text, or '' / False for none")
-    return value
+@dataclasses.dataclass(frozen=True)
+class RLRollout(EngineConfig):
+    """The `rollout` block of an RL config: the engine's settings (its `env` is the `env` block) and the
+    size of a GRPO group."""
+
+    samples: int = 16  # rollouts per prompt
+
+
+def rollout_settings(cfg: ml_collections.ConfigDict) -> RLRollout:
+    """`cfg.rollout` (with its `sampling` group) and `cfg.env`, typed and checked."""
+    return from_block(RLRollout, cfg.rollout, "rollout", env=from_block(EnvConfig, cfg.env, "env"))
 
 
 def no_varying_groups(step: int, gen: int, rewards: np.ndarray, failed: int, cfg: ml_collections.ConfigDict) -> str:
@@ -117,19 +75,9 @@ def no_varying_groups(step: int, gen: int, rewards: np.ndarray, failed: int, cfg
             "or set train.dynamic_sampling=False to keep such steps (they make no update)")
 
 
-def engine_config(cfg: ml_collections.ConfigDict) -> EngineConfig:
-    r = cfg.rollout
-    settings = dict(cfg.env)
-    settings["system_prompt"] = system_prompt(settings.get("system_prompt", EnvConfig.system_prompt))
-    env = EnvConfig(**settings)
-    sampling = Sampling(temperature=r.temperature, top_k=r.get("top_k", 0), top_p=r.get("top_p", 1.0))
-    return EngineConfig(slots=r.slots, max_len=r.max_len, decode_chunk=r.decode_chunk,
-                        max_turn_tokens=r.max_turn_tokens, sampling=sampling, env=env, workers=r.get("workers", 4))
-
-
 def run_rl(
     cfg: ml_collections.ConfigDict,
-    prompts: Sequence[Prompt],
+    prompts: Sequence[Record],
     tokenizer: Tokenizer,
     processor: ImageProcessor,
     console=print,
@@ -138,13 +86,13 @@ def run_rl(
 ) -> dict:
     """Train for `cfg.train.steps` RL steps; resumable from `cfg.out_dir`. Returns the last metrics.
     `label` names the progress bar."""
-    t, r = cfg.train, cfg.rollout
+    t, r = train_settings(cfg, "ppo"), rollout_settings(cfg)
     n, per_step, mini = r.samples, t.prompts_per_step, t.mini_batch_prompts
     if per_step % mini:
         raise ConfigError(f"train.prompts_per_step={per_step} is not a multiple of train.mini_batch_prompts={mini}")
     updates_per_step = per_step // mini
     logprob_temperature(cfg, "ppo")  # one temperature for sampling and log-probs: checked before any loading
-    Rewarder.check(cfg.reward)
+    judge = Scorer.check(cfg.reward.kind, cfg.reward.get("judge"))  # the judge's settings, before any loading
     session = open_session(cfg, "ppo", t.steps * updates_per_step, console=console)
     trainer = session.trainer
     # RL steps are counted on their own: a step whose dynamic sampling kept fewer groups than
@@ -152,12 +100,10 @@ def run_rl(
     rl_step = int(session.meta.get("rl_step", trainer.step // updates_per_step))
     position = int(session.meta.get("prompt_position", 0))
     # the KL term's reference policy: the model RL started from (`model_path`), also after a resume
-    ref_params = trainer.trainable_params(build_model(cfg, trainer.mesh)) if cfg.ppo.get("kl_coef", 0.0) else None
-    rewarder = Rewarder(cfg.reward)
-    engine = RolloutEngine(trainer.model(), tokenizer, processor, engine_config(cfg))
-    spec = BatchSpec(micro_batch=t.micro_batch, min_length=t.min_length, max_length=t.max_length,
-                     min_windows=t.get("min_windows", 0),
-                     pad_id=tokenizer.endoftext_id)
+    ref_params = trainer.trainable_params(build_model(cfg, trainer.mesh)) if trainer.config.ppo.kl_coef else None
+    scorer = Scorer(cfg.reward.kind, judge)
+    engine = RolloutEngine(trainer.model(), tokenizer, processor, r)
+    spec = t.batch_spec(tokenizer.endoftext_id)
     metrics: dict = {}
     bar = tqdm(total=t.steps, initial=rl_step, desc=label, unit="step", disable=console is None)
     try:
@@ -167,7 +113,7 @@ def run_rl(
                 timer.start()
                 engine.set_model(trainer.model())
                 # -- rollout + rewards with dynamic sampling
-                kept: list[tuple[Prompt, list[Trajectory], np.ndarray, np.ndarray]] = []
+                kept: list[tuple[Record, list[Trajectory], np.ndarray, np.ndarray]] = []
                 all_trajs: list[Trajectory] = []
                 all_rewards: list[np.ndarray] = []
                 all_failed: list[np.ndarray] = []
@@ -179,16 +125,17 @@ def run_rl(
                     batch_prompts = take(prompts, prompt_indices(len(prompts), position, per_step, cfg.seed))
                     position += per_step
                     t0 = time.perf_counter()
-                    trajs = engine.run([Episode(p.image, p.problem) for p in batch_prompts], samples=n,
+                    trajs = engine.run(batch_prompts, samples=n,
                                        seed=cfg.seed * 1_000_003 + rl_step * 1009 + gen)
                     rollout_s += time.perf_counter() - t0
                     sampled += engine.stats.sampled_tokens
                     per_traj = [p for p in batch_prompts for _ in range(n)]
-                    future = rewarder.submit(per_traj, trajs)
+                    items = trajectory_items(per_traj, trajs)
+                    future = scorer.submit(items)
                     t0 = time.perf_counter()
                     rewards, failed = future.result()
                     judge_wait_s += time.perf_counter() - t0
-                    rewarder.check_judge(rl_step, trajs, failed)
+                    check_judge(scorer, rl_step, items, failed)
                     groups = np.repeat(np.arange(len(batch_prompts)), n)
                     adv = grpo_advantages(rewards, groups)
                     keep = valid_groups(rewards, groups, failed) if t.dynamic_sampling else ~failed
@@ -207,7 +154,7 @@ def run_rl(
                                     judge_wait_s=judge_wait_s, rollout_tokens_per_s=sampled / max(rollout_s, 1e-9))
                 if failed_all and console:
                     console(f"rl step {rl_step}: the judge failed on {failed_all} of {len(rewards_all)} answers "
-                            f"(groups dropped); last error: {rewarder.judge.last_error}")
+                            f"(groups dropped); last error: {scorer.last_error}")
                 if not kept:
                     raise ConfigError(no_varying_groups(rl_step, gen, rewards_all, failed_all, cfg))
                 if len(kept) < per_step and console:
@@ -253,7 +200,7 @@ def run_rl(
     finally:
         bar.close()
         engine.close()
-        rewarder.close()
+        scorer.close()
     session.finish(side_files_from)
     return metrics
 

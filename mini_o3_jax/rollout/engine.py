@@ -1,7 +1,7 @@
 """The host loop: many episodes over a fixed set of cache slots, tools between decode chunks.
 
     engine = RolloutEngine(model, tokenizer, processor, EngineConfig(slots=16))
-    trajectories = engine.run([Episode(image, question), ...], samples=16, seed=0)
+    trajectories = engine.run(records, samples=16, seed=0)  # anything with .image and .problem
 
 Each slot holds one episode. A decode call advances every live slot by up to `decode_chunk`
 tokens on device; then, on the host, every slot whose turn ended is handed to its
@@ -16,6 +16,7 @@ import concurrent.futures
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -27,20 +28,21 @@ from mini_o3_jax.agent.prompts import STOP_STRING
 from mini_o3_jax.agent.trajectory import Trajectory
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL, TextInputs
 from mini_o3_jax.processing.chat import Tokenizer
-from mini_o3_jax.processing.image import ImageProcessor, ImageSource
+from mini_o3_jax.processing.image import ImageProcessor, ImageSource, ProcessedImages
 from mini_o3_jax.processing.inputs import build_inputs
 from mini_o3_jax.rollout.cache import KVCache, copy_slots, init_cache
 from mini_o3_jax.rollout.sampler import Sampling, decode, extend, kv_window, sample_tokens
 from mini_o3_jax.rollout.stops import stop_table, truncate_at_stop
 
 
-@dataclasses.dataclass(frozen=True)
-class Episode:
-    image: ImageSource
-    question: str
-    # Samples draw from key(seed) when set, else from the run's seed and the episode's position:
-    # evaluation sets it per question so that a resumed run samples exactly what the first one would.
-    seed: int | None = None
+class Question(Protocol):
+    """What the engine reads of a question (a `data.records.Record` is one): its image and its text."""
+
+    @property
+    def image(self) -> ImageSource: ...
+
+    @property
+    def problem(self) -> str: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +76,144 @@ class EngineStats:
 @dataclasses.dataclass
 class _Slot:
     env: VisualSearchEnv
-    episode: int
+    question: int
     sample: int
-    key: jax.Array
     turn: list[int]  # ids sampled in the current turn (the last one is pending)
+
+
+class _SlotTable:
+    """One run's device state and its host mirror: the KV cache, a sampling key per slot, each slot's
+    episode (question, sample, environment), length, rope delta, pending token, turn budget and
+    stop-automaton state, and the queue of (question, sample) pairs not yet started. Its methods are
+    the engine's moves between decode calls.
+    """
+
+    def __init__(self, engine: RolloutEngine, questions: Sequence[Question], samples: int, seed: int,
+                 seeds: Sequence[int] | None):
+        cfg, n = engine.config, engine.config.slots
+        self.engine, self.questions, self.seeds = engine, questions, seeds
+        self.cache: KVCache = init_cache(engine.model.config.text, n, cfg.max_len, engine.model.dtype)
+        self.root = jax.random.key(seed)
+        self.keys = jax.random.split(self.root, n)
+        self.queue = [(e, s) for e in range(len(questions)) for s in range(samples)]
+        self.queue.reverse()
+        self.slots: list[_Slot | None] = [None] * n
+        self.host_len, self.host_delta = [0] * n, [0] * n
+        self.pending = np.zeros(n, np.int32)
+        self.budget = np.zeros(n, np.int32)
+        self.stop_state = np.zeros(n, np.int32)
+        self.stops = np.asarray(engine.stop_table)
+        self.done_early: set[int] = set()  # slots whose turn ended on the token sampled by extend
+
+    @property
+    def busy(self) -> bool:
+        return any(s is not None for s in self.slots)
+
+    def prefill(self, slot: int, ids: np.ndarray, image: ProcessedImages | None) -> tuple[int, jax.Array]:
+        """Write `ids` (and the image's patches) after the slot's content; returns the sampled token and logits."""
+        eng = self.engine
+        t0 = time.perf_counter()
+        start = self.host_len[slot] + self.host_delta[slot]
+        batch = build_inputs([ids], [None if image is None else image.pixel_values],
+                             [None if image is None else image.grid_thw], eng.model.config,
+                             pad_id=eng.tokenizer.endoftext_id, starts=[start])
+        text = TextInputs(*(jnp.asarray(a) for a in batch.text))
+        vision = None if batch.vision is None else jax.tree.map(jnp.asarray, batch.vision)
+        delta = int(batch.rope_deltas[0]) - self.host_len[slot]
+        self.cache, tok, logits = extend(eng.graphdef, eng.state, self.cache, text, vision, jnp.array([slot]),
+                                         jnp.array([delta]), self.keys[slot][None], eng.sampling)
+        self.host_len[slot] += len(ids)
+        self.host_delta[slot] = delta
+        first = int(tok[0])
+        eng.stats.extend_s += time.perf_counter() - t0
+        eng.stats.extend_calls += 1
+        return first, logits
+
+    def start_turn(self, slot: int, first: int) -> None:
+        """Open a turn whose first sampled token is `first` (pending: the next call writes it)."""
+        self.pending[slot], self.budget[slot] = first, self.engine.config.max_turn_tokens - 1
+        self.stop_state[slot] = self.stops[0, first] if first < self.stops.shape[1] else 0
+        self.slots[slot].turn = [first]
+        if first in self.engine.stop_ids or self.stop_state[slot] == self.stops.shape[0] - 1:
+            self.done_early.add(slot)
+
+    def refill(self) -> None:
+        """Start queued samples in the free slots; the samples of one question share its prefill."""
+        free = [i for i in range(len(self.slots)) if self.slots[i] is None]
+        while free and self.queue:
+            e, s = self.queue.pop()
+            group = [s]
+            while self.queue and self.queue[-1][0] == e and len(group) < len(free):
+                group.append(self.queue.pop()[1])
+            mine, free = free[: len(group)], free[len(group):]
+            self._start(e, group, mine)
+
+    def _start(self, e: int, samples: list[int], mine: list[int]) -> None:
+        eng = self.engine
+        question = self.questions[e]  # read once: `questions` may load lazily from disk
+        env = VisualSearchEnv(question.image, question.problem, eng.tokenizer, eng.processor, eng.config.env)
+        base = jax.random.fold_in(self.root, e) if self.seeds is None else jax.random.key(self.seeds[e])
+        for i, s in zip(mine, samples):
+            self.keys = self.keys.at[i].set(jax.random.fold_in(base, s))
+            self.slots[i] = _Slot(env if i == mine[0] else None, e, s, [])
+            self.host_len[i] = self.host_delta[i] = 0
+        lead = mine[0]
+        self.cache = self.cache._replace(length=self.cache.length.at[lead].set(0))
+        first, logits = self.prefill(lead, env.prompt_ids, env.prompt_pixels)
+        self.start_turn(lead, first)
+        if len(mine) > 1:  # the other samples copy the prefill and draw their own first token
+            rest = jnp.asarray(mine[1:])
+            self.cache = copy_slots(self.cache, jnp.full(len(mine) - 1, lead), rest)
+            firsts = sample_tokens(jnp.repeat(logits, len(mine) - 1, axis=0),
+                                   jax.vmap(jax.random.fold_in)(self.keys[rest], self.cache.length[rest]),
+                                   eng.sampling)
+            for i, f in zip(mine[1:], np.asarray(firsts)):
+                self.slots[i].env = env.copy()
+                self.host_len[i], self.host_delta[i] = self.host_len[lead], self.host_delta[lead]
+                self.start_turn(i, int(f))
+
+    def decode(self) -> tuple[list[int], dict[int, bool]]:
+        """One decode call over every live slot; returns the slots whose turn ended, each with
+        whether it ran out of budget (rather than stopping)."""
+        eng, cfg = self.engine, self.engine.config
+        live = np.array([s is not None and i not in self.done_early for i, s in enumerate(self.slots)])
+        # the longest live slot after this call: its pending token and decode_chunk - 1 more are written
+        need = max((self.host_len[i] for i in np.flatnonzero(live)), default=0) + cfg.decode_chunk
+        t0 = time.perf_counter()
+        self.cache, toks, pend, still, stopped, state = decode(
+            eng.graphdef, eng.state, self.cache, jnp.asarray(self.pending), jnp.asarray(live),
+            jnp.asarray(self.budget), jnp.asarray(eng.stop_ids), self.keys, eng.sampling, cfg.decode_chunk,
+            eng.stop_table, jnp.asarray(self.stop_state), kv_len=kv_window(need, cfg.max_len))
+        toks, still, stopped = np.asarray(toks), np.asarray(still), np.asarray(stopped)
+        self.pending[:], self.stop_state[:] = np.asarray(pend), np.asarray(state)
+        eng.stats.decode_s += time.perf_counter() - t0
+        eng.stats.decode_calls += 1
+        eng.stats.sampled_tokens += int((toks >= 0).sum())
+        ended = sorted(self.done_early)
+        hit_limit = dict.fromkeys(ended, False)
+        self.done_early.clear()
+        for i in np.flatnonzero(live):
+            new = toks[i][toks[i] >= 0]
+            self.slots[i].turn.extend(int(t) for t in new)
+            self.budget[i] -= len(new)
+            self.host_len[i] += len(new)  # decode wrote the previous pending token and all but the last
+            if not still[i]:
+                ended.append(i)
+                hit_limit[i] = not bool(stopped[i])
+        return ended, hit_limit
+
+    def next_turn(self, slot: int, kept: np.ndarray, step: StepResult) -> None:
+        """Extend a continuing slot with the rest of its turn as kept, then the observation."""
+        written = len(self.slots[slot].turn) - 1  # every sampled id but the pending one is in the cache
+        tail = np.concatenate([kept[written:], step.append_ids]).astype(np.int32)
+        first, _ = self.prefill(slot, tail, step.image)
+        self.start_turn(slot, first)
+
+    def finish(self, slot: int) -> Trajectory:
+        """Free the slot; returns its episode's trajectory."""
+        traj = self.slots[slot].env.trajectory()
+        self.slots[slot] = None
+        return traj
 
 
 class RolloutEngine:
@@ -105,143 +241,48 @@ class RolloutEngine:
 
     def run(
         self,
-        episodes: Sequence[Episode],
+        questions: Sequence[Question],
         samples: int = 1,
         seed: int = 0,
+        seeds: Sequence[int] | None = None,
         on_turn: Callable[[int, int, StepResult], None] | None = None,
         on_trajectory: Callable[[int, int, Trajectory], None] | None = None,
         collect: bool = True,
     ) -> list[Trajectory]:
-        """All `samples` rollouts of every episode, in order [episode 0 sample 0, 0/1, ..., 1/0, ...].
+        """All `samples` rollouts of every question, in order [question 0 sample 0, 0/1, ..., 1/0, ...].
 
-        `on_turn(episode, sample, step)` sees each finished turn; `on_trajectory(episode, sample,
+        Question e's samples draw from key(seeds[e]) when `seeds` is given, else from `seed` and e:
+        evaluation gives one per question so that a resumed run samples exactly what the first would.
+        `on_turn(question, sample, step)` sees each finished turn; `on_trajectory(question, sample,
         trajectory)` each finished episode, as it finishes (evaluation streams results to disk).
         `collect=False` keeps nothing and returns []: a long evaluation need not hold every image.
         """
-        cfg, n_slots = self.config, self.config.slots
-        cache = init_cache(self.model.config.text, n_slots, cfg.max_len, self.model.dtype)
-        root = jax.random.key(seed)
-        queue = [(e, s) for e in range(len(episodes)) for s in range(samples)]
-        queue.reverse()
-        slots: list[_Slot | None] = [None] * n_slots
-        host_len, host_delta = [0] * n_slots, [0] * n_slots
-        pending = np.zeros(n_slots, np.int32)
-        budget = np.zeros(n_slots, np.int32)
-        stop_state = np.zeros(n_slots, np.int32)
-        keys = jax.random.split(root, n_slots)
+        if seeds is not None and len(seeds) != len(questions):
+            raise ValueError(f"{len(seeds)} seeds for {len(questions)} questions")
+        self.stats = EngineStats()
+        table = _SlotTable(self, questions, samples, seed, seeds)
         results: dict[tuple[int, int], Trajectory] = {}
-        stats = self.stats = EngineStats()
         t_run = time.perf_counter()
-
-        def chunk(slot: int, ids: np.ndarray, image) -> tuple[KVCache, int, jax.Array]:
-            nonlocal cache
-            t0 = time.perf_counter()
-            start = host_len[slot] + host_delta[slot]
-            batch = build_inputs([ids], [None if image is None else image.pixel_values],
-                                 [None if image is None else image.grid_thw], self.model.config,
-                                 pad_id=self.tokenizer.endoftext_id, starts=[start])
-            text = TextInputs(*(jnp.asarray(a) for a in batch.text))
-            vision = None if batch.vision is None else jax.tree.map(jnp.asarray, batch.vision)
-            delta = int(batch.rope_deltas[0]) - host_len[slot]
-            cache, tok, logits = extend(self.graphdef, self.state, cache, text, vision, jnp.array([slot]),
-                                        jnp.array([delta]), keys[slot][None], self.sampling)
-            host_len[slot] += len(ids)
-            host_delta[slot] = delta
-            first = int(tok[0])
-            stats.extend_s += time.perf_counter() - t0
-            stats.extend_calls += 1
-            return cache, first, logits
-
-        table = np.asarray(self.stop_table)
-        matched = table.shape[0] - 1
-        done_early: set[int] = set()  # slots whose turn ended on the token sampled by extend
-
-        def start_turn(slot: int, first: int) -> None:
-            pending[slot], budget[slot] = first, cfg.max_turn_tokens - 1
-            stop_state[slot] = table[0, first] if first < table.shape[1] else 0
-            slots[slot].turn = [first]
-            if first in self.stop_ids or stop_state[slot] == matched:
-                done_early.add(slot)
-
-        def refill() -> None:
-            nonlocal cache, keys
-            free = [i for i in range(n_slots) if slots[i] is None]
-            while free and queue:
-                e, s = queue.pop()
-                group = [(e, s)]
-                while queue and queue[-1][0] == e and len(group) < len(free):
-                    group.append(queue.pop())
-                mine, free = free[: len(group)], free[len(group):]
-                episode = episodes[e]  # read once: `episodes` may load lazily from disk
-                env = VisualSearchEnv(episode.image, episode.question, self.tokenizer, self.processor, cfg.env)
-                for i, (ee, ss) in zip(mine, group):
-                    base = jax.random.fold_in(root, ee) if episode.seed is None else jax.random.key(episode.seed)
-                    k = jax.random.fold_in(base, ss)
-                    keys = keys.at[i].set(k)
-                    slots[i] = _Slot(env if i == mine[0] else None, ee, ss, k, [])
-                    host_len[i] = host_delta[i] = 0
-                lead = mine[0]
-                cache = cache._replace(length=cache.length.at[lead].set(0))
-                image = env.prompt_pixels
-                cache, first, logits = chunk(lead, env.prompt_ids, image)
-                start_turn(lead, first)
-                if len(mine) > 1:  # the other samples copy the prefill and draw their own first token
-                    rest = jnp.asarray(mine[1:])
-                    cache = copy_slots(cache, jnp.full(len(mine) - 1, lead), rest)
-                    firsts = sample_tokens(jnp.repeat(logits, len(mine) - 1, axis=0),
-                                           jax.vmap(jax.random.fold_in)(keys[rest], cache.length[rest]), self.sampling)
-                    for i, f in zip(mine[1:], np.asarray(firsts)):
-                        slots[i].env = env.copy()
-                        host_len[i], host_delta[i] = host_len[lead], host_delta[lead]
-                        start_turn(i, int(f))
-
-        refill()
-        while any(s is not None for s in slots):
-            live = np.array([s is not None and i not in done_early for i, s in enumerate(slots)])
-            # the longest live slot after this call: its pending token and decode_chunk - 1 more are written
-            need = max((host_len[i] for i in np.flatnonzero(live)), default=0) + cfg.decode_chunk
-            t0 = time.perf_counter()
-            cache, toks, pend, still, stopped, state = decode(
-                self.graphdef, self.state, cache, jnp.asarray(pending), jnp.asarray(live), jnp.asarray(budget),
-                jnp.asarray(self.stop_ids), keys, self.sampling, cfg.decode_chunk, self.stop_table, jnp.asarray(stop_state),
-                kv_len=kv_window(need, cfg.max_len))
-            toks, still, stopped = np.asarray(toks), np.asarray(still), np.asarray(stopped)
-            pending[:], stop_state[:] = np.asarray(pend), np.asarray(state)
-            stats.decode_s += time.perf_counter() - t0
-            stats.decode_calls += 1
-            stats.sampled_tokens += int((toks >= 0).sum())
-            ended = sorted(done_early)
-            hit_limit = dict.fromkeys(ended, False)
-            done_early.clear()
-            for i in np.flatnonzero(live):
-                new = toks[i][toks[i] >= 0]
-                slots[i].turn.extend(int(t) for t in new)
-                budget[i] -= len(new)
-                host_len[i] += len(new)  # decode wrote the previous pending token and all but the last
-                if not still[i]:
-                    ended.append(i)
-                    hit_limit[i] = not bool(stopped[i])
-            turns = {i: truncate_at_stop(np.asarray(slots[i].turn), self.tokenizer, STOP_STRING) for i in ended}
-            steps = dict(zip(ended, self.pool.map(lambda i, t=turns, h=hit_limit: slots[i].env.step(t[i], h[i]), ended)))
+        table.refill()
+        while table.busy:
+            ended, hit_limit = table.decode()
+            turns = {i: truncate_at_stop(np.asarray(table.slots[i].turn), self.tokenizer, STOP_STRING) for i in ended}
+            steps = dict(zip(ended, self.pool.map(lambda i, t=turns, h=hit_limit: table.slots[i].env.step(t[i], h[i]),
+                                                  ended)))
             for i in ended:
-                slot, step = slots[i], steps[i]
+                slot, step = table.slots[i], steps[i]
                 if on_turn is not None:
-                    on_turn(slot.episode, slot.sample, step)
-                if step.done:
-                    traj = slot.env.trajectory()
-                    if collect:
-                        results[(slot.episode, slot.sample)] = traj
-                    slots[i] = None
-                    if on_trajectory is not None:
-                        on_trajectory(slot.episode, slot.sample, traj)
+                    on_turn(slot.question, slot.sample, step)
+                if not step.done:
+                    table.next_turn(i, turns[i], step)
                     continue
-                kept = turns[i]
-                written = len(slot.turn) - 1  # every sampled id but the pending one is in the cache
-                tail = np.concatenate([kept[written:], step.append_ids]).astype(np.int32)
-                cache, first, _ = chunk(i, tail, step.image)
-                start_turn(i, first)
-            refill()
-        stats.wall_s = time.perf_counter() - t_run
+                traj = table.finish(i)
+                if collect:
+                    results[(slot.question, slot.sample)] = traj
+                if on_trajectory is not None:
+                    on_trajectory(slot.question, slot.sample, traj)
+            table.refill()
+        self.stats.wall_s = time.perf_counter() - t_run
         if not collect:
             return []
-        return [results[(e, s)] for e in range(len(episodes)) for s in range(samples)]
+        return [results[(e, s)] for e in range(len(questions)) for s in range(samples)]

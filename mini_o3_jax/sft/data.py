@@ -1,10 +1,11 @@
-"""Cold-start SFT data (LLaMA-Factory sharegpt, as Mini-o3 released it) -> `Trajectory`s.
+"""Cold-start SFT conversations (LLaMA-Factory sharegpt, as Mini-o3 released it) -> `Trajectory`s.
 
-`Mini-o3-Coldstart.json` is a list of `{"conversations": [{"from": "system"|"human"|"gpt",
-"value": ...}], "images": [paths]}` with `<image>` placeholders in the human turns (the question
-image first, then one per observation turn). Tokenisation follows LLaMA-Factory's `qwen2_vl`
-template, message by message: the prompt pieces `<|im_start|>system\\n…<|im_end|>\\n` and
-`<|im_start|>user\\n…<|im_end|>\\n<|im_start|>assistant\\n` carry no loss; each assistant piece
+A conversation is sharegpt turns (`{"from": "system"|"human"|"gpt", "value": ...}`) with `<image>`
+placeholders in the human turns (the question image first, then one per observation turn), as a
+`ConversationRecord` from either path (`data.direct.read_sharegpt` on the JSON, or the prepared set).
+Tokenisation follows LLaMA-Factory's `qwen2_vl` template, message by message, with the chat template's
+own pieces (`processing.chat.render_message`): the prompt pieces `<|im_start|>system\\n…<|im_end|>\\n`
+and `<|im_start|>user\\n…<|im_end|>\\n<|im_start|>assistant\\n` carry no loss; each assistant piece
 `…<|im_end|>\\n` is trained, end token and newline included (spec §3). Images get the SFT rule
 (`resize_llamafactory`) before the Qwen processor.
 
@@ -14,10 +15,7 @@ as LLaMA-Factory's supervised processor does, not dropped: see `truncate_pairs`.
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,26 +23,18 @@ from PIL import Image
 
 from mini_o3_jax.agent.protocol import extract_answer
 from mini_o3_jax.agent.trajectory import Trajectory, Turn
-from mini_o3_jax.data.formats import (
-    ROW_ERRORS,
-    SHAREGPT_ROLES,
-    check_image_count,
-    check_image_header,
-    json_image_roots,
-    json_rows,
-    parse_conversations,
-    resolve_image,
-)
-from mini_o3_jax.data.records import BadRecord, RecordError, SourceError, describe_bad
+from mini_o3_jax.data.conversations import SHAREGPT_ROLES, check_image_count, parse_conversations
+from mini_o3_jax.data.records import ConversationRecord, RecordError
 from mini_o3_jax.errors import ChatFormatError
 from mini_o3_jax.processing.chat import (
     DATASET_IMAGE_PLACEHOLDER,
     DEFAULT_SYSTEM_MESSAGE,
-    IM_END,
-    IM_START,
+    GENERATION_PROMPT,
+    MESSAGE_END,
     Tokenizer,
     expand_image_pads,
     num_image_tokens,
+    render_message,
     replace_image_placeholders,
 )
 from mini_o3_jax.processing.image import (
@@ -53,10 +43,8 @@ from mini_o3_jax.processing.image import (
     ImageProcessor,
     ImageSource,
     load_image,
-    resize_llamafactory,
 )
-
-log = logging.getLogger(__name__)
+from mini_o3_jax.processing.resize import resize_llamafactory
 
 
 def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
@@ -139,7 +127,7 @@ def conversation_trajectory(
     `truncate_pairs` says, pair by pair, each (user piece, assistant piece) cut to a prefix; an image
     whose tokens the cut would split is dropped with its partial tokens (`Trajectory.truncated` is
     then set). None: no limit."""
-    try:  # the rules `data prepare` and `read_sharegpt` apply, so a row they kept never fails here
+    try:  # the rules every reader applies, so a row one of them kept never fails here
         turns = parse_conversations(list(conversations))
         check_image_count(turns, len(images))
     except RecordError as e:
@@ -157,14 +145,14 @@ def conversation_trajectory(
     image_counts: list[int] = []  # images in each user piece
     for i, (role, value) in enumerate(msgs):
         if role == "user":
-            text = (f"{IM_START}system\n{system}{IM_END}\n" if i == 0 else "")
-            text += f"{IM_START}user\n{replace_image_placeholders(value)}{IM_END}\n{IM_START}assistant\n"
+            text = render_message("system", system) if i == 0 else ""
+            text += render_message("user", replace_image_placeholders(value)) + GENERATION_PROMPT
             n_img = value.count(DATASET_IMAGE_PLACEHOLDER)
             pieces.append(expand_image_pads(tokenizer.encode(text), counts[:n_img], tokenizer.image_pad_id))
             counts = counts[n_img:]
             image_counts.append(n_img)
         else:
-            pieces.append(np.asarray(tokenizer.encode(f"{value}{IM_END}\n"), np.int32))
+            pieces.append(np.asarray(tokenizer.encode(value + MESSAGE_END), np.int32))  # the prompt opened it
     keep = [len(p) for p in pieces]
     if cutoff_len is not None:
         kept_pairs = truncate_pairs([(keep[k], keep[k + 1]) for k in range(0, len(keep), 2)], cutoff_len,
@@ -202,57 +190,8 @@ def conversation_trajectory(
     )
 
 
-def _sharegpt_row(row: Any, roots: Sequence[Path], allow_absolute: bool) -> dict[str, Any]:
-    """One file row as `conversation_trajectory`'s inputs: turns by `formats.parse_conversations`, image
-    paths resolved inside `roots`; RecordError says why the row cannot be trained on."""
-    if not isinstance(row, Mapping) or "conversations" not in row:
-        raise RecordError(f"expected an object with 'conversations', got {type(row).__name__}")
-    turns = parse_conversations(row["conversations"])
-    refs = row.get("images") or []
-    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
-        raise RecordError(f"field 'images' must be a list of image paths, got {type(refs).__name__}")
-    check_image_count(turns, len(refs))
-    paths = [resolve_image(r, roots, allow_absolute) for r in refs]
-    for found in paths:
-        check_image_header(found)
-    return {"conversations": turns, "images": [str(found) for found in paths]}
-
-
-def read_sharegpt(path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
-                  allow_absolute_images: bool = False, bad: list[BadRecord] | None = None) -> list[dict[str, Any]]:
-    """Read a LLaMA-Factory sharegpt JSON/JSONL file with `data prepare`'s row reader and conversation
-    parser. Image paths are found inside `image_root` (default, as `data prepare`: the file's folder, then
-    its parent), absolute paths elsewhere only with `allow_absolute_images`. A row that cannot be trained
-    on is skipped, not fatal: it goes to `bad` (file, row, reason), or to the log when no list is given."""
-    path = os.path.expanduser(os.fspath(path))
-    if not path:
-        raise ChatFormatError("no SFT data file given: set data.path to a LLaMA-Factory sharegpt JSON "
-                              "(e.g. Mini-o3-Coldstart.json)")
-    if not os.path.isfile(path):
-        what = "is a directory" if os.path.isdir(path) else "not found"
-        raise SourceError(f"{path}: SFT data file {what}; expected a sharegpt JSON (conversations + images)")
-    file = Path(path)
-    roots = [Path(os.path.expanduser(os.fspath(image_root)))] if image_root is not None else json_image_roots(file)
-    out, skipped = [], []
-    for i, row in json_rows(file):
-        try:
-            if isinstance(row, Exception):
-                raise row
-            out.append({**_sharegpt_row(row, roots, allow_absolute_images), "name": f"{path}[{i}]"})
-        except ROW_ERRORS as e:
-            reason = str(e) if isinstance(e, RecordError) else f"cannot be read: {type(e).__name__}: {e}"
-            skipped.append(BadRecord(path, i, "", reason))
-    if not out and skipped:
-        raise RecordError(f"{path}: no usable SFT rows; {len(skipped)} unusable:\n{describe_bad(skipped)}")
-    if bad is not None:
-        bad.extend(skipped)
-    elif skipped:
-        log.warning("%s: %d unusable row(s) skipped:\n%s", path, len(skipped), describe_bad(skipped))
-    return out
-
-
 def sharegpt_trajectories(
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[ConversationRecord],
     tokenizer: Tokenizer,
     processor: ImageProcessor,
     *,
@@ -261,12 +200,11 @@ def sharegpt_trajectories(
     max_pixels: int = MINI_O3_MAX_PIXELS,
     truncated: list[str] | None = None,
 ) -> Iterator[Trajectory]:
-    """Trajectories of `read_sharegpt` records, each cut to `max_length` (LLaMA-Factory's cutoff_len)
-    as LLaMA-Factory does (`conversation_trajectory`); the names of those cut go to `truncated`."""
+    """Trajectories of cold-start records (either path), each cut to `max_length` (LLaMA-Factory's
+    cutoff_len) as LLaMA-Factory does (`conversation_trajectory`); the doc_ids of those cut go to `truncated`."""
     for r in records:
-        name = r.get("name", "record")
-        t = conversation_trajectory(r["conversations"], r["images"], tokenizer, processor,
-                                    min_pixels=min_pixels, max_pixels=max_pixels, name=name, cutoff_len=max_length)
+        t = conversation_trajectory(r.conversations, r.images, tokenizer, processor, min_pixels=min_pixels,
+                                    max_pixels=max_pixels, name=r.doc_id, cutoff_len=max_length)
         if t.truncated and truncated is not None:
-            truncated.append(f"{name} ({len(t)} of its tokens kept)")
+            truncated.append(f"{r.doc_id} ({len(t)} of its tokens kept)")
         yield t

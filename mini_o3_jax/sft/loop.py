@@ -15,14 +15,14 @@ import numpy as np
 from tqdm import tqdm
 
 from mini_o3_jax.agent.trajectory import Trajectory
+from mini_o3_jax.data.direct import read_sharegpt
 from mini_o3_jax.data.records import BadRecord, describe_bad
 from mini_o3_jax.model.config import ModelConfig
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
 from mini_o3_jax.processing.inputs import PAD_ID
-from mini_o3_jax.sft.data import read_sharegpt, sharegpt_trajectories
+from mini_o3_jax.sft.data import sharegpt_trajectories
 from mini_o3_jax.train.batch import (
-    BatchSpec,
     TrainBatch,
     batch_tokens,
     examples_from_trajectories,
@@ -31,6 +31,7 @@ from mini_o3_jax.train.batch import (
 from mini_o3_jax.train.checkpoint import PreemptionGuard
 from mini_o3_jax.train.metrics import StepTimer, tokens_per_second
 from mini_o3_jax.train.session import open_session
+from mini_o3_jax.train.settings import train_settings
 
 
 def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
@@ -58,16 +59,15 @@ def run_sft(
     """Train on examples fetched by index with `load(indices)`; returns the last step's metrics.
     `pad_id`: the tokenizer's `<|endoftext|>` (padding must be a row of the embedding); `label` names the
     progress bar (the toy recipe runs several SFT stages)."""
-    t = cfg.train
+    t = train_settings(cfg, "sft")
     if num_examples < t.batch_size:
         raise ValueError(f"{num_examples} SFT examples is fewer than one batch ({t.batch_size})")
     steps_per_epoch = num_examples // t.batch_size
-    total = t.get("steps") or int(t.epochs * steps_per_epoch)
+    total = t.steps or int(t.epochs * steps_per_epoch)
     session = open_session(cfg, "sft", total, console=console)
     trainer = session.trainer
     mcfg = model_config or trainer.model_config
-    spec = BatchSpec(micro_batch=t.micro_batch, min_length=t.min_length, max_length=t.max_length,
-                     min_windows=t.get("min_windows", 0), pad_id=pad_id)
+    spec = t.batch_spec(pad_id)
 
     def build(step: int) -> tuple[list[TrainBatch], int]:
         """The step's micro-batches, and how many of its samples were truncated to the cutoff."""

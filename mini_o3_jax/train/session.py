@@ -16,6 +16,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from mini_o3_jax.config_files import from_block
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.model.config import ModelConfig
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
@@ -25,61 +26,58 @@ from mini_o3_jax.train.checkpoint import TrainCheckpointer, abstract_like
 from mini_o3_jax.train.losses import PPOConfig
 from mini_o3_jax.train.metrics import MetricsWriter
 from mini_o3_jax.train.optim import OptimConfig, learning_rate, make_optimizer
+from mini_o3_jax.train.settings import train_settings
 from mini_o3_jax.train.step import StepConfig, Trainer
 
 
 def build_model(cfg: ml_collections.ConfigDict, mesh=None) -> Qwen25VL:
     """`cfg.model_path` (HF or Orbax dir) or, when empty, a random model of `cfg.model` (tests, demos)."""
-    if cfg.get("model_path"):
-        return load_model(cfg.model_path, dtype=cfg.dtype, mesh=mesh, remat=cfg.get("remat", "none"),
-                          unroll=cfg.get("unroll_layers", False))
+    if cfg.model_path:
+        return load_model(cfg.model_path, dtype=cfg.dtype, mesh=mesh, remat=cfg.remat, unroll=cfg.unroll_layers)
     if "model" not in cfg:
         raise ConfigError("config needs `model_path` (a checkpoint directory) or a `model` block to initialise")
     model = Qwen25VL(ModelConfig.from_config_dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model),
-                     dtype=cfg.dtype, rngs=nnx.Rngs(cfg.get("seed", 0)), remat=cfg.get("remat", "none"),
-                     unroll=cfg.get("unroll_layers", False))
+                     dtype=cfg.dtype, rngs=nnx.Rngs(cfg.seed), remat=cfg.remat, unroll=cfg.unroll_layers)
     return model
 
 
 def build_mesh(cfg: ml_collections.ConfigDict):
     """None on one device (no sharding machinery), else the configured (data, fsdp, tensor) mesh."""
-    shape = dict(cfg.get("mesh") or {})
+    shape = dict(cfg.mesh or {})
     if len(jax.devices()) == 1 and all(int(v) in (1, -1) for v in shape.values()):
         return None
     return make_mesh(shape or {"fsdp": -1})
 
 
-def optim_config(cfg: ml_collections.ConfigDict) -> OptimConfig:
-    return OptimConfig(**dict(cfg.optim))
-
-
 def logprob_temperature(cfg: ml_collections.ConfigDict, loss: str) -> float:
     """The temperature the trainer's log-probs are computed at.
 
-    For PPO it is the rollout's sampling temperature, `rollout.temperature`: the ratio compares the policy
-    that sampled the tokens with the one being trained, both at the temperature the samples were drawn at
-    (the release samples and recomputes old log-probs at T=1.0, spec §4.2). There is one setting; a
+    For PPO it is the rollout's sampling temperature, `rollout.sampling.temperature`: the ratio compares the
+    policy that sampled the tokens with the one being trained, both at the temperature the samples were drawn
+    at (the release samples and recomputes old log-probs at T=1.0, spec §4.2). There is one setting; a
     `train.temperature` beside it (an older config) must agree with it, else this is a ConfigError, and
     greedy rollouts (T=0) have no log-probs to train on. SFT trains at 1.0 unless `train.temperature` says.
     """
-    train = cfg.train.get("temperature")
+    train = train_settings(cfg, loss).temperature
     if loss != "ppo" or "rollout" not in cfg:
         return 1.0 if train is None else float(train)
-    rollout = cfg.rollout.get("temperature", 1.0)
+    rollout = cfg.rollout.sampling.temperature
     if isinstance(rollout, bool) or not isinstance(rollout, (int, float)) or not rollout > 0:
-        raise ConfigError(f"rollout.temperature = {rollout!r}; RL needs a positive sampling temperature "
+        raise ConfigError(f"rollout.sampling.temperature = {rollout!r}; RL needs a positive sampling temperature "
                           "(the trainer's log-probs are computed at it)")
     if train is not None and float(train) != float(rollout):
-        raise ConfigError(f"train.temperature = {train!r} but rollout.temperature = {rollout!r}: the trainer's "
-                          "log-probs must use the temperature the rollouts were sampled at; set only "
-                          "rollout.temperature (train.temperature is no longer a setting)")
+        raise ConfigError(f"train.temperature = {train!r} but rollout.sampling.temperature = {rollout!r}: the "
+                          "trainer's log-probs must use the temperature the rollouts were sampled at; set only "
+                          "rollout.sampling.temperature (train.temperature is no longer a setting)")
     return float(rollout)
 
 
 def step_config(cfg: ml_collections.ConfigDict, loss: str) -> StepConfig:
-    t = cfg.train
-    ppo = PPOConfig(**dict(cfg.ppo)) if loss == "ppo" else PPOConfig()
-    return StepConfig(loss=loss, ppo=ppo, trainable=t.trainable, logits_chunk=t.get("logits_chunk", 512),
+    """What the trainer computes: the `train` block's weights and chunking, the `ppo` block for RL, and the
+    log-prob temperature."""
+    t = train_settings(cfg, loss)
+    ppo = from_block(PPOConfig, cfg.ppo, "ppo") if loss == "ppo" else PPOConfig()
+    return StepConfig(loss=loss, ppo=ppo, trainable=t.trainable, logits_chunk=t.logits_chunk,
                       temperature=logprob_temperature(cfg, loss))
 
 
@@ -131,7 +129,7 @@ def open_session(cfg: ml_collections.ConfigDict, loss: str, total_steps: int, co
     """Build mesh, model, optimizer and trainer; restore the latest checkpoint of `cfg.out_dir` if any."""
     mesh = build_mesh(cfg)
     model = build_model(cfg, mesh)
-    ocfg = optim_config(cfg)
+    ocfg = from_block(OptimConfig, cfg.optim, "optim")
     trainer = Trainer(model, make_optimizer(ocfg, total_steps), step_config(cfg, loss), mesh=mesh)
     trainer.schedule = learning_rate(ocfg, total_steps)
     out = os.path.abspath(cfg.out_dir)
@@ -146,5 +144,5 @@ def open_session(cfg: ml_collections.ConfigDict, loss: str, total_steps: int, co
         if console:
             console(f"resumed from {checkpointer.directory} step {latest}")
     writer = MetricsWriter(os.path.join(out, "logs") if jax.process_index() == 0 else None,
-                           log_every=cfg.get("log_every", 1), console=console)
+                           log_every=cfg.log_every, console=console)
     return Session(trainer, checkpointer, writer, out, meta)

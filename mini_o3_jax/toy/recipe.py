@@ -25,22 +25,29 @@ from typing import Any
 import ml_collections
 from flax import nnx
 
+from mini_o3_jax.agent.prompts import SYSTEM_PROMPT_TOOL_CROP
+from mini_o3_jax.agent.settings import write_agent_settings
 from mini_o3_jax.agent.trajectory import Trajectory
-from mini_o3_jax.data import loader, synthetic
+from mini_o3_jax.data import loader
+from mini_o3_jax.data.records import Record
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.eval.run import EvalConfig, run_eval
-from mini_o3_jax.infer import DEMO_BASE, write_agent_settings
+from mini_o3_jax.infer import DEMO_BASE
 from mini_o3_jax.model.config import ModelConfig
 from mini_o3_jax.model.presets import fit_to_tokenizer
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
 from mini_o3_jax.model.weights import load_model, save_orbax
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
-from mini_o3_jax.processing.tokenizer_train import protocol_corpus, train_bpe_tokenizer
-from mini_o3_jax.rl.data import Prompt
 from mini_o3_jax.rl.loop import run_rl
 from mini_o3_jax.sft.data import conversation_trajectory
 from mini_o3_jax.sft.loop import run_sft
+from mini_o3_jax.toy.expert import expert_trajectory
+from mini_o3_jax.toy.perception import perception_question
+from mini_o3_jax.toy.puzzles import Puzzle, make_puzzle
+from mini_o3_jax.toy.scene import SceneConfig
+from mini_o3_jax.toy.tokenizer import protocol_corpus, tokenizer_texts, train_bpe_tokenizer
+from mini_o3_jax.toy.writers import write_benchmark
 from mini_o3_jax.train.metrics import read_jsonl_metrics
 
 # What a base checkpoint's tokenizer is made of (copied into the run's tokenizer folder)
@@ -50,21 +57,21 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 SEED_SFT, SEED_BASELINE, SEED_RL, SEED_PERCEPTION, SEED_EVAL = 1_000_000, 2_000_000, 3_000_000, 4_000_000, 9_000_000
 
 
-def scene_config(cfg: ml_collections.ConfigDict) -> synthetic.SceneConfig:
-    return getattr(synthetic.SceneConfig, cfg.scene)()
+def scene_config(cfg: ml_collections.ConfigDict) -> SceneConfig:
+    return getattr(SceneConfig, cfg.scene)()
 
 
-def _puzzle(scene: synthetic.SceneConfig, base: int, i: int, levels: Sequence[str] = ()) -> synthetic.Puzzle:
+def _puzzle(scene: SceneConfig, base: int, i: int, levels: Sequence[str] = ()) -> Puzzle:
     """Puzzle `i` of a stream: `levels` (default: the scene's) in turn."""
     levels = tuple(levels) or scene.levels
-    return synthetic.make_puzzle(base + i, levels[i % len(levels)], scene)
+    return make_puzzle(base + i, levels[i % len(levels)], scene)
 
 
 class PuzzlePrompts(Sequence):
     """An endless-enough stream of RL prompts, generated on access (a few ms each), `levels` in turn
     (default: every level of the scene)."""
 
-    def __init__(self, scene: synthetic.SceneConfig, base: int, n: int = 100_000, levels: Sequence[str] = ()):
+    def __init__(self, scene: SceneConfig, base: int, n: int = 100_000, levels: Sequence[str] = ()):
         unknown = [lv for lv in levels if lv not in scene.levels]
         if unknown:
             raise ConfigError(f"RL prompt levels {list(levels)}: {unknown} not among the scene's levels {scene.levels}")
@@ -73,21 +80,22 @@ class PuzzlePrompts(Sequence):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i: int) -> Prompt:
+    def __getitem__(self, i: int) -> Record:
         p = _puzzle(self.scene, self.base, i, self.levels)
-        return Prompt(p.image, p.problem, p.answer, f"synthetic_{p.level}", p.doc_id)
+        return Record(image=p.image, problem=p.problem, solution=p.answer, data_source=f"synthetic_{p.level}",
+                      doc_id=p.doc_id)
 
 
 Conversation = tuple[list[dict[str, str]], list[Any]]
 
 
-def _conversation(p: synthetic.Puzzle, seed: int, system: bool, direct: bool,
+def _conversation(p: Puzzle, seed: int, system: bool, direct: bool,
                   patterns: dict[str, float] | None = None) -> Conversation:
     if direct:  # the baseline: answer from the full view
         conv = [{"from": "human", "value": p.problem},
                 {"from": "gpt", "value": f"<think>I answer from the full image.</think>\n<answer>{p.answer}</answer>"}]
         return conv, [p.image]
-    traj = synthetic.expert_trajectory(p, seed=seed, weights=patterns)
+    traj = expert_trajectory(p, seed=seed, weights=patterns)
     conv = [m for m in traj.conversations if system or m["from"] != "system"]
     return conv, traj.images
 
@@ -101,7 +109,7 @@ def _write_provenance(stage_dir: str, init: str) -> None:
 
 
 # Perception skills whose texts are a prefix of the hard level's expert trajectories, already in the corpus
-# (`synthetic.tokenizer_texts`). Why skip them: more copies of the same phrases shifted BPE merges, and the
+# (`toy.tokenizer.tokenizer_texts`). Why skip them: more copies of the same phrases shifted BPE merges, and the
 # easy level's in-context reading has clicked late or not at all on a different tokenizer (docs/demo.md).
 CORPUS_SKIP = ("check",)
 
@@ -136,7 +144,7 @@ class Recipe:
             name = f"synthetic_{level}"
             path = os.path.join(src, name, "val.json")
             if not os.path.exists(path):
-                synthetic.write_benchmark(src, level, self.cfg.data.eval_per_level, seed=SEED_EVAL + i,
+                write_benchmark(src, level, self.cfg.data.eval_per_level, seed=SEED_EVAL + i,
                                           config=self.scene)
             loader.prepare(name, os.path.dirname(path), tfds_dir)
             sets[name] = loader.load(name, tfds_dir)
@@ -166,7 +174,7 @@ class Recipe:
             proc.save_pretrained(self.tok_dir)
             self._write_agent()
         elif not os.path.exists(os.path.join(self.tok_dir, "tokenizer.json")):
-            texts = protocol_corpus() + synthetic.tokenizer_texts(self.scene, n=self.cfg.data.tokenizer_puzzles)
+            texts = protocol_corpus() + tokenizer_texts(self.scene, n=self.cfg.data.tokenizer_puzzles)
             for name in self.cfg.perception_stages:  # the perception stages' questions and answers
                 question = self._perception_questions(name)
                 skills = list(self.cfg[name].skills)
@@ -184,8 +192,9 @@ class Recipe:
         then run the model as it was trained."""
         e = self.cfg.eval
         write_agent_settings(self.tok_dir, min_pixels=self.scene.min_pixels, max_pixels=self.scene.view_pixels,
-                             system_prompt=EvalConfig.system_prompt if self.cfg.system_prompt else None,
-                             max_turns=e.max_turns, max_context=e.max_context, max_turn_tokens=e.max_turn_tokens)
+                             system_prompt=SYSTEM_PROMPT_TOOL_CROP if self.cfg.system_prompt else None,
+                             max_turns=e.env.max_turns, max_context=e.env.max_context,
+                             max_turn_tokens=e.rollout.max_turn_tokens)
 
     def init_model(self, tok: Tokenizer) -> str:
         path = os.path.join(self.out, "init")
@@ -224,7 +233,7 @@ class Recipe:
     def _perception_questions(self, name: str) -> Callable[[int], Conversation]:
         """seed -> the perception stage `name`'s question (its `skills` in turn, in its `style`)."""
         skills, style = list(self.cfg[name].skills), self.cfg[name].get("style", "short")
-        return lambda i: synthetic.perception_question(i, skills[i % len(skills)], self.scene, style)
+        return lambda i: perception_question(i, skills[i % len(skills)], self.scene, style)
 
     def _perception_stage(self, name: str, init: str, tok: Tokenizer, proc: ImageProcessor) -> str:
         question = self._perception_questions(name)
@@ -269,9 +278,11 @@ class Recipe:
 
     def evaluate(self, name: str, ckpt: str, sets, tok: Tokenizer, proc: ImageProcessor) -> dict[str, Any]:
         # scored by rule (exact match on the puzzles' one-word answers), offline, unless the config says otherwise
-        ecfg = EvalConfig.from_config(self.cfg.eval, seed=self.cfg.seed, min_pixels=self.scene.min_pixels,
-                                      max_pixels=self.scene.view_pixels, scorer=self.cfg.eval.get("scorer", "auto"),
-                                      system_prompt=EvalConfig.system_prompt if self.cfg.system_prompt else None)
+        e = self.cfg.eval.copy_and_resolve_references()
+        e.seed, e.scorer = self.cfg.seed, e.get("scorer", "auto")
+        e.env.update(min_pixels=self.scene.min_pixels, max_pixels=self.scene.view_pixels,
+                     system_prompt=SYSTEM_PROMPT_TOOL_CROP if self.cfg.system_prompt else None)
+        ecfg = EvalConfig.from_config(e)
         out = os.path.join(self.out, "eval", name)  # run_eval resumes: a finished evaluation only re-reports
         model = load_model(ckpt, unroll=bool(self.cfg.get("unroll_layers", False)))
         return run_eval(model, tok, proc, sets, ecfg, out, label=name, console=self.console)
@@ -456,7 +467,7 @@ def write_recipe_report(out: str, results: dict[str, dict], timings: dict[str, f
 
     lines = ["# Mini-o3 at toy scale: the measured run", "",
              f"Held-out puzzles: {cfg.data.eval_per_level} per level; Avg@{k} at T=1.0, test limit "
-             f"{cfg.eval.max_turns} turns; RL trained with {cfg.rl.env.max_turns} turns; training seed {cfg.seed}. "
+             f"{cfg.eval.env.max_turns} turns; RL trained with {cfg.rl.env.max_turns} turns; training seed {cfg.seed}. "
              "Accuracy +- its standard error over the held-out puzzles (this run's evaluation noise; training "
              "seeds move the numbers further: `mini-o3 demo --seeds 0,1,2`).", "",
              "| model | " + " | ".join(levels) + " | mean turns | answered | over-turn |",

@@ -1,4 +1,5 @@
-"""Train a small Qwen-style byte-level BPE in memory (demos, notebooks, toy-scale recipes).
+"""Train a small Qwen-style byte-level BPE in memory (demos, notebooks, tests, the toy recipe), on the
+protocol's strings (`protocol_corpus`) and the toy puzzles' texts (`tokenizer_texts`).
 
 Same pipeline as Qwen2's tokenizer (NFC, Qwen's pre-tokenisation regex, byte-level BPE) with the
 22 Qwen special tokens appended after the learned vocabulary. Their ids are therefore small; the
@@ -15,6 +16,9 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 
 from mini_o3_jax.agent.prompts import ERROR_TEMPLATE, OBSERVATION_TEMPLATE, SYSTEM_PROMPT_TOOL_CROP
 from mini_o3_jax.processing.chat import QWEN2_PRETOKENIZE_PATTERN, Tokenizer
+from mini_o3_jax.toy.expert import PATTERNS, expert_trajectory
+from mini_o3_jax.toy.puzzles import puzzles_for
+from mini_o3_jax.toy.scene import SceneConfig
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -54,3 +58,15 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Tokeniz
     tok.train_from_iterator(list(texts), trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS])
     return Tokenizer.from_tokenizer_object(tok)
+
+
+def tokenizer_texts(config: SceneConfig | None = None, n: int = 24, seed: int = 0) -> list[str]:
+    """Questions, expert turns and observation texts of `n` puzzles (every level and pattern): a corpus
+    for training a small BPE (`train_bpe_tokenizer`) that encodes this data compactly."""
+    config = config or SceneConfig.tiny()
+    texts: list[str] = []
+    for i, p in enumerate(puzzles_for("tokenizer", n, seed, config) if n else []):
+        patterns = [q for q in PATTERNS if p.decoys or q != "trial_and_error"]
+        traj = expert_trajectory(p, seed=i, pattern=patterns[i % len(patterns)])
+        texts += [m["value"] for m in traj.conversations[1:]]
+    return texts

@@ -25,7 +25,7 @@ from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
 from mini_o3_jax.model.weights import load_hf, save_hf, save_orbax
 from mini_o3_jax.pipeline import Pipeline
 from mini_o3_jax.processing.image import ImageProcessor
-from mini_o3_jax.processing.tokenizer_train import protocol_corpus, train_bpe_tokenizer
+from mini_o3_jax.toy.tokenizer import protocol_corpus, train_bpe_tokenizer
 
 QUESTION = "What number is written on the small red sign? Answer with the number."
 

@@ -2,7 +2,7 @@
 
 `configs/sft_tiny.py` and `configs/rl_tiny.py` use these so that `mini-o3 sft|rl --config configs/*_tiny.py`
 runs as is, with no download and no file to write first: SFT on scripted-expert trajectories, RL on fresh
-puzzles of a `synthetic.PRESETS` scene (`toy`: the one the packaged demo model was trained on). The seeds
+puzzles of a `toy.scene.PRESETS` scene (`toy`: the one the packaged demo model was trained on). The seeds
 are the toy recipe's (`recipe.SEED_SFT`, `recipe.SEED_RL`), disjoint from its held-out evaluation puzzles.
 """
 
@@ -13,24 +13,26 @@ from collections.abc import Callable, Sequence
 import ml_collections
 
 from mini_o3_jax.agent.trajectory import Trajectory
-from mini_o3_jax.data import synthetic
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
+from mini_o3_jax.toy.expert import expert_trajectory
+from mini_o3_jax.toy.puzzles import make_puzzle
+from mini_o3_jax.toy.scene import PRESETS, SceneConfig
 
 # as many examples as a run can ask for: each is generated from its index when loaded
 STREAM_LENGTH = 1_000_000
 
 
-def scene(preset: str) -> synthetic.SceneConfig:
-    """The `synthetic.PRESETS` scene named `preset`; a ConfigError lists the names."""
-    if preset not in synthetic.PRESETS:
+def scene(preset: str) -> SceneConfig:
+    """The `toy.scene.PRESETS` scene named `preset`; a ConfigError lists the names."""
+    if preset not in PRESETS:
         raise ConfigError(f"data.synthetic = {preset!r}: expected a synthetic scene preset, one of "
-                          f"{sorted(synthetic.PRESETS)} (or '' to read data.path)")
-    return synthetic.PRESETS[preset]()
+                          f"{sorted(PRESETS)} (or '' to read data.path)")
+    return PRESETS[preset]()
 
 
-def _levels(config: synthetic.SceneConfig, data: ml_collections.ConfigDict) -> tuple[str, ...]:
+def _levels(config: SceneConfig, data: ml_collections.ConfigDict) -> tuple[str, ...]:
     levels = tuple(data.get("synthetic_levels") or ()) or config.levels
     unknown = [lv for lv in levels if lv not in config.levels]
     if unknown:
@@ -40,9 +42,9 @@ def _levels(config: synthetic.SceneConfig, data: ml_collections.ConfigDict) -> t
 
 
 def rl_prompts(data: ml_collections.ConfigDict) -> Sequence:
-    """RL prompts (`rl.data.Prompt`) of the `data.synthetic` scene, `data.synthetic_levels` in turn
+    """RL prompts (`data.records.Record`s) of the `data.synthetic` scene, `data.synthetic_levels` in turn
     (empty: all), generated as they are read; the answer is scored with `reward.kind = "exact"`."""
-    from mini_o3_jax.recipe import SEED_RL, PuzzlePrompts
+    from mini_o3_jax.toy.recipe import SEED_RL, PuzzlePrompts
 
     config = scene(data.synthetic)
     return PuzzlePrompts(config, SEED_RL, n=STREAM_LENGTH, levels=_levels(config, data))
@@ -54,19 +56,19 @@ def sft_examples(data: ml_collections.ConfigDict, tokenizer: Tokenizer, processo
     multi-turn trajectories on puzzles of the `data.synthetic` scene (reasoning patterns drawn with the
     weights `data.synthetic_patterns`), shown within `data.min_pixels` .. `data.max_pixels`, with the expert's system turn (the released tool_crop prompt) only when
     `data.system_prompt` is true (the packaged demo model was trained without one)."""
-    from mini_o3_jax.recipe import SEED_SFT
     from mini_o3_jax.sft.data import conversation_trajectory
+    from mini_o3_jax.toy.recipe import SEED_SFT
 
     config = scene(data.synthetic)
     levels = _levels(config, data)
     system = bool(data.get("system_prompt", True))
-    weights = dict(data.get("synthetic_patterns") or {}) or None  # None: synthetic.DEFAULT_PATTERN_WEIGHTS
+    weights = dict(data.get("synthetic_patterns") or {}) or None  # None: toy.expert.DEFAULT_PATTERN_WEIGHTS
 
     def load(indices: Sequence[int]) -> list[Trajectory]:
         out = []
         for i in indices:
-            puzzle = synthetic.make_puzzle(SEED_SFT + i, levels[i % len(levels)], config)
-            traj = synthetic.expert_trajectory(puzzle, seed=i, weights=weights)
+            puzzle = make_puzzle(SEED_SFT + i, levels[i % len(levels)], config)
+            traj = expert_trajectory(puzzle, seed=i, weights=weights)
             conv = [m for m in traj.conversations if system or m["from"] != "system"]
             out.append(conversation_trajectory(conv, traj.images, tokenizer, processor, min_pixels=data.min_pixels,
                                                max_pixels=data.max_pixels, name=f"synthetic {data.synthetic}[{i}]"))

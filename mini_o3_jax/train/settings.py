@@ -1,0 +1,67 @@
+"""The `train` block of an SFT or RL config as a typed dataclass (`config_files.from_block`).
+
+    t = train_settings(cfg, "ppo")        # RLTrain: an unknown key is a ConfigError naming train.<key>
+    spec = t.batch_spec(tokenizer.endoftext_id)
+
+The block mixes settings of three consumers: how examples are cut into micro-batches (`BatchSpec`), what the
+trainer computes (`StepConfig`) and the loop's own knobs (steps, batch size, prompts per step...). The first
+two keep their defaults in `BatchSpec` and `StepConfig`; the fields here point at them rather than restate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from mini_o3_jax.config_files import from_block
+from mini_o3_jax.train.batch import BatchSpec
+from mini_o3_jax.train.step import StepConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What SFT and RL `train` blocks share."""
+
+    steps: int = 0  # SFT: 0 derives it from epochs
+    micro_batch: int = BatchSpec.micro_batch
+    min_length: int = BatchSpec.min_length
+    max_length: int = BatchSpec.max_length
+    min_windows: int = BatchSpec.min_windows
+    loss_agg: str = "token-mean"
+    trainable: str = StepConfig.trainable
+    logits_chunk: int = StepConfig.logits_chunk
+    # the log-probs' temperature: SFT trains at 1.0 unless this says; RL's is rollout.sampling.temperature (an
+    # older RL config's train.temperature must agree with it: `session.logprob_temperature`)
+    temperature: float | None = None
+
+    def batch_spec(self, pad_id: int) -> BatchSpec:
+        """`pad_id`: the tokenizer's `<|endoftext|>` (padding must be a row of the embedding)."""
+        return BatchSpec(micro_batch=self.micro_batch, min_length=self.min_length, max_length=self.max_length,
+                         min_windows=self.min_windows, pad_id=pad_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTTrain(TrainConfig):
+    """Cold-start SFT (spec §3): `steps` or `epochs` over the data, `batch_size` sequences an optimizer step."""
+
+    epochs: float = 3.0
+    batch_size: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class RLTrain(TrainConfig):
+    """GRPO (spec §4): prompts a step, mini-batch updates, dynamic sampling, over-turn masking."""
+
+    steps: int = 100
+    prompts_per_step: int = 256
+    mini_batch_prompts: int = 32
+    dynamic_sampling: bool = True
+    max_gen_batches: int = 256
+    mask_exceeded: bool = True  # over-turn masking (actor.ignore_exceed)
+    loss_agg: str = "seq-mean-token-mean"
+
+
+def train_settings(cfg: ml_collections.ConfigDict, loss: str) -> TrainConfig:
+    """`cfg.train` as RLTrain (loss "ppo") or SFTTrain."""
+    return from_block(RLTrain if loss == "ppo" else SFTTrain, cfg.train, "train")
