@@ -131,8 +131,9 @@ def test_a_dripping_server_is_cut_off_at_the_request_deadline(serve) -> None:
     with judge(srv.url + "/v1", timeout_s=1.0, attempts=2) as j:
         assert j.score([ITEM]) == [None]
         elapsed = time.monotonic() - start
-    # two attempts of 1 s each; a per-read timeout would have let each run 20 s (100 bytes x 0.2 s)
-    assert elapsed < 2 * 3 * 1.0, elapsed
+    # two attempts of 1 s each (~2 s); a per-read timeout would have let each run 20 s (100 bytes x 0.2 s), 40 s
+    # in all: the bound sits far from both, so machine load cannot decide it
+    assert elapsed < 20, elapsed
     assert len(srv.paths) == 2 and j.stats.failures == 1 and j.stats.retries == 1
     assert "no complete reply" in j.last_error and "within 1 s" in j.last_error
 

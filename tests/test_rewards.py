@@ -12,6 +12,7 @@ import concurrent.futures
 import os
 import re
 import socket
+import threading
 import time
 import urllib.parse
 
@@ -23,7 +24,7 @@ from mini_o3_jax.scoring.judge_config import JudgeConfig, config_defaults
 from mini_o3_jax.scoring.judge_prompts import SYSTEM_PROMPT, USER_PROMPT_TEMPLATE, build_messages, parse_score
 from mini_o3_jax.scoring.rules import SCORERS, rule_score, score_choice, score_exact, score_numeric
 from mini_o3_jax.scoring.scorer import Scorer, extract_answer
-from tests.helpers import FakeJudgeServer, Reply, grade
+from tests.helpers import FakeJudgeServer, Recorded, Reply, grade
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUESTION = "<image>\nWhat colour is the car parked next to the red door?"
@@ -208,10 +209,10 @@ def test_garbage_every_time_gives_none(server: FakeJudgeServer) -> None:
 
 def test_slow_first_attempt_times_out_then_retries(server: FakeJudgeServer) -> None:
     server.script = lambda req, n: Reply("Score: 1", delay=1.0 if n == 0 else 0.0)
-    start = time.monotonic()
     with make_judge(server, timeout_s=0.3) as judge:
         assert judge.score([JudgeItem(QUESTION, "blue", "blue")]) == [1.0]
-    assert time.monotonic() - start < 0.9  # gave up on the stalled request instead of waiting for it
+    # gave up on the stalled request instead of waiting for it: waiting would have scored its late reply with
+    # one request and no retry (no wall-clock bound here: a busy CI machine must not decide this test)
     assert len(server.requests) == 2
     assert judge.stats.retries == 1
 
@@ -295,18 +296,28 @@ def test_corrupt_cache_lines_are_skipped(server: FakeJudgeServer, tmp_path) -> N
 
 
 def test_submit_is_non_blocking_and_concurrent(server: FakeJudgeServer) -> None:
-    server.script = lambda req, n: Reply("Score: 1", delay=0.2)
+    """No clock in it: the server holds every reply until the test opens a gate, so `submit` returning with
+    the future not done, and 16 requests in flight at once, are facts whatever the machine's load."""
+    gate = threading.Event()
+
+    def held(req: Recorded, n: int) -> Reply:
+        assert gate.wait(timeout=120), "the test never opened the gate"
+        return Reply("Score: 1")
+
+    server.script = held
     items = [JudgeItem(QUESTION, f"answer {i}", f"answer {i}") for i in range(64)]
     with make_judge(server, concurrency=16) as judge:
-        start = time.monotonic()
         future = judge.submit(items)
         assert isinstance(future, concurrent.futures.Future)
-        assert time.monotonic() - start < 0.15 and not future.done()  # returned before any reply came back
-        assert future.result(timeout=10) == [1.0] * 64
-        elapsed = time.monotonic() - start
+        assert not future.done()  # returned while no reply can have come back
+        deadline = time.monotonic() + 60  # a bound on a hang only; reached in milliseconds on an idle machine
+        while server.in_flight < 16 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.in_flight == 16 and not future.done()  # 16 at once: concurrent, not serial
+        gate.set()
+        assert future.result(timeout=60) == [1.0] * 64
     assert len(server.requests) == 64
-    assert elapsed < 3.0  # serial would take 64 * 0.2 = 12.8 s; 16 at a time needs about 0.8 s
-    assert 8 <= server.max_in_flight <= 16  # concurrent, and bounded by config.concurrency
+    assert server.max_in_flight == 16  # bounded by config.concurrency
 
 
 def test_submit_after_close_is_an_error(server: FakeJudgeServer) -> None:
