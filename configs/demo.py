@@ -16,8 +16,9 @@ import os
 
 import ml_collections
 
-from mini_o3_jax.config_files import load_config
+from mini_o3_jax.config_files import load_config, to_block
 from mini_o3_jax.model.presets import preset
+from mini_o3_jax.toy.recipe import ToyData
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -38,14 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
     # square targets
     c.scene = "toy"
     c.system_prompt = False  # a model trained from scratch needs no instruction; saves 226 tokens a sequence
-    c.data = ml_collections.ConfigDict()
-    # held-out puzzles per level (the scene's levels: easy and hard); 32 x Avg@8 = 256 samples a level, so
-    # one puzzle more or less right moves a level by ~3 points, not 6
-    c.data.eval_per_level = 32
-    c.data.tokenizer_puzzles = 60
-    c.data.vocab_size = 700
-    # the levels RL prompts cycle through (empty: all): the hard one, where SFT leaves room
-    c.data.rl_levels = ["hard"]
+    # toy.recipe.ToyData: 32 held-out puzzles a level, a 700-token BPE trained on 60 puzzles' texts, RL prompts
+    # of the hard level
+    c.data = to_block(ToyData())
 
     m = preset("tiny")
     m["text"].update(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,

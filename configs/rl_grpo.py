@@ -26,11 +26,16 @@ It reads prompts from `data.path` or `data.sets` instead when set, and starts fr
 
 import ml_collections
 
-from mini_o3_jax.agent.prompts import SYSTEM_PROMPT_TOOL_CROP
+from mini_o3_jax.agent.environment import EnvConfig
+from mini_o3_jax.config_files import to_block
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.infer import DEMO_MODEL
 from mini_o3_jax.model.presets import preset
+from mini_o3_jax.rl.loop import RLRollout
 from mini_o3_jax.scoring.judge_config import config_defaults
+from mini_o3_jax.train.losses import PPOConfig
+from mini_o3_jax.train.optim import OptimConfig
+from mini_o3_jax.train.settings import CheckpointConfig, RLTrain
 
 
 def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
@@ -54,32 +59,16 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     c.data.sets = ""
     c.data.tfds_dir = "data/tfds"
 
-    c.env = ml_collections.ConfigDict()
-    c.env.max_turns = 6
-    c.env.max_images = 12
-    c.env.max_context = 32768
-    c.env.context_guard = 2000
-    c.env.min_pixels = 40_000
-    c.env.max_pixels = 2_000_000
-    c.env.observation_numbering = "released"
-    c.env.exif_transpose = False  # as stored, as the release (spec 2); True rotates photos by their EXIF tag
-    # the system turn of every episode: the released `tool_crop` prompt (spec 1.1); "" (or False / None) for
-    # none, as a model trained without one needs (the packaged demo model: its agent.json says so)
-    c.env.system_prompt = SYSTEM_PROMPT_TOOL_CROP
-
-    c.rollout = ml_collections.ConfigDict()
-    c.rollout.samples = 16  # n rollouts per prompt (one GRPO group)
-    c.rollout.sampling = ml_collections.ConfigDict()
-    # the sampling temperature, and the one the trainer's log-probs (old and new) are computed at: one setting,
-    # as the release samples and recomputes old log-probs at T=1.0 (a disagreeing `train.temperature` is an error)
-    c.rollout.sampling.temperature = 1.0
-    c.rollout.sampling.top_k = 0
-    c.rollout.sampling.top_p = 1.0
-    c.rollout.slots = 64  # episodes decoding together per host
-    c.rollout.max_len = 32768
-    c.rollout.decode_chunk = 64
-    c.rollout.max_turn_tokens = 8192
-    c.rollout.workers = 8
+    # EnvConfig's defaults are the released training limits: 6 turns, 12 images, 32k context with a 2,000-token
+    # guard, 40k-2M pixels, images as stored (no EXIF rotation), the `tool_crop` system prompt (spec 1.1; ""
+    # or False / None for none, as a model trained without one needs); the vocabulary limit is the tokenizer's
+    c.env = to_block(EnvConfig(), skip=("max_token_id",))
+    # rl.loop.RLRollout: 16 rollouts per prompt (one GRPO group), sampled at T=1.0, top_p 1, top_k off; the
+    # sampling temperature is also the one the trainer's log-probs (old and new) are computed at (a disagreeing
+    # `train.temperature` is an error). The engine's environment is the env block; 64 episodes decode
+    # together per host, with 8 environment workers
+    c.rollout = to_block(RLRollout(slots=64, workers=8),
+                         skip=("env", "sampling.max_token_id", "sampling.banned_ids"))
 
     c.reward = ml_collections.ConfigDict()
     c.reward.kind = "judge"  # or "choice" / "exact" / "numeric" (rule-based, no judge)
@@ -88,43 +77,16 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     # timeout_s bounds each request end to end, max_reply_bytes caps a reply (e.g. --config.reward.judge.timeout_s=30)
     c.reward.judge = ml_collections.ConfigDict(config_defaults())
 
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 100
-    c.train.prompts_per_step = 256
-    c.train.mini_batch_prompts = 32  # 8 updates per RL step
-    c.train.micro_batch = 1
-    c.train.dynamic_sampling = True
-    c.train.max_gen_batches = 256
-    c.train.mask_exceeded = True  # over-turn masking (actor.ignore_exceed)
-    c.train.loss_agg = "seq-mean-token-mean"
-    c.train.trainable = "all"  # the RL actor trains the vision tower too
-    c.train.max_length = 32768 + 8192
-    c.train.min_length = 1024
-    c.train.min_windows = 0  # smallest bucket of vision attention windows a micro-batch is padded to
-    c.train.logits_chunk = 1024
+    # train.settings.RLTrain: 100 steps of 256 prompts, 8 mini-batch updates of 32 prompts, dynamic sampling,
+    # over-turn masking, seq-mean-token-mean, the vision tower trained too; sequences up to 32k + 8k tokens
+    c.train = to_block(RLTrain(min_length=1024, logits_chunk=1024), skip=("temperature",))
+    # PPOConfig's defaults are the released objective: clip-higher 0.2/0.3, no KL, no entropy bonus
+    c.ppo = to_block(PPOConfig())
+    # OptimConfig's defaults are the released actor's AdamW: lr 1e-6 constant, wd 0.01, clip 1.0
+    c.optim = to_block(OptimConfig())
 
-    c.ppo = ml_collections.ConfigDict()
-    c.ppo.clip_low = 0.2
-    c.ppo.clip_high = 0.3
-    c.ppo.log_ratio_clamp = 20.0
-    c.ppo.kl_coef = 0.0
-    c.ppo.kl_type = "k3"
-    c.ppo.entropy_coef = 0.0
-
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-6
-    c.optim.schedule = "constant"
-    c.optim.warmup_ratio = 0.0
-    c.optim.weight_decay = 0.01
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.grad_clip = 1.0
-
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every = 25
-    c.checkpoint.keep = 3
-    c.checkpoint.async_save = True
+    # train.settings.CheckpointConfig: every 25 steps, the newest 3 kept, saved in the background
+    c.checkpoint = to_block(CheckpointConfig(every=25))
     if mode == "tiny":
         tiny(c)
     elif mode is not None:

@@ -25,9 +25,12 @@ data synthetic --preset toy`), and starts from another checkpoint with `--config
 
 import ml_collections
 
+from mini_o3_jax.config_files import to_block
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.infer import DEMO_MODEL
 from mini_o3_jax.model.presets import preset
+from mini_o3_jax.train.optim import OptimConfig
+from mini_o3_jax.train.settings import CheckpointConfig, SFTTrain
 
 
 def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
@@ -52,32 +55,16 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     c.data.min_pixels = 40_000
     c.data.max_pixels = 2_000_000
 
-    c.train = ml_collections.ConfigDict()
-    c.train.epochs = 3.0
-    c.train.steps = 0  # 0: derived from epochs
-    c.train.batch_size = 32  # sequences per optimizer step (4 per GPU on 8 GPUs)
-    c.train.micro_batch = 1  # sequences per forward/backward (gradient accumulation over the rest)
-    c.train.loss_agg = "token-mean"
-    c.train.trainable = "language_model"  # freeze_vision_tower + freeze_multi_modal_projector
-    c.train.max_length = 32768  # cutoff_len
-    c.train.min_length = 1024  # smallest length bucket
-    c.train.min_windows = 0  # smallest bucket of vision attention windows a micro-batch is padded to
-    c.train.logits_chunk = 1024
+    # train.settings.SFTTrain: 3 epochs (steps 0: derived from them), 32 sequences an optimizer step (4 per GPU
+    # on 8 GPUs) in micro-batches of 1, token-mean loss; cutoff_len 32768; the LLM alone is trained
+    # (freeze_vision_tower + freeze_multi_modal_projector)
+    c.train = to_block(SFTTrain(trainable="language_model", max_length=32768, min_length=1024, logits_chunk=1024))
+    # OptimConfig with LLaMA-Factory's values: lr 1e-5 cosine with 10% warmup, no weight decay (the HF Trainer
+    # default); betas, eps and clip 1.0 are OptimConfig's
+    c.optim = to_block(OptimConfig(lr=1e-5, schedule="cosine", warmup_ratio=0.1, weight_decay=0.0))
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-5
-    c.optim.schedule = "cosine"
-    c.optim.warmup_ratio = 0.1
-    c.optim.weight_decay = 0.0  # LLaMA-Factory / HF Trainer default
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.grad_clip = 1.0
-
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every = 100
-    c.checkpoint.keep = 3
-    c.checkpoint.async_save = True
+    # train.settings.CheckpointConfig: every 100 steps, the newest 3 kept, saved in the background
+    c.checkpoint = to_block(CheckpointConfig())
     if mode == "tiny":
         tiny(c)
     elif mode is not None:

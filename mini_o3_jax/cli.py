@@ -192,12 +192,12 @@ def _train_parts(args):
 
 
 def cmd_sft(args) -> None:
-    from mini_o3_jax.sft.loop import run_sft, sft_from_file
+    from mini_o3_jax.sft.loop import run_sft, sft_data, sft_from_file
 
     cfg, tok, proc, side = _train_parts(args)
-    d = cfg.data
-    if not d.get("path") and not d.get("tfds_dir"):
-        if not d.get("synthetic"):
+    d = sft_data(cfg)
+    if not d.path and not d.tfds_dir:
+        if not d.synthetic:
             raise ConfigError(f"{args.config}: no training data: set --config.data.path=FILE (a LLaMA-Factory sharegpt "
                               "JSON such as Mini-o3-Coldstart.json) or --config.data.tfds_dir=DIR (the prepared set)")
         from mini_o3_jax.toy.sources import sft_examples
@@ -212,21 +212,21 @@ def cmd_sft(args) -> None:
 def cmd_rl(args) -> None:
     from mini_o3_jax.data.direct import read_prompts
     from mini_o3_jax.rl.data import DatasetPrompts
-    from mini_o3_jax.rl.loop import run_rl
+    from mini_o3_jax.rl.loop import rl_data, run_rl
 
     cfg, tok, proc, side = _train_parts(args)
-    d = cfg.data
-    if d.get("sets"):  # prepared registry sets, e.g. visualprobe_train,deepeyes_train_4k
+    d = rl_data(cfg)
+    if d.sets:  # prepared registry sets, e.g. visualprobe_train,deepeyes_train_4k
         prompts = DatasetPrompts([n.strip() for n in d.sets.split(",") if n.strip()], d.tfds_dir)
-    elif d.get("path"):
+    elif d.path:
         bad: list = []
-        prompts = read_prompts(d.path, d.get("image_root") or None, bad=bad,
-                               allow_absolute_images=bool(d.get("allow_absolute_images", False)))
+        prompts = read_prompts(d.path, d.image_root or None, bad=bad,
+                               allow_absolute_images=d.allow_absolute_images)
         if bad:
             from mini_o3_jax.data.records import describe_bad
 
             print(f"rl: {len(bad)} unusable prompt row(s) skipped, {len(prompts)} kept:\n{describe_bad(bad, 10)}")
-    elif d.get("synthetic"):  # generated puzzles (configs/rl_tiny.py)
+    elif d.synthetic:  # generated puzzles (configs/rl_tiny.py)
         from mini_o3_jax.toy.sources import rl_prompts
 
         prompts = rl_prompts(d)

@@ -74,3 +74,51 @@ def test_the_tiny_configs_are_a_local_mode_of_the_main_ones():
             load_config(f"{main}:huge")
     with pytest.raises(ConfigError, match="takes no argument"):
         load_config("qwen2_5_vl_tiny:tiny")
+
+
+def test_data_and_checkpoint_blocks_are_typed_and_strict():
+    """`data` (SFTData / RLData) and `checkpoint` (CheckpointConfig) are read once through the converter: an
+    unknown key is one error naming data.<key> / checkpoint.<key>, and the dataclass's checks run."""
+    from mini_o3_jax.config_files import load_config
+    from mini_o3_jax.errors import ConfigError
+    from mini_o3_jax.rl.loop import rl_data
+    from mini_o3_jax.sft.loop import sft_data
+    from mini_o3_jax.train.settings import CheckpointConfig, checkpoint_settings
+
+    sft = sft_data(load_config("sft_tiny"))
+    assert (sft.synthetic, sft.synthetic_levels, dict(sft.synthetic_patterns)) == ("toy", (), {"direct": 1.0})
+    assert (sft.system_prompt, sft.min_pixels, sft.max_pixels) == (False, 3136, 12_544)
+    rl = rl_data(load_config("rl_tiny", ["data.image_root=imgs"]))
+    assert (rl.synthetic, rl.synthetic_levels, rl.image_root, rl.tfds_dir) == ("toy", ("hard",), "imgs", "data/tfds")
+    assert checkpoint_settings(load_config("rl_grpo")) == CheckpointConfig(every=25)
+    assert checkpoint_settings(load_config("sft_coldstart")) == CheckpointConfig()
+
+    for name, read in (("sft_coldstart", sft_data), ("rl_grpo", rl_data)):
+        cfg = load_config(name)
+        cfg.data.imge_root = "x"
+        with pytest.raises(ConfigError, match=r"unknown setting data\.imge_root \(did you mean data\.image_root\?\)"):
+            read(cfg)
+    cfg = load_config("rl_grpo")
+    cfg.checkpoint.evry = 5
+    with pytest.raises(ConfigError, match=r"unknown setting checkpoint\.evry \(did you mean checkpoint\.every\?\)"):
+        checkpoint_settings(cfg)
+    with pytest.raises(ConfigError, match=r"checkpoint\.every = 0; expected an integer >= 1"):
+        checkpoint_settings(load_config("sft_coldstart", ["checkpoint.every=0"]))
+
+
+def test_the_released_blocks_are_their_dataclasses_defaults_where_the_release_keeps_them():
+    """Each default lives once, in its dataclass: the released configs build env / ppo / optim from it."""
+    from mini_o3_jax.agent.environment import EnvConfig
+    from mini_o3_jax.config_files import from_block, load_config
+    from mini_o3_jax.rl.loop import rollout_settings
+    from mini_o3_jax.train.losses import PPOConfig
+    from mini_o3_jax.train.optim import OptimConfig
+
+    rl = load_config("rl_grpo")
+    assert from_block(EnvConfig, rl.env, "env") == EnvConfig()
+    assert from_block(PPOConfig, rl.ppo, "ppo") == PPOConfig()
+    assert from_block(OptimConfig, rl.optim, "optim") == OptimConfig()
+    assert (rollout_settings(rl).slots, rollout_settings(rl).workers, rl.rollout.samples) == (64, 8, 16)
+    assert "max_token_id" not in rl.env and "env" not in rl.rollout and "banned_ids" not in rl.rollout.sampling
+    sft = from_block(OptimConfig, load_config("sft_coldstart").optim, "optim")
+    assert sft == OptimConfig(lr=1e-5, schedule="cosine", warmup_ratio=0.1, weight_decay=0.0)

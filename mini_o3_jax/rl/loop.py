@@ -57,6 +57,25 @@ class RLRollout(EngineConfig):
     samples: int = 16  # rollouts per prompt
 
 
+@dataclasses.dataclass(frozen=True)
+class RLData:
+    """The `data` block of an RL config: a prompt file (`path`), prepared registry sets (`sets`), or, with
+    neither, puzzles generated from a `toy.scene.PRESETS` scene (`synthetic`: `mini_o3_jax.toy.sources`)."""
+
+    path: str = ""  # released JSON: images / problem / solution / data_source / doc_id
+    image_root: str = ""  # $BASE_IMAGE_DIR
+    allow_absolute_images: bool = False  # True: also read absolute image paths outside image_root
+    sets: str = ""  # comma-separated prepared sets (`mini-o3 data prepare`), read lazily
+    tfds_dir: str = "data/tfds"
+    synthetic: str = ""  # a toy scene preset; "": read path / sets
+    synthetic_levels: tuple[str, ...] = ()  # the levels in turn; empty: all of the scene's
+
+
+def rl_data(cfg: ml_collections.ConfigDict) -> RLData:
+    """`cfg.data` typed: an unknown key is a ConfigError naming data.<key>."""
+    return from_block(RLData, cfg.data, "data")
+
+
 def rollout_settings(cfg: ml_collections.ConfigDict) -> RLRollout:
     """`cfg.rollout` (with its `sampling` group) and `cfg.env`, typed and checked."""
     return from_block(RLRollout, cfg.rollout, "rollout", env=from_block(EnvConfig, cfg.env, "env"))
@@ -195,7 +214,7 @@ def run_rl(
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", turns=f"{metrics['turns_mean']:.2f}")
                 rl_step += 1
                 meta = {"kind": "rl", "prompt_position": position, "rl_step": rl_step}
-                if session.checkpoint(rl_step, t.steps, cfg.checkpoint.every, meta, guard, console):
+                if session.checkpoint(rl_step, t.steps, meta, guard, console):
                     return metrics
     finally:
         bar.close()

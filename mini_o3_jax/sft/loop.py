@@ -8,18 +8,20 @@ thread while the previous step runs on the device.
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
 from mini_o3_jax.agent.trajectory import Trajectory
+from mini_o3_jax.config_files import from_block
 from mini_o3_jax.data.direct import read_sharegpt
 from mini_o3_jax.data.records import BadRecord, describe_bad
 from mini_o3_jax.model.config import ModelConfig
 from mini_o3_jax.processing.chat import Tokenizer
-from mini_o3_jax.processing.image import ImageProcessor
+from mini_o3_jax.processing.image import MINI_O3_MAX_PIXELS, MINI_O3_MIN_PIXELS, ImageProcessor
 from mini_o3_jax.processing.inputs import PAD_ID
 from mini_o3_jax.sft.data import sharegpt_trajectories
 from mini_o3_jax.train.batch import (
@@ -32,6 +34,30 @@ from mini_o3_jax.train.checkpoint import PreemptionGuard
 from mini_o3_jax.train.metrics import StepTimer, tokens_per_second
 from mini_o3_jax.train.session import open_session
 from mini_o3_jax.train.settings import train_settings
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTData:
+    """The `data` block of an SFT config: a sharegpt file (`path`) or its prepared TFDS copy (`tfds_dir`),
+    or, with neither, trajectories generated from a `toy.scene.PRESETS` scene (`synthetic`, the toy world's
+    settings: `mini_o3_jax.toy.sources.sft_examples`)."""
+
+    path: str = ""  # Mini-o3-Coldstart.json; with tfds_dir, the downloaded folder to prepare from
+    image_root: str = ""  # "": the JSON file's folder, then its parent
+    allow_absolute_images: bool = False  # True: also read absolute image paths outside image_root
+    tfds_dir: str = ""
+    min_pixels: int = MINI_O3_MIN_PIXELS
+    max_pixels: int = MINI_O3_MAX_PIXELS
+    synthetic: str = ""  # a toy scene preset; "": read path / tfds_dir
+    synthetic_levels: tuple[str, ...] = ()  # the levels in turn; empty: all of the scene's
+    # the expert's reasoning patterns and their weights (toy.expert.PATTERNS); empty: its default mix
+    synthetic_patterns: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    system_prompt: bool = True  # keep the expert's system turn in generated trajectories
+
+
+def sft_data(cfg: ml_collections.ConfigDict) -> SFTData:
+    """`cfg.data` typed: an unknown key is a ConfigError naming data.<key>."""
+    return from_block(SFTData, cfg.data, "data")
 
 
 def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
@@ -103,7 +129,7 @@ def run_sft(
                 session.writer.write(trainer.step, metrics)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                if session.checkpoint(trainer.step, total, cfg.checkpoint.every, {"kind": "sft"}, guard, console):
+                if session.checkpoint(trainer.step, total, {"kind": "sft"}, guard, console):
                     return metrics
     finally:
         bar.close()
@@ -120,17 +146,17 @@ def sft_from_file(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, processo
     """SFT on a LLaMA-Factory sharegpt file (`cfg.data.path`, e.g. Mini-o3-Coldstart.json) or, with
     `cfg.data.tfds_dir`, on the prepared cold-start set (`cfg.data.path` then names the downloaded
     folder to prepare from when it is not prepared yet: the published parquet or the JSON)."""
-    d = cfg.data
-    absolute = bool(d.get("allow_absolute_images", False))
+    d = sft_data(cfg)
+    absolute = d.allow_absolute_images
     bad: list[BadRecord] = []
-    if d.get("tfds_dir"):
+    if d.tfds_dir:
         from mini_o3_jax.data import loader
 
-        records = loader.coldstart_records(d.tfds_dir, source_dir=d.path or None, image_root=d.get("image_root") or None,
+        records = loader.coldstart_records(d.tfds_dir, source_dir=d.path or None, image_root=d.image_root or None,
                                            allow_absolute_images=absolute)
         bad = loader.bad_records("coldstart", d.tfds_dir)
     else:
-        records = read_sharegpt(d.path, d.get("image_root") or None, allow_absolute_images=absolute, bad=bad)
+        records = read_sharegpt(d.path, d.image_root or None, allow_absolute_images=absolute, bad=bad)
     if bad and console is not None:
         console(f"sft: {len(bad)} unusable row(s) skipped, {len(records)} kept:\n{describe_bad(bad, 10)}")
 

@@ -14,6 +14,7 @@ continues where it stopped. Every number in the report is measured by the run it
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -28,6 +29,7 @@ from flax import nnx
 from mini_o3_jax.agent.prompts import SYSTEM_PROMPT_TOOL_CROP
 from mini_o3_jax.agent.settings import write_agent_settings
 from mini_o3_jax.agent.trajectory import Trajectory
+from mini_o3_jax.config_files import from_block
 from mini_o3_jax.data import loader
 from mini_o3_jax.data.records import Record
 from mini_o3_jax.errors import ConfigError
@@ -114,9 +116,24 @@ def _write_provenance(stage_dir: str, init: str) -> None:
 CORPUS_SKIP = ("check",)
 
 
+@dataclasses.dataclass(frozen=True)
+class ToyData:
+    """The demo config's `data` block: the held-out puzzles, the tokenizer's corpus and the RL prompts' levels
+    (why these values: docs/demo.md)."""
+
+    # held-out puzzles per level (the scene's levels: easy and hard); 32 x Avg@8 = 256 samples a level, so
+    # one puzzle more or less right moves a level by ~3 points, not 6
+    eval_per_level: int = 32
+    tokenizer_puzzles: int = 60  # puzzles whose texts the BPE tokenizer is trained on
+    vocab_size: int = 700
+    # the levels RL prompts cycle through (empty: all): the hard one, where SFT leaves room
+    rl_levels: tuple[str, ...] = ("hard",)
+
+
 class Recipe:
     def __init__(self, cfg: ml_collections.ConfigDict, console: Callable[[str], None] | None = print):
         self.cfg, self.console = cfg, console
+        self.toy_data = from_block(ToyData, cfg.data, "data")
         self.out = os.path.abspath(cfg.out_dir)
         self.scene = scene_config(cfg)
         self.timings: dict[str, float] = {}
@@ -144,7 +161,7 @@ class Recipe:
             name = f"synthetic_{level}"
             path = os.path.join(src, name, "val.json")
             if not os.path.exists(path):
-                write_benchmark(src, level, self.cfg.data.eval_per_level, seed=SEED_EVAL + i,
+                write_benchmark(src, level, self.toy_data.eval_per_level, seed=SEED_EVAL + i,
                                           config=self.scene)
             loader.prepare(name, os.path.dirname(path), tfds_dir)
             sets[name] = loader.load(name, tfds_dir)
@@ -174,14 +191,14 @@ class Recipe:
             proc.save_pretrained(self.tok_dir)
             self._write_agent()
         elif not os.path.exists(os.path.join(self.tok_dir, "tokenizer.json")):
-            texts = protocol_corpus() + tokenizer_texts(self.scene, n=self.cfg.data.tokenizer_puzzles)
+            texts = protocol_corpus() + tokenizer_texts(self.scene, n=self.toy_data.tokenizer_puzzles)
             for name in self.cfg.perception_stages:  # the perception stages' questions and answers
                 question = self._perception_questions(name)
                 skills = list(self.cfg[name].skills)
                 for i in range(4 * len(skills) if self.cfg[name].train.steps else 0):
                     if skills[i % len(skills)] not in CORPUS_SKIP:
                         texts += [m["value"] for m in question(i)[0]]
-            tok = train_bpe_tokenizer(texts, vocab_size=self.cfg.data.vocab_size)
+            tok = train_bpe_tokenizer(texts, vocab_size=self.toy_data.vocab_size)
             tok.save_pretrained(self.tok_dir)
             proc.save_pretrained(self.tok_dir)
             self._write_agent()
@@ -272,7 +289,7 @@ class Recipe:
         c.env.min_pixels, c.env.max_pixels = self.scene.min_pixels, self.scene.view_pixels
         if not self.cfg.system_prompt:
             c.env.system_prompt = None
-        prompts = PuzzlePrompts(self.scene, SEED_RL, levels=self.cfg.data.get("rl_levels", ()))
+        prompts = PuzzlePrompts(self.scene, SEED_RL, levels=self.toy_data.rl_levels)
         run_rl(c, prompts, tok, proc, console=self.console, side_files_from=self.tok_dir, label=name)
         return final
 
@@ -465,8 +482,9 @@ def write_recipe_report(out: str, results: dict[str, dict], timings: dict[str, f
     fig.savefig(os.path.join(out, "reward.png"))
     plt.close(fig)
 
+    held_out = from_block(ToyData, cfg.data, "data").eval_per_level
     lines = ["# Mini-o3 at toy scale: the measured run", "",
-             f"Held-out puzzles: {cfg.data.eval_per_level} per level; Avg@{k} at T=1.0, test limit "
+             f"Held-out puzzles: {held_out} per level; Avg@{k} at T=1.0, test limit "
              f"{cfg.eval.env.max_turns} turns; RL trained with {cfg.rl.env.max_turns} turns; training seed {cfg.seed}. "
              "Accuracy +- its standard error over the held-out puzzles (this run's evaluation noise; training "
              "seeds move the numbers further: `mini-o3 demo --seeds 0,1,2`).", "",

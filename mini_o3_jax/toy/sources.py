@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import ml_collections
-
 from mini_o3_jax.agent.trajectory import Trajectory
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
+from mini_o3_jax.rl.loop import RLData
+from mini_o3_jax.sft.loop import SFTData
 from mini_o3_jax.toy.expert import expert_trajectory
 from mini_o3_jax.toy.puzzles import make_puzzle
 from mini_o3_jax.toy.scene import PRESETS, SceneConfig
@@ -32,8 +32,8 @@ def scene(preset: str) -> SceneConfig:
     return PRESETS[preset]()
 
 
-def _levels(config: SceneConfig, data: ml_collections.ConfigDict) -> tuple[str, ...]:
-    levels = tuple(data.get("synthetic_levels") or ()) or config.levels
+def _levels(config: SceneConfig, data: SFTData | RLData) -> tuple[str, ...]:
+    levels = data.synthetic_levels or config.levels
     unknown = [lv for lv in levels if lv not in config.levels]
     if unknown:
         raise ConfigError(f"data.synthetic_levels = {list(levels)}: {unknown} not among the "
@@ -41,7 +41,7 @@ def _levels(config: SceneConfig, data: ml_collections.ConfigDict) -> tuple[str, 
     return levels
 
 
-def rl_prompts(data: ml_collections.ConfigDict) -> Sequence:
+def rl_prompts(data: RLData) -> Sequence:
     """RL prompts (`data.records.Record`s) of the `data.synthetic` scene, `data.synthetic_levels` in turn
     (empty: all), generated as they are read; the answer is scored with `reward.kind = "exact"`."""
     from mini_o3_jax.toy.recipe import SEED_RL, PuzzlePrompts
@@ -50,19 +50,19 @@ def rl_prompts(data: ml_collections.ConfigDict) -> Sequence:
     return PuzzlePrompts(config, SEED_RL, n=STREAM_LENGTH, levels=_levels(config, data))
 
 
-def sft_examples(data: ml_collections.ConfigDict, tokenizer: Tokenizer, processor: ImageProcessor
+def sft_examples(data: SFTData, tokenizer: Tokenizer, processor: ImageProcessor
                  ) -> tuple[Callable[[Sequence[int]], list[Trajectory]], int]:
     """(load(indices) -> trajectories, count) for `sft.loop.run_sft`: the scripted expert's correct
     multi-turn trajectories on puzzles of the `data.synthetic` scene (reasoning patterns drawn with the
-    weights `data.synthetic_patterns`), shown within `data.min_pixels` .. `data.max_pixels`, with the expert's system turn (the released tool_crop prompt) only when
-    `data.system_prompt` is true (the packaged demo model was trained without one)."""
+    weights `data.synthetic_patterns`), shown within `data.min_pixels` .. `data.max_pixels`, with the expert's
+    system turn (the released tool_crop prompt) only when `data.system_prompt` is true (the packaged demo model was trained without one)."""
     from mini_o3_jax.sft.data import conversation_trajectory
     from mini_o3_jax.toy.recipe import SEED_SFT
 
     config = scene(data.synthetic)
     levels = _levels(config, data)
-    system = bool(data.get("system_prompt", True))
-    weights = dict(data.get("synthetic_patterns") or {}) or None  # None: toy.expert.DEFAULT_PATTERN_WEIGHTS
+    system = data.system_prompt
+    weights = dict(data.synthetic_patterns) or None  # None: toy.expert.DEFAULT_PATTERN_WEIGHTS
 
     def load(indices: Sequence[int]) -> list[Trajectory]:
         out = []

@@ -26,7 +26,7 @@ from mini_o3_jax.train.checkpoint import TrainCheckpointer, abstract_like
 from mini_o3_jax.train.losses import PPOConfig
 from mini_o3_jax.train.metrics import MetricsWriter
 from mini_o3_jax.train.optim import OptimConfig, learning_rate, make_optimizer
-from mini_o3_jax.train.settings import train_settings
+from mini_o3_jax.train.settings import checkpoint_settings, train_settings
 from mini_o3_jax.train.step import StepConfig, Trainer
 
 
@@ -88,15 +88,16 @@ class Session:
     writer: MetricsWriter
     out_dir: str
     meta: dict[str, Any]  # restored meta ({} on a fresh start)
+    save_every: int  # checkpoint.every
 
     def save(self, meta: dict[str, Any], force: bool = False) -> bool:
         return self.checkpointer.save(self.trainer.step, self.trainer.state(), {**meta, "step": self.trainer.step},
                                       force=force)
 
-    def checkpoint(self, done: int, total: int, every: int, meta: dict[str, Any], guard, console=print) -> bool:
-        """After step `done` of `total`: save every `every` steps, at the end, and on preemption.
+    def checkpoint(self, done: int, total: int, meta: dict[str, Any], guard, console=print) -> bool:
+        """After step `done` of `total`: save every `save_every` steps, at the end, and on preemption.
         Returns True when the run must stop now (preempted: saved, committed, caller returns)."""
-        if done % every == 0 or done == total or guard.requested:
+        if done % self.save_every == 0 or done == total or guard.requested:
             self.save(meta)
         if not guard.requested:
             return False
@@ -133,7 +134,7 @@ def open_session(cfg: ml_collections.ConfigDict, loss: str, total_steps: int, co
     trainer = Trainer(model, make_optimizer(ocfg, total_steps), step_config(cfg, loss), mesh=mesh)
     trainer.schedule = learning_rate(ocfg, total_steps)
     out = os.path.abspath(cfg.out_dir)
-    ckpt = cfg.checkpoint
+    ckpt = checkpoint_settings(cfg)
     checkpointer = TrainCheckpointer(os.path.join(out, "checkpoints"), keep=ckpt.keep, async_save=ckpt.async_save)
     meta: dict[str, Any] = {}
     # the newest step that restores: a corrupt one is skipped with a warning (on the console and stderr)
@@ -145,4 +146,4 @@ def open_session(cfg: ml_collections.ConfigDict, loss: str, total_steps: int, co
             console(f"resumed from {checkpointer.directory} step {latest}")
     writer = MetricsWriter(os.path.join(out, "logs") if jax.process_index() == 0 else None,
                            log_every=cfg.log_every, console=console)
-    return Session(trainer, checkpointer, writer, out, meta)
+    return Session(trainer, checkpointer, writer, out, meta, ckpt.every)

@@ -1,6 +1,7 @@
 """The `train` block of an SFT or RL config as a typed dataclass (`config_files.from_block`).
 
     t = train_settings(cfg, "ppo")        # RLTrain: an unknown key is a ConfigError naming train.<key>
+    c = checkpoint_settings(cfg)          # CheckpointConfig, the `checkpoint` block
     spec = t.batch_spec(tokenizer.endoftext_id)
 
 The block mixes settings of three consumers: how examples are cut into micro-batches (`BatchSpec`), what the
@@ -15,6 +16,7 @@ import dataclasses
 import ml_collections
 
 from mini_o3_jax.config_files import from_block
+from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.train.batch import BatchSpec
 from mini_o3_jax.train.step import StepConfig
 
@@ -60,6 +62,29 @@ class RLTrain(TrainConfig):
     max_gen_batches: int = 256
     mask_exceeded: bool = True  # over-turn masking (actor.ignore_exceed)
     loss_agg: str = "seq-mean-token-mean"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """The `checkpoint` block: save every `every` steps (and at the end, and on preemption), keep the newest
+    `keep`, write in the background (`async_save`) while training goes on."""
+
+    every: int = 100
+    keep: int = 3
+    async_save: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("every", "keep"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"checkpoint.{name} = {value!r}; expected an integer >= 1")
+        if not isinstance(self.async_save, bool):
+            raise ConfigError(f"checkpoint.async_save = {self.async_save!r}; expected true or false")
+
+
+def checkpoint_settings(cfg: ml_collections.ConfigDict) -> CheckpointConfig:
+    """`cfg.checkpoint` typed: an unknown key is a ConfigError naming checkpoint.<key>."""
+    return from_block(CheckpointConfig, cfg.checkpoint, "checkpoint")
 
 
 def train_settings(cfg: ml_collections.ConfigDict, loss: str) -> TrainConfig:
