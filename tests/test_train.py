@@ -216,3 +216,41 @@ def test_rl_smoke_grpo_steps_log_and_checkpoint(parts, tmp_path):
     # the RL step count lives in the checkpoint: a finished run, started again, has nothing left to do
     assert run_rl(cfg, prompts, tok, proc, console=None) == {}
     assert [r["step"] for r in read_jsonl_metrics(os.path.join(cfg.out_dir, "logs"))] == [1, 2]
+
+
+def test_bf16_model_trains_on_fp32_masters_like_an_fp32_adamw(parts):
+    """At lr 1e-6 an AdamW step moves a weight by ~1e-6, under half a bf16 ulp of nearly every weight: a
+    bf16-only update leaves them unchanged (issue 19). The trainer keeps fp32 masters and moments and sums
+    gradients in fp32, so 8 updates must equal a numpy fp32 AdamW fed the same gradients."""
+    tok, proc, trajs, mcfg = parts
+    model = Qwen25VL(mcfg, dtype="bfloat16", rngs=nnx.Rngs(5))
+    opt = OptimConfig(lr=1e-6, grad_clip=0.0, weight_decay=0.01)
+    trainer = Trainer(model, make_optimizer(opt, 8), StepConfig(trainable="language_model"))
+    examples = examples_from_trajectories(trajs, proc, agg="token-mean")
+    batches, _ = micro_batches(examples, model.config, BatchSpec(micro_batch=2, min_length=16,
+                                                                 pad_id=tok.endoftext_id))
+    assert len(batches) == 2  # so gradients are accumulated across micro-batches
+    flat = lambda tree: [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]  # noqa: E731
+    p0 = flat(trainer.params)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(trainer.params))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(trainer.opt_state) if x.ndim)
+    ref, m, v = [x.copy() for x in p0], [np.zeros_like(x) for x in p0], [np.zeros_like(x) for x in p0]
+    for t in range(1, 9):
+        grads, _ = trainer.grads(batches)
+        assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+        for i, g in enumerate(flat(grads)):
+            m[i] = 0.9 * m[i] + 0.1 * g
+            v[i] = 0.999 * v[i] + 0.001 * g * g
+            step = (m[i] / (1 - 0.9 ** t)) / (np.sqrt(v[i] / (1 - 0.999 ** t)) + 1e-8)
+            ref[i] = ref[i] - 1e-6 * (step + 0.01 * ref[i])
+        trainer.train_step(batches)
+    got = flat(trainer.params)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)  # a few fp32 ulps over 8 steps
+    moved = sum(int((a != b).sum()) for a, b in zip(got, p0)) / sum(a.size for a in p0)
+    assert moved > 0.9
+    # what a bf16-only update keeps: the reference rounded back to bf16 is mostly the starting weights
+    bf16_moved = sum(int((np.asarray(jnp.asarray(a, jnp.bfloat16), np.float64) != b).sum())
+                     for a, b in zip(ref, p0)) / sum(a.size for a in p0)
+    assert bf16_moved < 0.5
+    assert trainer.model().dtype == jnp.bfloat16

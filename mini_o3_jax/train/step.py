@@ -6,6 +6,11 @@ batch weights carry the global normalisation, summing micro-batch gradients *is*
 the step's loss: no division by the accumulation count, identical for any micro-batch size.
 Under a mesh, parameters keep their logical-axis shardings and batches are split over
 (data, fsdp) rows; jit's SPMD partitioner inserts the collectives.
+
+Mixed precision: the trainer keeps fp32 master parameters and fp32 AdamW moments, and sums micro-batch
+gradients in fp32; the forward and backward run on a copy cast to the model's own dtype (bf16 at 7B). A
+bf16-only update loses RL: at lr 1e-6 an AdamW step moves a weight by ~1e-6, below half a bf16 ulp of
+nearly every weight, so ~98 % of weights never change (issue 19). For an fp32 model the casts are no-ops.
 """
 
 from __future__ import annotations
@@ -67,12 +72,13 @@ class Trainer:
         self.model_config = model.config
         graphdef, frozen, params = self._split(model)
         self.graphdef = graphdef
-        self.frozen, self.params = frozen, params
-        self.opt_state = jax.jit(optimizer.init)(params)
+        self.compute_dtype = jnp.dtype(model.dtype)  # what forward and backward run in
+        self.frozen, self.params = frozen, _cast(params, jnp.float32)  # fp32 masters
+        self.opt_state = jax.jit(optimizer.init)(self.params)
         self.step = 0
         self.schedule: Callable[[int], Any] | None = None  # the optimizer's lr schedule, for logging
-        self._grad_fn = jax.jit(functools.partial(_grads, graphdef, config))
-        self._logprob_fn = jax.jit(functools.partial(_logprobs_only, graphdef, config))
+        self._grad_fn = jax.jit(functools.partial(_grads, graphdef, config, self.compute_dtype))
+        self._logprob_fn = jax.jit(functools.partial(_logprobs_only, graphdef, config, self.compute_dtype))
         self._apply_fn = jax.jit(functools.partial(_apply, optimizer), donate_argnums=(0, 1))
         self._add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=(0,))
 
@@ -153,16 +159,22 @@ class Trainer:
         self.step = step
 
     def model(self) -> Qwen25VL:
-        """A `Qwen25VL` holding the current weights (for rollout, eval and export)."""
-        return _merged(self.graphdef, self.params, self.frozen)
+        """A `Qwen25VL` holding the current weights in the model's dtype (for rollout, eval and export)."""
+        return _merged(self.graphdef, _cast(self.params, self.compute_dtype), self.frozen)
+
+
+def _cast(tree: Any, dtype: jnp.dtype) -> Any:
+    """Floating leaves of `tree` as `dtype` (shardings kept; a no-op where they already are)."""
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def _merged(graphdef, params, frozen) -> Qwen25VL:
     return nnx.merge(graphdef, frozen, params)
 
 
-def _loss_fn(graphdef, cfg: StepConfig, params, frozen, batch: TrainBatch):
-    model = _merged(graphdef, params, frozen)
+def _loss_fn(graphdef, cfg: StepConfig, compute_dtype, params, frozen, batch: TrainBatch):
+    # the cast is inside the differentiated function: its transpose hands back fp32 gradients for the masters
+    model = _merged(graphdef, _cast(params, compute_dtype), frozen)
     want_entropy = cfg.loss == "ppo" and cfg.ppo.entropy_coef != 0
     logp, entropy = logprobs(model, batch, chunk=cfg.logits_chunk, temperature=cfg.temperature,
                              with_entropy=want_entropy)
@@ -171,15 +183,15 @@ def _loss_fn(graphdef, cfg: StepConfig, params, frozen, batch: TrainBatch):
     return ppo_loss(logp, batch, cfg.ppo, entropy)
 
 
-def _grads(graphdef, cfg: StepConfig, params, frozen, batch: TrainBatch):
+def _grads(graphdef, cfg: StepConfig, compute_dtype, params, frozen, batch: TrainBatch):
     frozen = jax.lax.stop_gradient(frozen)
     (_, metrics), grads = jax.value_and_grad(
-        functools.partial(_loss_fn, graphdef, cfg), has_aux=True)(params, frozen, batch)
+        functools.partial(_loss_fn, graphdef, cfg, compute_dtype), has_aux=True)(params, frozen, batch)
     return grads, metrics
 
 
-def _logprobs_only(graphdef, cfg: StepConfig, params, frozen, batch: TrainBatch):
-    model = _merged(graphdef, params, frozen)
+def _logprobs_only(graphdef, cfg: StepConfig, compute_dtype, params, frozen, batch: TrainBatch):
+    model = _merged(graphdef, _cast(params, compute_dtype), frozen)
     return logprobs(model, batch, chunk=cfg.logits_chunk, temperature=cfg.temperature)[0]
 
 
