@@ -49,6 +49,7 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     c.out_dir = "runs/rl_grpo"
     c.log_every = 1
     c.mesh = {"data": 1, "fsdp": -1, "tensor": 1}
+    c.sharding = {}  # overrides of parallel/rules.py's table, {logical axis: mesh axis | [axes] | None}
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # released JSON: images / problem / solution / data_source / doc_id

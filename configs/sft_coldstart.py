@@ -44,6 +44,7 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     c.out_dir = "runs/sft_coldstart"
     c.log_every = 1
     c.mesh = {"data": 1, "fsdp": -1, "tensor": 1}
+    c.sharding = {}  # overrides of parallel/rules.py's table, {logical axis: mesh axis | [axes] | None}
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # Mini-o3-Coldstart.json (LLaMA-Factory sharegpt: conversations + images)
@@ -88,7 +89,7 @@ def tiny(c: ml_collections.ConfigDict) -> None:
     c.data.system_prompt = False  # keep the expert's system turn (tool_crop); the packaged model has none
     c.data.min_pixels = 3136  # the toy scene's view budget (56x56 .. 112x112 pixels), as the model was trained
     c.data.max_pixels = 12_544
-    c.train.update(steps=6, batch_size=2, micro_batch=1, min_length=64, max_length=4096, logits_chunk=256)
+    c.train.update(steps=6, batch_size=2, micro_batch=-1, min_length=64, max_length=4096, logits_chunk=256)
     c.optim.lr = 1e-4
     c.checkpoint.every = 3
     c.checkpoint.async_save = False

@@ -1,4 +1,4 @@
-"""The same model code runs sharded: 8 fake CPU devices, a (data, fsdp, tensor) = (1, 2, 4) mesh.
+"""The same model code runs sharded: 8 fake CPU devices, a (data, fsdp, tensor) = (1, 4, 2) mesh.
 
 Fake host devices must be configured before JAX initialises, so the sharded checks run once in a
 subprocess that prints a JSON summary; the tests below assert on it. The rule table
@@ -19,7 +19,7 @@ from jax.sharding import AbstractMesh, Mesh, PartitionSpec
 
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.parallel.mesh import AXES, make_mesh
-from mini_o3_jax.parallel.rules import DEFAULT_RULES, logical_to_spec
+from mini_o3_jax.parallel.rules import DEFAULT_RULES, logical_to_spec, rules_from_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOGITS_TOL = 1e-5
@@ -46,9 +46,14 @@ tmp = sys.argv[1]  # a pytest tmp dir
 d = os.path.join(tmp, "hf")
 tiny_hf_model(tied=False, seed=0).save_pretrained(d)
 ref = load_hf(d, dtype="float32")
-mesh = make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+mesh = make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
 sh = load_hf(d, dtype="float32", mesh=mesh)
 out["mesh"] = dict(mesh.shape)
+try:  # 2 kv heads (and 2 vision heads) cannot split 4 ways: refused, not replicated
+    load_hf(d, dtype="float32", mesh=make_mesh({"data": 1, "fsdp": 2, "tensor": 4}))
+    out["heads_refused"] = None
+except ConfigError as e:
+    out["heads_refused"] = str(e)
 
 def leaves(model):
     return jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(model)))
@@ -90,8 +95,8 @@ l1 = np.asarray(y)[0, :n]
 out["diff_replicated"] = float(np.abs(l1 - l0).max())
 out["logits_absmax"] = float(np.abs(l0).max())
 
-# ---- two sequences, the text batch sharded over ("data", "fsdp")
-batch2 = build_inputs([ids, ids], [pv, pv], [grid, grid], ref.config)
+# ---- four sequences, the text batch sharded over ("data", "fsdp")
+batch2 = build_inputs([ids] * 4, [pv] * 4, [grid] * 4, ref.config)
 def batch_sharding(x):
     axes = ("batch", "length") if x.ndim == 2 else (None, "batch", "length")
     return NamedSharding(mesh, logical_to_spec(axes, x.shape, mesh))
@@ -99,7 +104,7 @@ text2 = jax.tree.map(lambda x: jax.device_put(x, batch_sharding(x)), batch2.text
 out["batch_spec"] = describe(text2.input_ids)["spec"]
 out["positions_spec"] = describe(text2.positions)["spec"]
 y2 = np.asarray(forward_logits(sh, text2, jax.device_put(batch2.vision, rep)))
-out["diff_batch_sharded"] = float(max(np.abs(y2[0, :n] - l0).max(), np.abs(y2[1, :n] - l0).max()))
+out["diff_batch_sharded"] = float(max(np.abs(y2[i, :n] - l0).max() for i in range(4)))
 
 # ---- Orbax: save from the sharded model, restore onto another mesh and onto no mesh
 orbax_dir = save_orbax(sh, os.path.join(tmp, "orbax"))
@@ -147,7 +152,7 @@ def summary(tmp_path_factory):
 # ----------------------------------------------------------------------------- subprocess results
 def test_eight_fake_devices(summary):
     assert summary["devices"] == 8 and summary["platform"] == "cpu"
-    assert summary["mesh"] == {"data": 1, "fsdp": 2, "tensor": 4}
+    assert summary["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
 
 
 def test_parameters_really_sharded(summary):
@@ -155,19 +160,24 @@ def test_parameters_really_sharded(summary):
     embed, q, k, o = (p[f"['text']{s}"] for s in ("['embed']", "['layers']['q']", "['layers']['k']",
                                                    "['layers']['o']"))
     assert embed["spec"] == ["tensor", "fsdp"]  # vocab over tensor, embed over fsdp
-    assert embed["shape"] == [152064, 64] and embed["shard"] == [152064 // 4, 64 // 2]
+    assert embed["shape"] == [152064, 64] and embed["shard"] == [152064 // 2, 64 // 4]
     # q: (layers, embed, heads, head_dim) = (2, 64, 4, 16): embed over fsdp, heads over tensor
     assert q["spec"] == [None, "fsdp", "tensor", None]
-    assert q["shard"] == [2, 32, 1, 16] and q["shape"] == [2, 64, 4, 16]
-    assert o["spec"] == [None, "tensor", None, "fsdp"] and o["shard"] == [2, 1, 16, 32]
-    # 2 kv heads do not divide over 4-way tensor: replicated along that axis, still fsdp on embed
-    assert k["spec"] == [None, "fsdp", None, None] and k["shard"] == [2, 32, 2, 16]
+    assert q["shard"] == [2, 16, 2, 16] and q["shape"] == [2, 64, 4, 16]
+    assert o["spec"] == [None, "tensor", None, "fsdp"] and o["shard"] == [2, 2, 16, 16]
+    assert k["spec"] == [None, "fsdp", "tensor", None] and k["shard"] == [2, 16, 1, 16]
     assert p["['text']['lm_head']"]["spec"] == ["fsdp", "tensor"]
-    # 2 vision heads on 4-way tensor: replicated; the vision MLP is tensor-sharded
-    assert p["['visual']['blocks']['qkv']"]["spec"] == [None, "fsdp", None, None, None]
+    # 2 vision heads over 2-way tensor; the vision MLP is tensor-sharded
+    assert p["['visual']['blocks']['qkv']"]["spec"] == [None, "fsdp", None, "tensor", None]
     assert p["['visual']['blocks']['up']"]["spec"] == [None, "fsdp", "tensor"]
     assert all(v["kind"] == "NamedSharding" and v["n_devices"] == 8 for v in p.values())
     assert sum(v["shard"] != v["shape"] for v in p.values()) >= len(p) - 3  # nearly everything is split
+
+
+def test_heads_that_do_not_divide_the_tensor_axis_are_refused(summary):
+    msg = summary["heads_refused"]
+    assert msg is not None, "a (1, 2, 4) mesh with 2 kv heads loaded: heads were silently replicated"
+    assert "2 kv heads do not divide over mesh axis tensor = 4" in msg and "text.layers.k" in msg
 
 
 def test_sharded_parameters_equal_unsharded_bit_for_bit(summary):
@@ -225,12 +235,33 @@ def test_spec_plain_mapping():
 
 def test_spec_divisibility_falls_back_to_replication():
     m = amesh(2, 2, 4)
-    assert spec(("heads",), (6,), m) == PartitionSpec(None)  # 6 heads on 4-way tensor
-    assert spec(("kv_heads", "head_dim"), (2, 16), m) == PartitionSpec(None, None)
     assert spec(("batch",), (2,), m) == PartitionSpec(None)  # 2 rows on data*fsdp = 4
     assert spec(("vocab", "embed"), (151936 + 2, 63), m) == PartitionSpec(None, None)
     # a fallback does not consume the mesh axis: a later dimension may still use it
-    assert spec(("heads", "mlp"), (6, 128), m) == PartitionSpec(None, "tensor")
+    assert spec(("vocab", "mlp"), (6, 128), m) == PartitionSpec(None, "tensor")
+
+
+@pytest.mark.parametrize("name,size,words", [("heads", 28, "28 heads"), ("kv_heads", 4, "4 kv heads"),
+                                             ("vision_heads", 6, "6 vision heads")])
+def test_heads_that_do_not_divide_are_a_config_error(name, size, words):
+    # Qwen2.5-VL-7B: 28 heads, 4 kv heads; an 8-way tensor axis would copy every head to every device
+    with pytest.raises(ConfigError) as info:
+        spec((name, "head_dim"), (size, 128), amesh(1, 1, 8))
+    assert f"{words} do not divide over mesh axis tensor = 8" in str(info.value)
+    assert spec((name,), (size,), amesh(1, 8, 1)) == PartitionSpec(None)  # no tensor axis: nothing to refuse
+
+
+def test_rules_from_config_overrides_and_refuses_unknown_names():
+    rules = dict(rules_from_config({"act_length": "tensor", "embed": None, "mlp": ["fsdp", "tensor"]}))
+    assert rules["act_length"] == "tensor" and rules["embed"] is None and rules["mlp"] == ("fsdp", "tensor")
+    assert rules["heads"] == "tensor"  # the rest as DEFAULT_RULES
+    assert spec(("act_batch", "act_length"), (4, 64), amesh(1, 4, 2), tuple(rules.items())) == PartitionSpec(
+        "fsdp", "tensor")
+    assert rules_from_config(None) == tuple(DEFAULT_RULES)
+    with pytest.raises(ConfigError, match="sharding.embd: unknown logical axis"):
+        rules_from_config({"embd": "fsdp"})
+    with pytest.raises(ConfigError, match="'model' is not a mesh axis"):
+        rules_from_config({"embed": "model"})
 
 
 def test_spec_never_uses_a_mesh_axis_twice():

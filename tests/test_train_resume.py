@@ -165,7 +165,7 @@ out = {"devices": len(jax.devices())}
 for loss, agg, trainable in (("sft", "token-mean", "language_model"), ("ppo", "seq-mean-token-mean", "all")):
     cfg = small_model_config(tok)
     ex = examples_from_trajectories(trajs, proc, agg=agg, advantages=[0.7, -1.1, 0.4, -0.2])
-    batches, _ = micro_batches(ex, cfg, BatchSpec(micro_batch=2, min_length=16, pad_id=tok.endoftext_id))
+    batches, _ = micro_batches(ex, cfg, BatchSpec(micro_batch=4, min_length=16, pad_id=tok.endoftext_id))
     params = {}
     for name, mesh in (("single", None), ("mesh", make_mesh({"data": 1, "fsdp": 4, "tensor": 2}))):
         model = Qwen25VL(cfg, rngs=nnx.Rngs(7))
@@ -188,6 +188,26 @@ for loss, agg, trainable in (("sft", "token-mean", "language_model"), ("ppo", "s
     out[loss + "_moved"] = max(float(np.abs(v - init[k]).max()) for k, v in params["single"].items() if k in init)
     diffs = {k: float(np.abs(params["single"][k] - params["mesh"][k]).max()) for k in params["single"]}
     out[loss + "_max_diff"] = max(diffs.values())
+# data parallelism really divides the work: per-device FLOPs of one gradient micro-batch (8 rows) on an
+# 8-way fsdp mesh against one device, from the compiled programs' cost analysis
+from mini_o3_jax.parallel.rules import activation_sharding
+ex = examples_from_trajectories(trajs, proc, agg="token-mean")
+b8 = micro_batches(ex, cfg, BatchSpec(micro_batch=8, min_length=16, pad_id=tok.endoftext_id))[0][0]
+flops = {}
+for name, mesh in (("single", None), ("fsdp8", make_mesh({"fsdp": 8}))):
+    tr = Trainer(Qwen25VL(cfg, rngs=nnx.Rngs(7)), optax.adamw(1e-3), StepConfig(loss="sft"), mesh=mesh)
+    with activation_sharding(mesh, tr.rules):
+        flops[name] = tr._grad_fn.lower(tr.params, tr.frozen, tr.put(b8)).compile().cost_analysis()["flops"]
+    if mesh is not None:
+        mu = jax.tree.leaves(tr.opt_state)
+        out["opt_state_sharded"] = sum(not x.sharding.is_fully_replicated for x in mu)
+        out["opt_state_on_8"] = all(len(x.sharding.device_set) == 8 for x in mu)
+        try:
+            tr.put(batches[0]._replace())  # 4 rows cannot split 8 ways
+            out["indivisible_rows"] = None
+        except Exception as e:
+            out["indivisible_rows"] = f"{type(e).__name__}: {e}"
+out["flops_single"], out["flops_fsdp8"] = flops["single"], flops["fsdp8"]
 # rollout from mesh-sharded weights (what the RL loop does between updates): the same tokens as on one device
 from mini_o3_jax.agent.environment import EnvConfig
 from mini_o3_jax.data.records import Record
@@ -231,5 +251,39 @@ def test_train_step_on_8_devices_equals_one_device(mesh_result, loss):
     assert r[loss + "_moved"] > 1e-4  # and the steps did change the parameters
 
 
+def test_data_parallel_step_splits_the_work_and_the_optimizer_state(mesh_result):
+    r = mesh_result
+    ratio = r["flops_fsdp8"] / r["flops_single"]
+    assert 0.12 <= ratio <= 0.125 * 1.1, ratio  # ~1/8 of one device's FLOPs per device (was ~1/3 with rows=1)
+    assert r["opt_state_on_8"] and r["opt_state_sharded"] >= 20  # created sharded, not whole on device 0
+    assert r["indivisible_rows"].startswith("ConfigError: a micro-batch of 4 rows does not split over the 8")
+
+
 def test_rollout_from_mesh_sharded_weights_equals_one_device(mesh_result):
     assert mesh_result["rollout_equal"] and mesh_result["rollout_tokens"] > 0
+
+
+def test_resume_on_an_8_device_mesh_equals_the_uninterrupted_run(tmp_path):
+    """The restore target comes from the trainer's own shardings: a run stopped after 2 steps on a (1, 4, 2) mesh
+    and resumed for 2 more ends with the parameters of 4 uninterrupted steps, bit for bit."""
+    data = write_sharegpt(str(tmp_path / "data"), 4)
+    model = write_small_checkpoint(str(tmp_path / "model"))
+    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    mesh = ["--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.train.batch_size=4"]
+
+    def sft(out, steps):  # constant lr: 2 + 2 steps follow the same schedule as 4
+        return subprocess.run(_sft_cmd(data, out, model, steps)[:-1] + mesh, env=env, capture_output=True, text=True,
+                              timeout=600, check=False)
+
+    straight = sft(str(tmp_path / "straight"), 4)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    out = str(tmp_path / "split")
+    first = sft(out, 2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = sft(out, 4)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout + second.stderr
+    got, expected = _final_params(out), _final_params(str(tmp_path / "straight"))
+    assert len(got) == len(expected) > 20
+    for x, y in zip(got, expected):
+        np.testing.assert_array_equal(x, y)

@@ -17,6 +17,9 @@ from mini_o3_jax.model.attention import attention
 from mini_o3_jax.model.config import TextConfig
 from mini_o3_jax.model.layers import apply_rotary, dense, matmul_fp32, param, rms_norm
 from mini_o3_jax.model.vision import _remat_policy
+from mini_o3_jax.parallel.rules import constrain
+
+HIDDEN = ("act_batch", "act_length", "act_embed")  # logical axes of the (B, L, D) residual stream
 
 S = TypeVar("S")  # what the attention threads through the layer loop: nothing, or the KV cache
 
@@ -97,7 +100,8 @@ class TextDecoder(nnx.Module):
             return attention(q, k, v, segment_ids, segment_ids, token_pos, token_pos), state
 
         def body(x, w):
-            return decoder_layer(x, w, cos, sin, eps, attend, None)[0], None
+            x = decoder_layer(constrain(x, HIDDEN), w, cos, sin, eps, attend, None)[0]
+            return constrain(x, HIDDEN), None
 
         if self.remat != "none":
             body = jax.checkpoint(body, policy=_remat_policy(self.remat))

@@ -19,6 +19,9 @@ from flax import nnx
 from mini_o3_jax.model.attention import attention
 from mini_o3_jax.model.config import VisionConfig
 from mini_o3_jax.model.layers import apply_rotary, dense, param, rms_norm, vision_rotary
+from mini_o3_jax.parallel.rules import constrain
+
+PATCHES = ("act_patches", "act_embed")  # logical axes of the (P, D) ViT residual stream
 
 
 class VisionInputs(NamedTuple):
@@ -122,6 +125,7 @@ class VisionTower(nnx.Module):
 
         def block(x, layer):
             w, full = layer
+            x = constrain(x, PATCHES)
             h = rms_norm(x, w["norm1"], eps)
             qkv = dense(h, w["qkv"], "nd,dthk->nthk", w["qkv_bias"])
             q = apply_rotary(qkv[:, 0], cos, sin)
@@ -132,7 +136,7 @@ class VisionTower(nnx.Module):
             g = dense(h, w["gate"], "nd,df->nf", w["gate_bias"])
             u = dense(h, w["up"], "nd,df->nf", w["up_bias"])
             act = jax.nn.silu(g.astype(jnp.float32)).astype(g.dtype) * u
-            return x + dense(act, w["down"], "nf,fd->nd", w["down_bias"]), None
+            return constrain(x + dense(act, w["down"], "nf,fd->nd", w["down_bias"]), PATCHES), None
 
         if self.remat != "none":
             block = jax.checkpoint(block, policy=_remat_policy(self.remat))

@@ -122,7 +122,7 @@ def run_rl(
     ref_params = trainer.trainable_params(build_model(cfg, trainer.mesh)) if trainer.config.ppo.kl_coef else None
     scorer = Scorer(cfg.reward.kind, judge)
     engine = RolloutEngine(trainer.model(), tokenizer, processor, r)
-    spec = t.batch_spec(tokenizer.endoftext_id)
+    spec = t.batch_spec(tokenizer.endoftext_id, trainer.data_ways)
     metrics: dict = {}
     bar = tqdm(total=t.steps, initial=rl_step, desc=label, unit="step", disable=console is None)
     try:

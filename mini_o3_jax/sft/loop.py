@@ -93,7 +93,7 @@ def run_sft(
     session = open_session(cfg, "sft", total, console=console)
     trainer = session.trainer
     mcfg = model_config or trainer.model_config
-    spec = t.batch_spec(pad_id)
+    spec = t.batch_spec(pad_id, trainer.data_ways)
 
     def build(step: int) -> tuple[list[TrainBatch], int]:
         """The step's micro-batches, and how many of its samples were truncated to the cutoff."""

@@ -22,6 +22,7 @@ from mini_o3_jax.model.config import ModelConfig
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
 from mini_o3_jax.model.weights import copy_side_files, load_model, save_orbax
 from mini_o3_jax.parallel.mesh import make_mesh
+from mini_o3_jax.parallel.rules import Rules, rules_from_config
 from mini_o3_jax.train.checkpoint import TrainCheckpointer, abstract_like
 from mini_o3_jax.train.losses import PPOConfig
 from mini_o3_jax.train.metrics import MetricsWriter
@@ -33,12 +34,19 @@ from mini_o3_jax.train.step import StepConfig, Trainer
 def build_model(cfg: ml_collections.ConfigDict, mesh=None) -> Qwen25VL:
     """`cfg.model_path` (HF or Orbax dir) or, when empty, a random model of `cfg.model` (tests, demos)."""
     if cfg.model_path:
-        return load_model(cfg.model_path, dtype=cfg.dtype, mesh=mesh, remat=cfg.remat, unroll=cfg.unroll_layers)
+        return load_model(cfg.model_path, dtype=cfg.dtype, mesh=mesh, rules=sharding_rules(cfg), remat=cfg.remat,
+                          unroll=cfg.unroll_layers)
     if "model" not in cfg:
         raise ConfigError("config needs `model_path` (a checkpoint directory) or a `model` block to initialise")
     model = Qwen25VL(ModelConfig.from_config_dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model),
                      dtype=cfg.dtype, rngs=nnx.Rngs(cfg.seed), remat=cfg.remat, unroll=cfg.unroll_layers)
     return model
+
+
+def sharding_rules(cfg: ml_collections.ConfigDict) -> Rules:
+    """The rule table: DEFAULT_RULES with the config's `sharding` block ({logical axis: mesh axes}) applied."""
+    block = cfg.get("sharding")
+    return rules_from_config(block.to_dict() if hasattr(block, "to_dict") else block)
 
 
 def build_mesh(cfg: ml_collections.ConfigDict):
@@ -131,14 +139,17 @@ def open_session(cfg: ml_collections.ConfigDict, loss: str, total_steps: int, co
     mesh = build_mesh(cfg)
     model = build_model(cfg, mesh)
     ocfg = from_block(OptimConfig, cfg.optim, "optim")
-    trainer = Trainer(model, make_optimizer(ocfg, total_steps), step_config(cfg, loss), mesh=mesh)
+    trainer = Trainer(model, make_optimizer(ocfg, total_steps), step_config(cfg, loss), mesh=mesh,
+                      rules=sharding_rules(cfg))
     trainer.schedule = learning_rate(ocfg, total_steps)
     out = os.path.abspath(cfg.out_dir)
     ckpt = checkpoint_settings(cfg)
     checkpointer = TrainCheckpointer(os.path.join(out, "checkpoints"), keep=ckpt.keep, async_save=ckpt.async_save)
     meta: dict[str, Any] = {}
     # the newest step that restores: a corrupt one is skipped with a warning (on the console and stderr)
-    resumed = checkpointer.restore_latest(abstract_like(trainer.state()), warn=_warn_both(console))
+    # the target is laid out by the trainer's shardings: the checkpoint restores straight onto this mesh
+    target = abstract_like(trainer.state(), trainer.state_shardings())
+    resumed = checkpointer.restore_latest(target, warn=_warn_both(console))
     if resumed is not None:
         latest, state, meta = resumed
         trainer.load_state(state, int(meta["step"]))

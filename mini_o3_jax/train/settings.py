@@ -26,7 +26,8 @@ class TrainConfig:
     """What SFT and RL `train` blocks share."""
 
     steps: int = 0  # SFT: 0 derives it from epochs
-    micro_batch: int = BatchSpec.micro_batch
+    # rows per micro-batch over the whole mesh: a multiple of the data-parallel devices, or -1 for one row each
+    micro_batch: int = -1
     min_length: int = BatchSpec.min_length
     max_length: int = BatchSpec.max_length
     min_windows: int = BatchSpec.min_windows
@@ -37,9 +38,15 @@ class TrainConfig:
     # older RL config's train.temperature must agree with it: `session.logprob_temperature`)
     temperature: float | None = None
 
-    def batch_spec(self, pad_id: int) -> BatchSpec:
-        """`pad_id`: the tokenizer's `<|endoftext|>` (padding must be a row of the embedding)."""
-        return BatchSpec(micro_batch=self.micro_batch, min_length=self.min_length, max_length=self.max_length,
+    def batch_spec(self, pad_id: int, data_ways: int = 1) -> BatchSpec:
+        """`pad_id`: the tokenizer's `<|endoftext|>` (padding must be a row of the embedding); `data_ways`: the
+        devices a micro-batch's rows are split over (`Trainer.data_ways`), which the rows must fill evenly."""
+        rows = data_ways if self.micro_batch == -1 else self.micro_batch
+        if rows < 1 or rows % data_ways:
+            raise ConfigError(f"train.micro_batch = {self.micro_batch}: the rows of a micro-batch are split over "
+                              f"{data_ways} data-parallel devices; use a multiple of {data_ways} or -1 (one row "
+                              "per device)")
+        return BatchSpec(micro_batch=rows, min_length=self.min_length, max_length=self.max_length,
                          min_windows=self.min_windows, pad_id=pad_id)
 
 

@@ -4,8 +4,10 @@ The model is split once into (graphdef, frozen, params): only `params` is differ
 optimised (SFT freezes the vision tower and merger, as released; RL trains everything). Because
 batch weights carry the global normalisation, summing micro-batch gradients *is* the gradient of
 the step's loss: no division by the accumulation count, identical for any micro-batch size.
-Under a mesh, parameters keep their logical-axis shardings and batches are split over
-(data, fsdp) rows; jit's SPMD partitioner inserts the collectives.
+Under a mesh every jitted function has explicit shardings: parameters (and their fp32 gradients) keep
+their logical-axis shardings, the optimizer state is created sharded like the parameters, micro-batch
+rows and ViT rows are split over the data-parallel axes (`act_batch`, `act_patches`) and pinned there at
+every layer boundary; jit's SPMD partitioner inserts the collectives.
 
 Mixed precision: the trainer keeps fp32 master parameters and fp32 AdamW moments, and sums micro-batch
 gradients in fp32; the forward and backward run on a copy cast to the model's own dtype (bf16 at 7B). A
@@ -29,7 +31,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
-from mini_o3_jax.parallel.rules import DEFAULT_RULES, Rules, logical_to_spec, shard_state, state_shardings
+from mini_o3_jax.parallel.rules import (
+    DEFAULT_RULES,
+    Rules,
+    activation_sharding,
+    logical_to_spec,
+    shard_state,
+    state_shardings,
+)
 from mini_o3_jax.train.batch import TrainBatch
 from mini_o3_jax.train.logprobs import logprobs
 from mini_o3_jax.train.losses import PPOConfig, ppo_loss, sft_loss
@@ -70,26 +79,58 @@ class Trainer:
             raise ConfigError(f"loss = {config.loss!r}; expected 'sft' or 'ppo'")
         self.config, self.optimizer, self.mesh, self.rules = config, optimizer, mesh, rules
         self.model_config = model.config
-        graphdef, frozen, params = self._split(model)
+        graphdef, frozen, params, (self.frozen_shardings, self.param_shardings) = self._split(model)
         self.graphdef = graphdef
         self.compute_dtype = jnp.dtype(model.dtype)  # what forward and backward run in
         self.frozen, self.params = frozen, _cast(params, jnp.float32)  # fp32 masters
-        self.opt_state = jax.jit(optimizer.init)(self.params)
+        self.opt_shardings = self._opt_shardings()
+        # created where it lives: each moment shard on the device of its parameter shard (never whole on one)
+        self.opt_state = self._jit(optimizer.init, (self.param_shardings,), self.opt_shardings)(self.params)
         self.step = 0
         self.schedule: Callable[[int], Any] | None = None  # the optimizer's lr schedule, for logging
-        self._grad_fn = jax.jit(functools.partial(_grads, graphdef, config, self.compute_dtype))
-        self._logprob_fn = jax.jit(functools.partial(_logprobs_only, graphdef, config, self.compute_dtype))
-        self._apply_fn = jax.jit(functools.partial(_apply, optimizer), donate_argnums=(0, 1))
-        self._add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=(0,))
+        ps, fs, os_, rep = self.param_shardings, self.frozen_shardings, self.opt_shardings, self._replicated()
+        self._grad_fn = self._jit(functools.partial(_grads, graphdef, config, self.compute_dtype),
+                                  (ps, fs, None), (ps, rep))
+        self._logprob_fn = self._jit(functools.partial(_logprobs_only, graphdef, config, self.compute_dtype),
+                                     (ps, fs, None), None)
+        self._apply_fn = self._jit(functools.partial(_apply, optimizer), (ps, os_, ps), (ps, os_, rep),
+                                   donate=(0, 1))
+        self._add = self._jit(lambda a, b: jax.tree.map(jnp.add, a, b), (ps, ps), ps, donate=(0,))
 
-    def _split(self, model: Qwen25VL) -> tuple[Any, Any, Any]:
-        """graphdef, frozen and trainable state of `model` as (sharded) pure dicts."""
+    def _jit(self, fn, in_shardings, out_shardings, donate: tuple[int, ...] = ()):
+        """jit with explicit shardings under a mesh (None entries: the argument's own, e.g. a batch's)."""
+        if self.mesh is None:
+            return jax.jit(fn, donate_argnums=donate)
+        return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate)
+
+    def _replicated(self) -> NamedSharding | None:
+        return None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
+
+    def _opt_shardings(self) -> Any:
+        """The optimizer state's shardings: moments like their parameters, counters replicated."""
+        if self.mesh is None:
+            return None
+        abstract = jax.eval_shape(self.optimizer.init, self.params)
+        return optax.tree_map_params(self.optimizer, lambda _, s: s, abstract, self.param_shardings,
+                                     transform_non_params=lambda _: self._replicated(),
+                                     is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+
+    def _split(self, model: Qwen25VL) -> tuple[Any, Any, Any, tuple[Any, Any]]:
+        """graphdef, frozen and trainable state of `model` as (sharded) pure dicts, and their shardings."""
         graphdef, frozen, params = nnx.split(model, _frozen_filter(self.config.trainable), ...)
-        if self.mesh is not None:
-            frozen = shard_state(nnx.to_pure_dict(frozen), state_shardings(frozen, self.mesh, self.rules))
-            params = shard_state(nnx.to_pure_dict(params), state_shardings(params, self.mesh, self.rules))
-            return graphdef, frozen, params
-        return graphdef, nnx.to_pure_dict(frozen), nnx.to_pure_dict(params)
+        if self.mesh is None:
+            return graphdef, nnx.to_pure_dict(frozen), nnx.to_pure_dict(params), (None, None)
+        fs, ps = state_shardings(frozen, self.mesh, self.rules), state_shardings(params, self.mesh, self.rules)
+        return graphdef, shard_state(nnx.to_pure_dict(frozen), fs), shard_state(nnx.to_pure_dict(params), ps), (fs, ps)
+
+    @property
+    def data_ways(self) -> int:
+        """How many ways a micro-batch's rows are split (the mesh axes of `act_batch`; 1 without a mesh)."""
+        if self.mesh is None:
+            return 1
+        target = dict(self.rules).get("act_batch")
+        names = (target,) if isinstance(target, str) else tuple(target or ())
+        return int(np.prod([self.mesh.shape[n] for n in names if n in self.mesh.shape]))
 
     def trainable_params(self, model: Qwen25VL) -> Any:
         """`model`'s trainable parameters, placed like the trainer's: a reference policy for `logprobs`."""
@@ -97,25 +138,32 @@ class Trainer:
 
     # -- data placement ----------------------------------------------------------------------------
     def put(self, batch: TrainBatch) -> TrainBatch:
-        """Host micro-batch -> device; rows split over (data, fsdp) when they divide evenly."""
+        """Host micro-batch -> device: rows split over the data-parallel axes, ViT rows likewise."""
         if self.mesh is None:
             return jax.tree.map(jnp.asarray, batch)
         rows = int(np.asarray(batch.targets).shape[0])
+        if rows % self.data_ways:
+            raise ConfigError(f"a micro-batch of {rows} rows does not split over the {self.data_ways} data-parallel "
+                              f"devices of mesh {dict(self.mesh.shape)}: set train.micro_batch to a multiple of "
+                              f"{self.data_ways} (or -1: one row per device)")
 
         def place(x, axes):
-            spec = logical_to_spec(axes, np.shape(x), self.mesh, self.rules) if rows else PartitionSpec()
+            spec = logical_to_spec(axes, np.shape(x), self.mesh, self.rules)
             return jax.device_put(np.asarray(x), NamedSharding(self.mesh, spec))
 
-        def by_rank(x):
-            nd = np.ndim(x)
-            return place(x, ("batch",) + (None,) * (nd - 1))
+        def by_rank(x, first="act_batch"):
+            return place(x, (first,) + (None,) * (np.ndim(x) - 1))
 
-        text = batch.text._replace(positions=place(batch.text.positions, (None, "batch", None)),
+        text = batch.text._replace(positions=place(batch.text.positions, (None, "act_batch", None)),
                                    input_ids=by_rank(batch.text.input_ids),
                                    segment_ids=by_rank(batch.text.segment_ids),
                                    image_rows=by_rank(batch.text.image_rows))
-        vision = None if batch.vision is None else jax.tree.map(
-            lambda x: jax.device_put(np.asarray(x), NamedSharding(self.mesh, PartitionSpec())), batch.vision)
+        vision = None
+        if batch.vision is not None:
+            v = batch.vision
+            vision = v._replace(pixels=by_rank(v.pixels, "act_patches"), pos_hw=by_rank(v.pos_hw, "act_patches"),
+                                window_seg=by_rank(v.window_seg, "act_patches"),
+                                image_seg=by_rank(v.image_seg, "act_patches"), band=place(v.band, (None,)))
         rest = {k: by_rank(getattr(batch, k)) for k in
                 ("targets", "mask", "weights", "advantages", "old_logprobs", "ref_logprobs")}
         return TrainBatch(text=text, vision=vision, **rest)
@@ -124,7 +172,8 @@ class Trainer:
     def logprobs(self, batch: TrainBatch, params: Any = None) -> jax.Array:
         """(B, L) log-probs of the targets under the current parameters, or under `params` (a reference
         policy from `trainable_params`; the frozen ones are shared), without gradient."""
-        return self._logprob_fn(self.params if params is None else params, self.frozen, self.put(batch))
+        with activation_sharding(self.mesh, self.rules):
+            return self._logprob_fn(self.params if params is None else params, self.frozen, self.put(batch))
 
     def grads(self, batches: Sequence[TrainBatch]) -> tuple[Any, dict[str, float]]:
         """Gradients and metrics summed over micro-batches (= the step's, as weights are global)."""
@@ -132,7 +181,8 @@ class Trainer:
             raise ValueError("a train step needs at least one micro-batch")
         grads, metrics = None, None
         for b in batches:
-            g, m = self._grad_fn(self.params, self.frozen, self.put(b))
+            with activation_sharding(self.mesh, self.rules):
+                g, m = self._grad_fn(self.params, self.frozen, self.put(b))
             grads = g if grads is None else self._add(grads, g)
             metrics = m if metrics is None else jax.tree.map(jnp.add, metrics, m)
         return grads, {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -153,6 +203,13 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         """The checkpointed pytree (frozen weights are stored too: restore needs no base model)."""
         return {"params": self.params, "frozen": self.frozen, "opt_state": self.opt_state}
+
+    def state_shardings(self) -> dict[str, Any] | None:
+        """Where each array of `state()` lives (None without a mesh): the restore target's layout, so a
+        checkpoint restores straight onto this trainer's mesh."""
+        if self.mesh is None:
+            return None
+        return {"params": self.param_shardings, "frozen": self.frozen_shardings, "opt_state": self.opt_shardings}
 
     def load_state(self, state: dict[str, Any], step: int) -> None:
         self.params, self.frozen, self.opt_state = state["params"], state["frozen"], state["opt_state"]
