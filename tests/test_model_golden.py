@@ -151,9 +151,9 @@ def test_batch_and_bucket_padding_do_not_change_logits(untied, processor):
 
 
 def test_full_attention_band_equals_the_whole_layout(untied, processor):
-    """Full-attention blocks read only the windows an image can span (`VisionInputs.band`). With six
-    images of 1-12 windows in a padded layout (banded path: 31 offsets < 64 windows) the tower's output
-    equals reading every window (a band as wide as the layout)."""
+    """Full-attention blocks read only the windows of each window's image (`VisionInputs.band` from
+    `window_first`). With six images of 1-12 windows in a padded layout (banded path: 12 offsets < 64
+    windows, 32 windows a call) the tower's output equals reading every window (a band as wide as the layout)."""
     import jax.numpy as jnp
 
     _, _, model = untied
@@ -163,13 +163,15 @@ def test_full_attention_band_equals_the_whole_layout(untied, processor):
     batch = build_inputs([np.full(int(np.prod(grid, axis=1).sum()) // 4, 151655)], [pv], [grid], model.config,
                          num_windows=64)
     v = batch.vision
-    assert v.band.shape[0] == 31 and v.pixels.shape[0] // 64 == 64
+    assert v.band.shape[0] == 12 and v.pixels.shape[0] // 64 == 64
+    firsts = np.asarray(v.window_first)
+    assert firsts[0] == 0 and firsts[-1] == 63 and np.all(np.diff(firsts) >= 0)  # padding windows: themselves
     banded = np.asarray(model.visual(v))
-    whole = np.asarray(model.visual(v._replace(band=np.arange(-63, 64, dtype=np.int32))))
+    whole = np.asarray(model.visual(v._replace(band=np.arange(64, dtype=np.int32))))
     np.testing.assert_allclose(banded, whole, rtol=1e-5, atol=1e-5)
     assert np.abs(banded).max() > 0.1
     # and a band too narrow for the 12-window images changes it (the band is really what is read)
-    narrow = np.asarray(model.visual(v._replace(band=jnp.arange(-3, 4, dtype=jnp.int32))))
+    narrow = np.asarray(model.visual(v._replace(band=jnp.arange(4, dtype=jnp.int32))))
     assert np.abs(narrow - whole).max() > 1e-3
 
 

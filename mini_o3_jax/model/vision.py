@@ -3,7 +3,8 @@
 Input rows arrive in the padded-window layout built on the host (processing/positions.py), so the
 tower is a pure function of fixed-shape arrays. Window blocks attend inside each 64-row window;
 the `fullatt_block_indexes` blocks attend within each image (segment ids), reading only the windows
-an image can span (`VisionInputs.band`): a batch of many small images costs O(P * band), not O(P^2).
+of the image (`VisionInputs.band` from `window_first`), a few windows per call: a batch of many images
+costs O(P * band) time and O(band) memory per call, not O(P^2).
 Blocks are stacked and scanned; which kind a block is comes in as scanned data, so both share one
 compiled body.
 """
@@ -31,9 +32,10 @@ class VisionInputs(NamedTuple):
     pos_hw: jax.Array  # (P, 2) int32
     window_seg: jax.Array  # (P,) int32, 1 real / 0 pad
     image_seg: jax.Array  # (P,) int32, 1 + image index / 0 pad
-    # (2R-1,) int32 window offsets -(R-1)..R-1 with R >= the most windows one image spans (an image's
-    # windows are consecutive): full attention of window w reads windows w + band only
+    # (R,) int32 window offsets 0..R-1 with R >= the most windows one image spans (an image's windows are
+    # consecutive): full attention of window w reads windows window_first[w] + band only
     band: jax.Array
+    window_first: jax.Array  # (P / window_patches,) int32: the first window of each window's image
 
 
 class VisionBlocks(nnx.Module):
@@ -96,14 +98,10 @@ class VisionTower(nnx.Module):
         n_win, n_band = p // win, inputs.band.shape[0]
         wseg = jnp.asarray(inputs.window_seg).reshape(n_win, win)
         iseg = jnp.asarray(inputs.image_seg).reshape(n_win, win)
-        # full attention reads, for each window, the windows at its band offsets (one big image: all of them)
+        # full attention reads, for each window, the band of windows from its image's first (one big image:
+        # all of them), `per_call` windows at a time
         banded = n_band < n_win
-        if banded:
-            idx = jnp.arange(n_win)[:, None] + jnp.asarray(inputs.band)[None, :]  # (W, band)
-            inside = (idx >= 0) & (idx < n_win)
-            idx = jnp.clip(idx, 0, n_win - 1)
-            # clipped duplicates get segment -1, which no query has: every key is counted once
-            band_seg = jnp.where(inside[:, :, None], iseg[idx], -1).reshape(n_win, n_band * win)
+        per_call = _windows_per_call(n_win, n_band * win)
         is_full = jnp.zeros((cfg.depth,), bool).at[jnp.asarray(cfg.fullatt_block_indexes, jnp.int32)].set(True)
         eps = cfg.rms_norm_eps
 
@@ -116,12 +114,27 @@ class VisionTower(nnx.Module):
             if not banded:
                 flat = iseg.reshape(1, p)
                 return attention(q[None], k[None], v[None], flat, flat)[0]
+            kw, vw = k.reshape((n_win, win) + k.shape[1:]), v.reshape((n_win, win) + v.shape[1:])
 
-            def gather(x):
-                return x.reshape((n_win, win) + x.shape[1:])[idx].reshape((n_win, n_band * win) + x.shape[1:])
+            # rematerialised: the backward regathers a call's keys instead of keeping every call's (W x band)
+            @jax.checkpoint
+            def one_call(args):
+                qc, windows = args  # (c, win, H, D), (c,)
+                idx = jnp.asarray(inputs.window_first)[windows][:, None] + jnp.asarray(inputs.band)[None, :]
+                inside = idx < n_win
+                idx = jnp.minimum(idx, n_win - 1)
+                # clipped duplicates get segment -1, which no query has: every key is counted once
+                seg = jnp.where(inside[:, :, None], iseg[idx], -1).reshape(len(windows), n_band * win)
 
-            shape = (n_win, win) + q.shape[1:]
-            return attention(q.reshape(shape), gather(k), gather(v), iseg, band_seg).reshape(q.shape)
+                def gather(x):
+                    return x[idx].reshape((len(windows), n_band * win) + x.shape[2:])
+
+                return attention(qc, gather(kw), gather(vw), iseg[windows], seg)
+
+            calls = n_win // per_call
+            qs = q.reshape((calls, per_call, win) + q.shape[1:])
+            out = jax.lax.map(one_call, (qs, jnp.arange(n_win, dtype=jnp.int32).reshape(calls, per_call)))
+            return out.reshape(q.shape)
 
         def block(x, layer):
             w, full = layer
@@ -143,6 +156,13 @@ class VisionTower(nnx.Module):
         weights = {k: v[...] for k, v in vars(self.blocks).items() if isinstance(v, nnx.Param)}
         x, _ = jax.lax.scan(block, x, (weights, is_full), unroll=bool(self.unroll))
         return self.merger(x, eps, cfg.merge_unit)
+
+
+def _windows_per_call(n_win: int, band_keys: int, max_keys: int = 32768) -> int:
+    """Windows per full-attention call: the largest divisor of `n_win` whose keys (band_keys each) stay
+    within `max_keys`, so one call's scores and gathered keys are bounded whatever the image count."""
+    target = max(1, min(n_win, max_keys // max(band_keys, 1)))
+    return max(d for d in range(1, target + 1) if n_win % d == 0)
 
 
 def _remat_policy(name: str):

@@ -89,6 +89,7 @@ def build_inputs(
             window_seg=layout.window_seg,
             image_seg=layout.image_seg,
             band=window_band(layout.frame_windows),
+            window_first=layout.window_first,
         )
         merged_rows = layout.merged_rows
 

@@ -48,7 +48,9 @@ class VisionLayout:
       merged_rows: (sum_i t*h*w/4,) for each LLM image token in order, its row in the merged output.
       num_windows: W, the number of real windows (the arrays may be padded beyond it).
       frame_windows: the most windows one image (or video frame) spans; its windows are consecutive,
-                     so a full-attention block need not look further than frame_windows - 1 either side.
+                     so a full-attention block reads at most frame_windows windows from its image's first.
+      window_first: (P / window_patches,) for each window slot, the first window of its image (a padding
+                    window: itself).
     """
 
     patch_src: np.ndarray
@@ -58,6 +60,7 @@ class VisionLayout:
     merged_rows: np.ndarray
     num_windows: int
     frame_windows: int = 1
+    window_first: np.ndarray | None = None
 
     @property
     def num_slots(self) -> int:
@@ -85,7 +88,7 @@ def vision_layout(
     m, ws = merge_size, window_merged
     unit = m * m
     win_rows = ws * ws * unit
-    src_chunks, hw_chunks, img_chunks, merged_chunks = [], [], [], []
+    src_chunks, hw_chunks, img_chunks, merged_chunks, first_chunks = [], [], [], [], []
     patch_offset = 0
     window_offset = 0
     segment = 0
@@ -120,6 +123,8 @@ def vision_layout(
             hw_chunks.append((rows.ravel(), np.stack([ph.ravel(), pw.ravel()], axis=-1)))
             segment += 1
             img_chunks.append((rows.ravel(), segment))
+            first = window_offset + f * frame_windows
+            first_chunks.append((np.arange(first, first + frame_windows), first))
         window_offset += t * frame_windows
         patch_offset += t * h * w
     total_windows = window_offset
@@ -137,6 +142,9 @@ def vision_layout(
         pos_hw[rows] = hw
     for rows, seg in img_chunks:
         image_seg[rows] = seg
+    window_first = np.arange(num_windows, dtype=np.int32)
+    for windows, first in first_chunks:
+        window_first[windows] = first
     merged_rows = (np.concatenate(merged_chunks) if merged_chunks else np.zeros((0,), np.int64)).astype(np.int32)
     return VisionLayout(
         patch_src=patch_src,
@@ -146,14 +154,16 @@ def vision_layout(
         merged_rows=merged_rows,
         num_windows=total_windows,
         frame_windows=most,
+        window_first=window_first,
     )
 
 
 def window_band(frame_windows: int) -> np.ndarray:
-    """Window offsets a full-attention block reads around each window: -(R-1)..R-1 with R the power of
-    two >= `frame_windows` (few distinct shapes, so few compilations). See `VisionInputs.band`."""
-    r = 1 << max(int(frame_windows) - 1, 0).bit_length()
-    return np.arange(-(r - 1), r, dtype=np.int32)
+    """Window offsets a full-attention block reads from the first window of each window's image: 0..R-1,
+    R = `frame_windows` rounded up to a `bucket` size (< 25 % over, a few shapes). See `VisionInputs.band`.
+
+    A 2-Mpx image spans 170 windows: R = 192 (the former -(R-1)..R-1 power-of-two band read 511)."""
+    return np.arange(bucket(int(frame_windows)), dtype=np.int32)
 
 
 def count_windows(grids_thw: Sequence[Sequence[int]] | np.ndarray, merge_size: int = 2, window_merged: int = 4) -> int:
