@@ -19,6 +19,7 @@ import ml_collections
 from mini_o3_jax.config_files import load_config, to_block
 from mini_o3_jax.model.presets import preset
 from mini_o3_jax.toy.recipe import ToyData
+from mini_o3_jax.train.settings import TOY_SHAPES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -60,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
         t.checkpoint.keep = 1
         t.checkpoint.async_save = False
         t.train.trainable = "all"  # from scratch: the vision tower learns too
+        t.train.update(TOY_SHAPES)  # bucketed sizes, not the 7B shape sets
         t.train.update(train)
         return t
 

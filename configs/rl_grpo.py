@@ -35,7 +35,7 @@ from mini_o3_jax.rl.loop import RLRollout
 from mini_o3_jax.scoring.judge_config import config_defaults
 from mini_o3_jax.train.losses import PPOConfig
 from mini_o3_jax.train.optim import OptimConfig
-from mini_o3_jax.train.settings import CheckpointConfig, RLTrain
+from mini_o3_jax.train.settings import SHAPES_7B, TOY_SHAPES, CheckpointConfig, RLTrain
 
 
 def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
@@ -50,6 +50,7 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 1
     c.mesh = {"data": 1, "fsdp": -1, "tensor": 1}
     c.sharding = {}  # overrides of parallel/rules.py's table, {logical axis: mesh axis | [axes] | None}
+    c.compile_cache = "auto"  # persistent compiled programs: "auto" = <out_dir>/compile_cache, "" = off
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # released JSON: images / problem / solution / data_source / doc_id
@@ -80,7 +81,8 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
 
     # train.settings.RLTrain: 100 steps of 256 prompts, 8 mini-batch updates of 32 prompts, dynamic sampling,
     # over-turn masking, seq-mean-token-mean, the vision tower trained too; sequences up to 32k + 8k tokens
-    c.train = to_block(RLTrain(min_length=1024, logits_chunk=1024), skip=("temperature",))
+    c.train = to_block(RLTrain(min_length=1024, logits_chunk=1024,
+                               **SHAPES_7B), skip=("temperature",))
     # PPOConfig's defaults are the released objective: clip-higher 0.2/0.3, no KL, no entropy bonus
     c.ppo = to_block(PPOConfig())
     # OptimConfig's defaults are the released actor's AdamW: lr 1e-6 constant, wd 0.01, clip 1.0
@@ -115,7 +117,7 @@ def tiny(c: ml_collections.ConfigDict) -> None:
     c.reward.kind = "exact"
     c.train.update(steps=3, prompts_per_step=2, mini_batch_prompts=1, max_gen_batches=4)
     # one micro-batch of one length and image-window bucket per group: the update compiles once, not per shape
-    c.train.update(micro_batch=4, max_length=8192, min_length=512, min_windows=16, logits_chunk=256)
+    c.train.update(micro_batch=4, max_length=8192, min_length=512, min_windows=16, logits_chunk=256, **TOY_SHAPES)
     c.optim.lr = 1e-4
     c.checkpoint.every = 1
     c.checkpoint.async_save = False

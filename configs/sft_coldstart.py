@@ -30,7 +30,7 @@ from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.infer import DEMO_MODEL
 from mini_o3_jax.model.presets import preset
 from mini_o3_jax.train.optim import OptimConfig
-from mini_o3_jax.train.settings import CheckpointConfig, SFTTrain
+from mini_o3_jax.train.settings import SHAPES_7B, TOY_SHAPES, CheckpointConfig, SFTTrain
 
 
 def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
@@ -45,6 +45,7 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 1
     c.mesh = {"data": 1, "fsdp": -1, "tensor": 1}
     c.sharding = {}  # overrides of parallel/rules.py's table, {logical axis: mesh axis | [axes] | None}
+    c.compile_cache = "auto"  # persistent compiled programs: "auto" = <out_dir>/compile_cache, "" = off
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # Mini-o3-Coldstart.json (LLaMA-Factory sharegpt: conversations + images)
@@ -59,7 +60,8 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     # train.settings.SFTTrain: 3 epochs (steps 0: derived from them), 32 sequences an optimizer step (4 per GPU
     # on 8 GPUs) in micro-batches of 1, token-mean loss; cutoff_len 32768; the LLM alone is trained
     # (freeze_vision_tower + freeze_multi_modal_projector)
-    c.train = to_block(SFTTrain(trainable="language_model", max_length=32768, min_length=1024, logits_chunk=1024))
+    c.train = to_block(SFTTrain(trainable="language_model", max_length=32768, min_length=1024, logits_chunk=1024,
+                                **SHAPES_7B))
     # OptimConfig with LLaMA-Factory's values: lr 1e-5 cosine with 10% warmup, no weight decay (the HF Trainer
     # default); betas, eps and clip 1.0 are OptimConfig's
     c.optim = to_block(OptimConfig(lr=1e-5, schedule="cosine", warmup_ratio=0.1, weight_decay=0.0))
@@ -89,7 +91,8 @@ def tiny(c: ml_collections.ConfigDict) -> None:
     c.data.system_prompt = False  # keep the expert's system turn (tool_crop); the packaged model has none
     c.data.min_pixels = 3136  # the toy scene's view budget (56x56 .. 112x112 pixels), as the model was trained
     c.data.max_pixels = 12_544
-    c.train.update(steps=6, batch_size=2, micro_batch=-1, min_length=64, max_length=4096, logits_chunk=256)
+    c.train.update(steps=6, batch_size=2, micro_batch=-1, min_length=64, max_length=4096, logits_chunk=256,
+                   **TOY_SHAPES)
     c.optim.lr = 1e-4
     c.checkpoint.every = 3
     c.checkpoint.async_save = False

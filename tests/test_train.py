@@ -15,6 +15,7 @@ from flax import nnx
 
 from mini_o3_jax.config_files import load_config
 from mini_o3_jax.data.direct import read_prompts, read_sharegpt
+from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL, forward_logits
 from mini_o3_jax.model.weights import load_model
 from mini_o3_jax.processing.image import ImageProcessor
@@ -254,3 +255,34 @@ def test_bf16_model_trains_on_fp32_masters_like_an_fp32_adamw(parts):
                      for a, b in zip(ref, p0)) / sum(a.size for a in p0)
     assert bf16_moved < 0.5
     assert trainer.model().dtype == jnp.bfloat16
+
+
+def test_fixed_shape_sets_pick_sizes_from_the_config_and_count_programs(parts):
+    """`lengths`/`windows`/`bands` (the released configs' shape sets): every micro-batch takes the smallest size
+    that holds it, the gradients equal those of bucketed sizes (padding and a wider band change nothing), the
+    trainer counts one program per (function, shape), and a micro-batch beyond the largest size is refused."""
+    tok, proc, trajs, mcfg = parts
+    examples = examples_from_trajectories(trajs, proc, agg="token-mean")
+    longest = max(len(e.token_ids) for e in examples)
+    fixed = BatchSpec(micro_batch=2, pad_id=tok.endoftext_id, lengths=(longest + 3, 4 * longest),
+                      windows=(50, 200), bands=(9, 40))
+    batches, _ = micro_batches(examples, mcfg, fixed)
+    assert {b.targets.shape[1] for b in batches} == {longest + 3}
+    assert {b.vision.pixels.shape[0] // 64 for b in batches} == {2 * 50}
+    assert {b.vision.band.shape[0] for b in batches} == {9}
+    bucketed, _ = micro_batches(examples, mcfg, BatchSpec(micro_batch=2, min_length=16, pad_id=tok.endoftext_id))
+    assert all(b.vision.band.shape[0] < 9 for b in bucketed)
+    model = Qwen25VL(mcfg, rngs=nnx.Rngs(5))
+    trainer = Trainer(model, make_optimizer(OptimConfig(), 10), StepConfig())
+    (g_fixed, m_fixed), (g_bucketed, m_bucketed) = trainer.grads(batches), trainer.grads(bucketed)
+    assert m_fixed["loss"] == pytest.approx(m_bucketed["loss"], rel=1e-5)
+    for a, b in zip(jax.tree.leaves(g_fixed), jax.tree.leaves(g_bucketed)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-4)
+    # one init, one grads program for the fixed shape, one per distinct bucketed shape, one gradient sum
+    bucketed_shapes = {(b.targets.shape, b.vision.pixels.shape, b.vision.band.shape) for b in bucketed}
+    assert trainer.compiled_programs == 1 + 1 + len(bucketed_shapes) + 1
+    assert trainer.train_step(batches)["compiled_programs"] == trainer.compiled_programs == 4 + len(bucketed_shapes)
+    with pytest.raises(ConfigError, match=r"needs \d+ tokens, more than the largest of train.lengths = \[8\]"):
+        micro_batches(examples, mcfg, dataclasses.replace(fixed, lengths=(8,)))
+    with pytest.raises(ConfigError, match="train.bands"):
+        micro_batches(examples, mcfg, dataclasses.replace(fixed, bands=(1,)))

@@ -268,7 +268,8 @@ def test_resume_on_an_8_device_mesh_equals_the_uninterrupted_run(tmp_path):
     and resumed for 2 more ends with the parameters of 4 uninterrupted steps, bit for bit."""
     data = write_sharegpt(str(tmp_path / "data"), 4)
     model = write_small_checkpoint(str(tmp_path / "model"))
-    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    # every program stored, however fast it compiled
+    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     mesh = ["--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.train.batch_size=4"]
 
     def sft(out, steps):  # constant lr: 2 + 2 steps follow the same schedule as 4
@@ -280,9 +281,14 @@ def test_resume_on_an_8_device_mesh_equals_the_uninterrupted_run(tmp_path):
     out = str(tmp_path / "split")
     first = sft(out, 2)
     assert first.returncode == 0, first.stderr[-3000:]
+    cached = os.listdir(os.path.join(out, "compile_cache"))  # the persistent cache, on by default under the run
+    assert any(name.startswith("jit__grads") for name in cached), cached
     second = sft(out, 4)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout + second.stderr
+    with open(os.path.join(out, "logs", "metrics.jsonl"), encoding="utf-8") as f:
+        programs = [json.loads(line)["compiled_programs"] for line in f]
+    assert programs[:2] == [3, 3] and programs[2] == 3  # init, grads, apply: one shape, no recompiles
     got, expected = _final_params(out), _final_params(str(tmp_path / "straight"))
     assert len(got) == len(expected) > 20
     for x, y in zip(got, expected):

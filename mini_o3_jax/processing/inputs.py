@@ -45,6 +45,7 @@ def build_inputs(
     *,
     length: int | None = None,
     num_windows: int | None = None,
+    band: int | None = None,
     min_length: int = 16,
     pad_id: int = PAD_ID,
     starts: Sequence[int] | None = None,
@@ -53,7 +54,8 @@ def build_inputs(
 
     `pixel_values[b]` (N_b, patch_dim) and `grids_thw[b]` (n_b, 3) are the processor outputs for
     the images of sequence b, in order (use an empty array / None for text-only sequences).
-    `length`/`num_windows` force sizes; by default they are bucketed. `starts[b]` continues
+    `length`/`num_windows`/`band` (windows a full-attention block reads, >= the widest image's) force sizes;
+    by default they are bucketed. `starts[b]` continues
     sequence b at M-RoPE position `starts[b]` (a chunk appended to a KV cache; default 0); the
     returned `rope_deltas` are then `next_position - len(chunk)`.
     """
@@ -88,7 +90,7 @@ def build_inputs(
             pos_hw=layout.pos_hw,
             window_seg=layout.window_seg,
             image_seg=layout.image_seg,
-            band=window_band(layout.frame_windows),
+            band=window_band(layout.frame_windows) if band is None else _fixed_band(band, layout.frame_windows),
             window_first=layout.window_first,
         )
         merged_rows = layout.merged_rows
@@ -114,3 +116,9 @@ def build_inputs(
         deltas[i] = next_start - n
     text = TextInputs(input_ids=ids, positions=positions, segment_ids=segment_ids, image_rows=image_rows)
     return Batch(text=text, vision=vision, lengths=lens, rope_deltas=deltas)
+
+
+def _fixed_band(band: int, frame_windows: int) -> np.ndarray:
+    if band < frame_windows:
+        raise ValueError(f"band={band} is narrower than an image of {frame_windows} windows")
+    return np.arange(band, dtype=np.int32)

@@ -155,6 +155,11 @@ class BatchSpec:
     # Smallest bucket of vision attention windows per micro-batch. Small-image runs (many images, one
     # window each) otherwise see a new window count, hence a new compile, every few steps.
     min_windows: int = 0
+    # Fixed shape sets (shape discipline at scale, issue 19): a micro-batch takes the smallest entry that
+    # holds it. Empty: `bucket` sizes (4 per octave: fine at toy scale, ~180 programs an RL step at 7B).
+    lengths: tuple[int, ...] = ()  # token lengths, e.g. (8192, 16384, 32768)
+    windows: tuple[int, ...] = ()  # ViT windows (64 patches each) per row: the micro-batch holds rows x this
+    bands: tuple[int, ...] = ()  # windows a full-attention block reads: >= the widest image's windows
 
 
 def micro_batches(
@@ -181,17 +186,26 @@ def micro_batches(
 
 def _pad_group(group: list[Example], spec: BatchSpec, config: ModelConfig) -> TrainBatch:
     n_rows = spec.micro_batch
-    length = bucket(max(len(e.token_ids) for e in group), spec.min_length)
+    longest = max(len(e.token_ids) for e in group)
+    length = _fixed(spec.lengths, longest, "lengths", "tokens") if spec.lengths else bucket(longest, spec.min_length)
     seqs = [e.token_ids for e in group] + [np.zeros((0,), np.int32)] * (n_rows - len(group))
     pixels = [e.pixel_values for e in group] + [None] * (n_rows - len(group))
     grids = [e.grids for e in group] + [None] * (n_rows - len(group))
-    num_windows = None
-    if spec.min_windows:
-        v = config.vision
-        all_grids = [np.asarray(g, np.int64).reshape(-1, 3) for g in grids if g is not None]
-        windows = count_windows(np.concatenate(all_grids), v.spatial_merge_size, v.window_merged) if all_grids else 0
-        num_windows = bucket(max(windows, spec.min_windows), 4)
-    inputs = build_inputs(seqs, pixels, grids, config, length=length, pad_id=spec.pad_id, num_windows=num_windows)
+    num_windows = band = None
+    v = config.vision
+    all_grids = [np.asarray(g, np.int64).reshape(-1, 3) for g in grids if g is not None and len(g)]
+    if all_grids and (spec.min_windows or spec.windows or spec.bands):
+        stacked = np.concatenate(all_grids)
+        windows = count_windows(stacked, v.spatial_merge_size, v.window_merged)
+        if spec.windows:
+            num_windows = n_rows * _fixed(spec.windows, -(-windows // n_rows), "windows", "ViT windows a row")
+        elif spec.min_windows:
+            num_windows = bucket(max(windows, spec.min_windows), 4)
+        if spec.bands:
+            widest = max(count_windows(g[None], v.spatial_merge_size, v.window_merged) for g in stacked)
+            band = _fixed(spec.bands, widest, "bands", "windows in one image")
+    inputs = build_inputs(seqs, pixels, grids, config, length=length, pad_id=spec.pad_id, num_windows=num_windows,
+                          band=band)
     targets = np.full((n_rows, length), spec.pad_id, np.int32)
     mask = np.zeros((n_rows, length), np.float32)
     weights = np.zeros((n_rows, length), np.float32)
@@ -204,6 +218,15 @@ def _pad_group(group: list[Example], spec: BatchSpec, config: ModelConfig) -> Tr
         adv[b] = e.advantage
     zeros = np.zeros((n_rows, length), np.float32)
     return TrainBatch(inputs.text, inputs.vision, targets, mask, weights, adv, zeros, zeros)
+
+
+def _fixed(sizes: Sequence[int], need: int, name: str, what: str) -> int:
+    """The smallest of `sizes` >= `need`; beyond the largest, a ConfigError naming `train.<name>`."""
+    fits = [s for s in sizes if s >= need]
+    if not fits:
+        raise ConfigError(f"a micro-batch needs {need} {what}, more than the largest of train.{name} = "
+                          f"{list(sizes)}: add a larger size (or lower the data's limits)")
+    return min(fits)
 
 
 def batch_tokens(batch: TrainBatch) -> int:

@@ -134,8 +134,34 @@ def _warn_both(console):
     return warn
 
 
+def compile_cache_dir(cfg: ml_collections.ConfigDict) -> str | None:
+    """Where compiled programs persist across restarts: `compile_cache` "auto" (the default) is
+    `<out_dir>/compile_cache`, "" turns it off, anything else is a directory."""
+    where = cfg.get("compile_cache", "auto")
+    if not isinstance(where, str):
+        raise ConfigError(f"compile_cache = {where!r}; expected 'auto', '' (off) or a directory")
+    if not where:
+        return None
+    return os.path.join(os.path.abspath(cfg.out_dir), "compile_cache") if where == "auto" else os.path.abspath(
+        os.path.expanduser(where))
+
+
+def enable_compile_cache(directory: str | None) -> None:
+    """Point JAX's persistent compilation cache at `directory`: a restarted or resumed run loads its step
+    programs instead of compiling them again (at 7B, minutes per program). Programs that compile in under
+    `jax_persistent_cache_min_compile_time_secs` (default 1 s) are not stored."""
+    if directory is None:
+        return
+    from jax.experimental.compilation_cache import compilation_cache
+
+    os.makedirs(directory, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    compilation_cache.reset_cache()  # the cache is set up at the first compile: re-read the directory
+
+
 def open_session(cfg: ml_collections.ConfigDict, loss: str, total_steps: int, console=print) -> Session:
     """Build mesh, model, optimizer and trainer; restore the latest checkpoint of `cfg.out_dir` if any."""
+    enable_compile_cache(compile_cache_dir(cfg))
     mesh = build_mesh(cfg)
     model = build_model(cfg, mesh)
     ocfg = from_block(OptimConfig, cfg.optim, "optim")

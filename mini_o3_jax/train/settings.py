@@ -20,6 +20,13 @@ from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.train.batch import BatchSpec
 from mini_o3_jax.train.step import StepConfig
 
+# The released configs' fixed shape sets (7B, 32K-token trajectories of up to 12 images of <= 2 Mpx): 3 lengths,
+# ViT windows per row up to 12 images x 254 (the most windows a 2-Mpx image spans, at an extreme aspect ratio;
+# a typical one spans ~180), and full-attention bands of 192 (a typical 2-Mpx image) or 256 windows. At most
+# 3 x 5 x 2 = 30 programs per step function, against ~180 with bucketed sizes.
+SHAPES_7B = dict(lengths=(8192, 16384, 32768), windows=(256, 512, 1024, 2048, 3072), bands=(192, 256))
+TOY_SHAPES = dict(lengths=[], windows=[], bands=[])  # toy runs: bucketed sizes
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -31,6 +38,10 @@ class TrainConfig:
     min_length: int = BatchSpec.min_length
     max_length: int = BatchSpec.max_length
     min_windows: int = BatchSpec.min_windows
+    # fixed shape sets (each empty: bucketed sizes); see BatchSpec
+    lengths: tuple[int, ...] = ()
+    windows: tuple[int, ...] = ()
+    bands: tuple[int, ...] = ()
     loss_agg: str = "token-mean"
     trainable: str = StepConfig.trainable
     logits_chunk: int = StepConfig.logits_chunk
@@ -47,7 +58,15 @@ class TrainConfig:
                               f"{data_ways} data-parallel devices; use a multiple of {data_ways} or -1 (one row "
                               "per device)")
         return BatchSpec(micro_batch=rows, min_length=self.min_length, max_length=self.max_length,
-                         min_windows=self.min_windows, pad_id=pad_id)
+                         min_windows=self.min_windows, pad_id=pad_id, lengths=_sizes(self.lengths, "lengths"),
+                         windows=_sizes(self.windows, "windows"), bands=_sizes(self.bands, "bands"))
+
+
+def _sizes(values, name: str) -> tuple[int, ...]:
+    sizes = tuple(values or ())
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
+        raise ConfigError(f"train.{name} = {list(sizes)}; expected positive integers")
+    return tuple(sorted(sizes))
 
 
 @dataclasses.dataclass(frozen=True)

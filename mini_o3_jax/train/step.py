@@ -88,6 +88,7 @@ class Trainer:
         self.opt_state = self._jit(optimizer.init, (self.param_shardings,), self.opt_shardings)(self.params)
         self.step = 0
         self.schedule: Callable[[int], Any] | None = None  # the optimizer's lr schedule, for logging
+        self._programs: set[tuple] = {("init",)}  # distinct (function, input shapes): one compile each
         ps, fs, os_, rep = self.param_shardings, self.frozen_shardings, self.opt_shardings, self._replicated()
         self._grad_fn = self._jit(functools.partial(_grads, graphdef, config, self.compute_dtype),
                                   (ps, fs, None), (ps, rep))
@@ -172,15 +173,20 @@ class Trainer:
     def logprobs(self, batch: TrainBatch, params: Any = None) -> jax.Array:
         """(B, L) log-probs of the targets under the current parameters, or under `params` (a reference
         policy from `trainable_params`; the frozen ones are shared), without gradient."""
+        params = self.params if params is None else params
+        self._seen("logprobs", params, batch)
         with activation_sharding(self.mesh, self.rules):
-            return self._logprob_fn(self.params if params is None else params, self.frozen, self.put(batch))
+            return self._logprob_fn(params, self.frozen, self.put(batch))
 
     def grads(self, batches: Sequence[TrainBatch]) -> tuple[Any, dict[str, float]]:
         """Gradients and metrics summed over micro-batches (= the step's, as weights are global)."""
         if not batches:
             raise ValueError("a train step needs at least one micro-batch")
         grads, metrics = None, None
-        for b in batches:
+        for i, b in enumerate(batches):
+            self._seen("grads", b)
+            if i:
+                self._seen("add")
             with activation_sharding(self.mesh, self.rules):
                 g, m = self._grad_fn(self.params, self.frozen, self.put(b))
             grads = g if grads is None else self._add(grads, g)
@@ -190,10 +196,24 @@ class Trainer:
     def train_step(self, batches: Sequence[TrainBatch]) -> dict[str, float]:
         """One optimizer step over all micro-batches; returns summed metrics + grad norm."""
         grads, metrics = self.grads(batches)
+        self._seen("apply")
         self.params, self.opt_state, grad_norm = self._apply_fn(self.params, self.opt_state, grads)
         self.step += 1
         metrics["grad_norm"] = float(grad_norm)
+        metrics["compiled_programs"] = float(self.compiled_programs)
         return metrics
+
+    @property
+    def compiled_programs(self) -> int:
+        """Distinct programs the trainer's jitted functions have compiled so far (one per function and input
+        shape): a run whose count keeps growing is compiling every few steps (issue 19: ~180 an RL step with
+        unfixed shapes). Logged as `compiled_programs`."""
+        return len(self._programs)
+
+    def _seen(self, name: str, *trees: Any) -> None:
+        shapes = tuple((tuple(np.shape(x)), str(getattr(x, "dtype", type(x).__name__)))
+                       for x in jax.tree.leaves(trees))
+        self._programs.add((name, jax.tree.structure(trees), shapes))
 
     def learning_rate(self) -> float:
         """The learning rate the next update will use (nan if no schedule was attached)."""
