@@ -193,3 +193,35 @@ def test_host_memory_stays_flat_over_500_episodes(parts):
     print("[memory] RSS MB per 50 episodes:", [round(r) for r in rss])
     growth = rss[-1] - rss[2]  # after warm-up (compiles, caches) to the end: 400 more episodes
     assert growth < 40, f"RSS grew {growth:.1f} MB over 400 episodes: {[round(r) for r in rss]}"
+
+
+def test_rollout_keeps_the_patches_it_fed_the_model(parts):
+    """`keep_patches` (RL): each trajectory carries the patch rows of its images in the model's dtype, equal to
+    what the image processor gives for them, so training builds its batches without a second processor pass."""
+    import jax.numpy as jnp
+
+    from mini_o3_jax.agent.environment import VisualSearchEnv
+    from mini_o3_jax.train.batch import trajectory_pixels
+
+    model, tok, proc = parts
+    cfg = EngineConfig(slots=3, max_len=6144, decode_chunk=8, max_turn_tokens=24, env=ENV, keep_patches=True)
+    engine = RolloutEngine(model, tok, proc, cfg)
+    try:
+        trajs = engine.run(questions(2), samples=2, seed=0)
+    finally:
+        engine.close()
+    for t in trajs:
+        assert t.patches is not None and len(t.patches) == len(t.images) == len(t.grids)
+        again = proc(list(t.images)).pixel_values
+        kept = trajectory_pixels(t, proc)
+        assert kept.dtype == np.float32 and np.array_equal(kept, again)
+    assert run(parts, n=1, samples=1)[0].patches is None  # evaluation does not keep them
+    # a bf16 model keeps bf16 rows (what its patch embedding reads), original and crop alike
+    ep = questions(1)[0]
+    env = VisualSearchEnv(ep.image, ep.problem, tok, proc, ENV, patch_dtype=jnp.dtype(jnp.bfloat16))
+    env.step(tok.encode('<grounding>{"bbox_2d": [0.2, 0.1, 0.7, 0.6], "source": "original_image"}</grounding>'))
+    env.step(tok.encode("<answer>A</answer><|im_end|>"))
+    traj = env.trajectory()
+    assert len(traj.patches) == 2 and all(p.dtype == jnp.bfloat16 for p in traj.patches)
+    want = proc(list(traj.images)).pixel_values.astype(jnp.bfloat16)
+    assert np.array_equal(np.concatenate(traj.patches).view(np.uint16), want.view(np.uint16))

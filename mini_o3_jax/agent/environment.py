@@ -117,8 +117,11 @@ class VisualSearchEnv:
         tokenizer: Tokenizer,
         processor: ImageProcessor,
         config: EnvConfig | None = None,
+        patch_dtype: np.dtype | None = None,
     ):
+        """`patch_dtype`: keep each image's patch rows in this dtype for the trajectory (None: not kept)."""
         self.config = config or EnvConfig()
+        self.patch_dtype = None if patch_dtype is None else np.dtype(patch_dtype)
         self.tokenizer = tokenizer
         self.processor = processor
         self.max_token_id = self.config.max_token_id
@@ -131,6 +134,7 @@ class VisualSearchEnv:
         processed = processor([first])
         self.images: list[Image.Image] = [first]  # what the model sees
         self.grids: list[np.ndarray] = [processed.grid_thw[0]]
+        self.patches: list[np.ndarray] = self._kept(processed.pixel_values)
         self.prompt_pixels = processed
         user = question if DATASET_IMAGE_PLACEHOLDER in question else DATASET_IMAGE_PLACEHOLDER + "\n" + question
         messages = [{"role": "user", "content": replace_image_placeholders(user)}]
@@ -145,10 +149,14 @@ class VisualSearchEnv:
         self.done = False
         self.over_turn = self.over_length = self.void = False
 
+    def _kept(self, pixel_values: np.ndarray) -> list[np.ndarray]:
+        return [] if self.patch_dtype is None else [np.asarray(pixel_values).astype(self.patch_dtype)]
+
     def copy(self) -> VisualSearchEnv:
         """An independent episode in the same state (n samples of one prompt share its preprocessing)."""
         clone = copy.copy(self)
         clone.observations, clone.images, clone.grids = list(self.observations), list(self.images), list(self.grids)
+        clone.patches = list(self.patches)
         clone._ids, clone._mask, clone.turns = list(self._ids), list(self._mask), list(self.turns)
         return clone
 
@@ -216,6 +224,7 @@ class VisualSearchEnv:
             self.observations.append(crop)
             self.images.append(resized)
             self.grids.append(image.grid_thw[0])
+            self.patches += self._kept(image.pixel_values)
         self._ids.append(append)
         self._mask.append(np.zeros(append.shape, np.int8))
         self.length += int(append.shape[0])
@@ -243,4 +252,5 @@ class VisualSearchEnv:
             over_length=self.over_length,
             void=self.void,
             sampled_mask=sampled,
+            patches=list(self.patches) if self.patch_dtype is not None else None,
         )

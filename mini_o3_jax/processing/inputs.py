@@ -81,7 +81,10 @@ def build_inputs(
             all_grids, v.spatial_merge_size, v.window_merged,
             num_windows=num_windows if num_windows is not None else bucket(windows, 4),
         )
-        pixels = np.concatenate([np.asarray(p, np.float32) for p in pixel_values if p is not None and len(p)], 0)
+        # kept in their dtype (bf16 patches from a rollout stay bf16 up to the model's cast)
+        given = [np.asarray(p) for p in pixel_values if p is not None and len(p)]
+        dtype = given[0].dtype if all(p.dtype == given[0].dtype for p in given) else np.float32
+        pixels = np.concatenate([p.astype(dtype, copy=False) for p in given], 0)
         expected = int(np.prod(all_grids, axis=1).sum())
         if pixels.shape != (expected, v.patch_dim):
             raise ValueError(f"pixel_values have shape {pixels.shape}, the grids need ({expected}, {v.patch_dim})")

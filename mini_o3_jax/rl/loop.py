@@ -121,7 +121,8 @@ def run_rl(
     # the KL term's reference policy: the model RL started from (`model_path`), also after a resume
     ref_params = trainer.trainable_params(build_model(cfg, trainer.mesh)) if trainer.config.ppo.kl_coef else None
     scorer = Scorer(cfg.reward.kind, judge)
-    engine = RolloutEngine(trainer.model(), tokenizer, processor, r)
+    # the rollout keeps each trajectory's patch rows for the updates (no second pass through the processor)
+    engine = RolloutEngine(trainer.model(), tokenizer, processor, dataclasses.replace(r, keep_patches=True))
     spec = t.batch_spec(tokenizer.endoftext_id, trainer.data_ways)
     metrics: dict = {}
     bar = tqdm(total=t.steps, initial=rl_step, desc=label, unit="step", disable=console is None)
@@ -190,8 +191,9 @@ def run_rl(
                     examples = examples_from_trajectories(trajs, processor, agg=t.loss_agg, advantages=adv,
                                                           mask_exceeded=t.mask_exceeded)
                     mbs = micro_batches(examples, trainer.model_config, spec)[0]
-                    mbs = [b._replace(old_logprobs=np.asarray(trainer.logprobs(b)), ref_logprobs=b.ref_logprobs
-                                      if ref_params is None else np.asarray(trainer.logprobs(b, ref_params)))
+                    # old (and reference) log-probs stay on the devices, sharded by rows as the update reads them
+                    mbs = [b._replace(old_logprobs=trainer.logprobs(b), ref_logprobs=b.ref_logprobs
+                                      if ref_params is None else trainer.logprobs(b, ref_params))
                            for b in mbs]
                     minibatches.append(mbs)
                 old_s = time.perf_counter() - t0

@@ -54,6 +54,9 @@ class EngineConfig:
     sampling: Sampling = Sampling()
     env: EnvConfig = EnvConfig()
     workers: int = 4
+    # keep each trajectory's patch rows (in the model's dtype) for training to reuse: RL sets it; evaluation
+    # does not (a 2-Mpx image is ~24 MB of bf16 patches)
+    keep_patches: bool = False
 
 
 @dataclasses.dataclass
@@ -151,7 +154,8 @@ class _SlotTable:
     def _start(self, e: int, samples: list[int], mine: list[int]) -> None:
         eng = self.engine
         question = self.questions[e]  # read once: `questions` may load lazily from disk
-        env = VisualSearchEnv(question.image, question.problem, eng.tokenizer, eng.processor, eng.config.env)
+        env = VisualSearchEnv(question.image, question.problem, eng.tokenizer, eng.processor, eng.config.env,
+                              patch_dtype=jnp.dtype(eng.model.dtype) if eng.config.keep_patches else None)
         base = jax.random.fold_in(self.root, e) if self.seeds is None else jax.random.key(self.seeds[e])
         for i, s in zip(mine, samples):
             self.keys = self.keys.at[i].set(jax.random.fold_in(base, s))

@@ -93,9 +93,12 @@ def token_weights(
 
 
 def trajectory_pixels(traj: Trajectory, processor: ImageProcessor) -> np.ndarray | None:
-    """Patch rows of a trajectory's model-input images (already pre-resized by the environment)."""
+    """Patch rows of a trajectory's model-input images: those the rollout kept (`Trajectory.patches`), else
+    the images (already pre-resized by the environment) through the processor again."""
     if not traj.images:
         return None
+    if traj.patches is not None:
+        return np.concatenate(traj.patches, axis=0)
     processed = processor(list(traj.images))
     if not np.array_equal(np.asarray(processed.grid_thw, np.int64), np.asarray(traj.grids, np.int64)):
         raise ValueError(

@@ -150,7 +150,8 @@ class Trainer:
 
         def place(x, axes):
             spec = logical_to_spec(axes, np.shape(x), self.mesh, self.rules)
-            return jax.device_put(np.asarray(x), NamedSharding(self.mesh, spec))
+            # device arrays (old log-probs) move device-to-device, never through the host
+            return jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x), NamedSharding(self.mesh, spec))
 
         def by_rank(x, first="act_batch"):
             return place(x, (first,) + (None,) * (np.ndim(x) - 1))
