@@ -13,6 +13,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from mini_o3_jax.model import attention_backends as backends
+from mini_o3_jax.parallel.rules import active_sharding
+
 _NEG = float(jnp.finfo(jnp.float32).min)
 
 
@@ -95,6 +98,30 @@ def _attend_bwd(scale, res, do):
 _attend.defvjp(_attend_fwd, _attend_bwd)
 
 
+def _query_chunk(chunk: int, lk: int, heads: int, budget: int = 1 << 25) -> int:
+    """Query rows per call: at most `chunk`, and few enough that one call's fp32 scores (rows x keys x heads)
+    stay within `budget` elements (128 MB): a 32K-token 7B row reads 32 rows at a time, not 1,024 (3.8 GB of
+    scores per array, several alive in the backward)."""
+    fit = max(budget // max(lk * heads, 1), 16)
+    return min(chunk, 1 << (fit.bit_length() - 1))
+
+
+def _fused(q, k, v, q_seg, kv_seg, q_pos, causal: bool, scale: float) -> jax.Array | None:
+    """The backend's result where it computes this call exactly, else None (the XLA path)."""
+    backend = backends.resolve()
+    whole = q_pos is None or causal  # no per-row cache offsets
+    if backend == "splash" and whole and q.shape[1] % 128 == 0 and k.shape[1] % 128 == 0:
+        fn = functools.partial(backends.splash_attention, causal=causal, scale=scale,
+                               interpret=backends._INTERPRET.get())
+        active = active_sharding()
+        if active is not None:
+            fn = backends.sharded(fn, *active)
+        return fn(q, k, v, q_seg, kv_seg)
+    if backend == "cudnn" and causal and q.dtype in (jnp.bfloat16, jnp.float16):  # cuDNN: half precision only
+        return backends.cudnn_attention(q, k, v, kv_seg, scale=scale)
+    return None
+
+
 def attention(
     q: jax.Array,
     k: jax.Array,
@@ -105,15 +132,23 @@ def attention(
     kv_pos: jax.Array | None = None,
     *,
     chunk: int = 1024,
+    causal: bool = False,
 ) -> jax.Array:
     """Scaled dot-product attention where query i sees key j iff segments match (and, when
     positions are given, kv_pos[j] <= q_pos[i]: causal, also across a KV cache).
 
     q: (B, Lq, H, D); k, v: (B, Lk, KV, D) with H a multiple of KV; segments/positions (B, L).
     Every query must see at least one key (padding rows share a segment with themselves).
+    `causal=True` promises the positions are 0..L-1 on both sides (a whole row: train and prefill), which
+    lets a fused kernel take the call (`attention_backends`: splash on TPU, cuDNN on GPU, each row one
+    sequence then padding); otherwise, and on CPU, the XLA code below computes it.
     """
     scale = q.shape[-1] ** -0.5
+    fused = _fused(q, k, v, q_seg, kv_seg, q_pos, causal, scale)
+    if fused is not None:
+        return fused
     lq = q.shape[1]
+    chunk = _query_chunk(chunk, k.shape[1], q.shape[2])
     if lq <= chunk:
         return _attend(q, k, v, q_seg, kv_seg, q_pos, kv_pos, scale)
     n = -(-lq // chunk)
@@ -124,6 +159,7 @@ def attention(
         return jnp.moveaxis(x.reshape(x.shape[0], n, chunk, *x.shape[2:]), 1, 0)
 
     xs = (split(q), split(q_seg), split(q_pos) if q_pos is not None else None)
-    out = jax.lax.map(lambda a: _attend(a[0], k, v, a[1], kv_seg, a[2], kv_pos, scale), xs)
+    # each chunk rematerialised: the loop's backward keeps only its inputs per chunk
+    out = jax.lax.map(jax.checkpoint(lambda a: _attend(a[0], k, v, a[1], kv_seg, a[2], kv_pos, scale)), xs)
     out = jnp.moveaxis(out, 0, 1).reshape(q.shape[0], n * chunk, *q.shape[2:])
     return out[:, :lq]

@@ -97,7 +97,7 @@ class TextDecoder(nnx.Module):
         eps = self.cfg.rms_norm_eps
 
         def attend(q, k, v, state: None) -> tuple[jax.Array, None]:
-            return attention(q, k, v, segment_ids, segment_ids, token_pos, token_pos), state
+            return attention(q, k, v, segment_ids, segment_ids, token_pos, token_pos, causal=True), state
 
         def body(x, w):
             x = decoder_layer(constrain(x, HIDDEN), w, cos, sin, eps, attend, None)[0]

@@ -106,6 +106,11 @@ def activation_sharding(mesh: Mesh | None, rules: Rules = DEFAULT_RULES) -> Iter
         _ACTIVE.reset(token)
 
 
+def active_sharding() -> tuple[Mesh, Rules] | None:
+    """The (mesh, rules) of the enclosing `activation_sharding`, or None (kernels that need `shard_map`)."""
+    return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """`x` with a sharding constraint from its logical `axes`, when traced inside `activation_sharding`.
 

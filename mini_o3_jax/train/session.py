@@ -166,7 +166,7 @@ def open_session(cfg: ml_collections.ConfigDict, loss: str, total_steps: int, co
     model = build_model(cfg, mesh)
     ocfg = from_block(OptimConfig, cfg.optim, "optim")
     trainer = Trainer(model, make_optimizer(ocfg, total_steps), step_config(cfg, loss), mesh=mesh,
-                      rules=sharding_rules(cfg))
+                      rules=sharding_rules(cfg), attention=cfg.get("attention", "auto"))
     trainer.schedule = learning_rate(ocfg, total_steps)
     out = os.path.abspath(cfg.out_dir)
     ckpt = checkpoint_settings(cfg)

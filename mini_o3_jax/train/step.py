@@ -17,6 +17,7 @@ nearly every weight, so ~98 % of weights never change (issue 19). For an fp32 mo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mini_o3_jax.errors import ConfigError
+from mini_o3_jax.model.attention_backends import attention_backend
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
 from mini_o3_jax.parallel.rules import (
     DEFAULT_RULES,
@@ -74,10 +76,13 @@ class Trainer:
         *,
         mesh: Mesh | None = None,
         rules: Rules = DEFAULT_RULES,
+        attention: str = "auto",
     ):
         if config.loss not in ("sft", "ppo"):
             raise ConfigError(f"loss = {config.loss!r}; expected 'sft' or 'ppo'")
         self.config, self.optimizer, self.mesh, self.rules = config, optimizer, mesh, rules
+        with attention_backend(attention):  # checked here, a ConfigError before any compile
+            self.attention = attention
         self.model_config = model.config
         graphdef, frozen, params, (self.frozen_shardings, self.param_shardings) = self._split(model)
         self.graphdef = graphdef
@@ -97,6 +102,13 @@ class Trainer:
         self._apply_fn = self._jit(functools.partial(_apply, optimizer), (ps, os_, ps), (ps, os_, rep),
                                    donate=(0, 1))
         self._add = self._jit(lambda a, b: jax.tree.map(jnp.add, a, b), (ps, ps), ps, donate=(0,))
+
+    def _tracing(self):
+        """The context the step functions are traced in: activation shardings and the attention backend."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(activation_sharding(self.mesh, self.rules))
+        stack.enter_context(attention_backend(self.attention))
+        return stack
 
     def _jit(self, fn, in_shardings, out_shardings, donate: tuple[int, ...] = ()):
         """jit with explicit shardings under a mesh (None entries: the argument's own, e.g. a batch's)."""
@@ -176,7 +188,7 @@ class Trainer:
         policy from `trainable_params`; the frozen ones are shared), without gradient."""
         params = self.params if params is None else params
         self._seen("logprobs", params, batch)
-        with activation_sharding(self.mesh, self.rules):
+        with self._tracing():
             return self._logprob_fn(params, self.frozen, self.put(batch))
 
     def grads(self, batches: Sequence[TrainBatch]) -> tuple[Any, dict[str, float]]:
@@ -188,7 +200,7 @@ class Trainer:
             self._seen("grads", b)
             if i:
                 self._seen("add")
-            with activation_sharding(self.mesh, self.rules):
+            with self._tracing():
                 g, m = self._grad_fn(self.params, self.frozen, self.put(b))
             grads = g if grads is None else self._add(grads, g)
             metrics = m if metrics is None else jax.tree.map(jnp.add, metrics, m)
