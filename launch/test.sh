@@ -8,6 +8,7 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
-python -m pip install -q -c launch/constraints-cpu.txt -e ".[test]"
+# the TPU compiler (libtpu) too: `mini-o3 plan` and its test compile the steps for TPU slices on this CPU
+python -m pip install -q -c launch/constraints-cpu.txt -e ".[test,tpu]"
 ruff check .
 exec python -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"

@@ -191,6 +191,23 @@ def _train_parts(args):
     return cfg, Tokenizer.from_pretrained(tok_dir), processor, tok_dir
 
 
+def cmd_plan(args) -> None:
+    from tqdm import tqdm
+
+    from mini_o3_jax.train.plan import DEFAULT_TARGETS, format_rows, loss_of, plan, write_results
+
+    cfg = _config(args)
+    rows = []
+    for target in tqdm(args.target or DEFAULT_TARGETS, desc="compiling", unit="target"):
+        rows.append(plan(cfg, loss_of(cfg), target, mfu=args.mfu, preset=args.preset, length=args.length,
+                         windows=args.windows))
+    print(format_rows(rows))
+    if args.write_results:
+        name = os.path.splitext(os.path.basename(args.config))[0]
+        write_results(rows, name, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
+                                               "RESULTS.md"))
+
+
 def cmd_sft(args) -> None:
     from mini_o3_jax.sft.loop import run_sft, sft_data, sft_from_file
 
@@ -481,6 +498,24 @@ def build_parser() -> argparse.ArgumentParser:
   mini-o3 rl --config rl_grpo --config.reward.kind=choice --show-config""", _config_help("rl"))
     _add_config(s, "configs/rl_grpo.py", _config)
     s.set_defaults(fn=cmd_rl)
+
+    s = command("plan", "compile the SFT/GRPO steps for TPU slices (or the local devices): HBM, FLOPs, time", """
+  mini-o3 plan --config sft_coldstart --target v5p:2x4x4      # Qwen2.5-VL-7B at 32K tokens on a v5p-64
+  mini-o3 plan --config rl_grpo --target v6e:8x8 --target local --mfu 0.35
+  mini-o3 plan --config sft_coldstart --write-results         # the default targets, into bench/RESULTS.md""",
+                "\nNeeds the TPU compiler for TPU targets: pip install \"jax[tpu]==<jax version>\" (any CPU machine).\n"
+                + _config_help("plan"))
+    _add_config(s, "configs/sft_coldstart.py", _config)
+    s.add_argument("--target", action="append", default=None, metavar="NAME",
+                   help="a TPU topology (v5p:2x4x4, v6e:8x8, ...) or 'local'; repeatable (default: "
+                        "v5p:2x4x4, v5p:4x4x4, v6e:8x8, v6e:16x16)")
+    s.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the time estimate")
+    s.add_argument("--length", type=int, default=None, help="tokens per row (default: the config's largest)")
+    s.add_argument("--windows", type=int, default=None,
+                   help="ViT windows per row (default: the config's largest budget, 12 widest 2-Mpx images)")
+    s.add_argument("--preset", default="qwen2_5_vl_7b", help="model size when the config names no checkpoint")
+    s.add_argument("--write-results", action="store_true", help="record the table in bench/RESULTS.md")
+    s.set_defaults(fn=cmd_plan)
 
     s = command("eval", "Avg@K over benchmarks: metrics.json, results.md, turn curve, HTML; resumes", """
   mini-o3 eval --config configs/eval.py --config.model_path=~/ckpt/mini-o3-7b --config.data_dir=~/data/tfds \\

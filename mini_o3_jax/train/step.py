@@ -88,45 +88,18 @@ class Trainer:
         self.graphdef = graphdef
         self.compute_dtype = jnp.dtype(model.dtype)  # what forward and backward run in
         self.frozen, self.params = frozen, _cast(params, jnp.float32)  # fp32 masters
-        self.opt_shardings = self._opt_shardings()
+        self.opt_shardings = optimizer_shardings(optimizer, self.params, self.param_shardings, mesh)
         # created where it lives: each moment shard on the device of its parameter shard (never whole on one)
-        self.opt_state = self._jit(optimizer.init, (self.param_shardings,), self.opt_shardings)(self.params)
+        self.opt_state = _jit(mesh, optimizer.init, (self.param_shardings,), self.opt_shardings)(self.params)
         self.step = 0
         self.schedule: Callable[[int], Any] | None = None  # the optimizer's lr schedule, for logging
         self._programs: set[tuple] = {("init",)}  # distinct (function, input shapes): one compile each
-        ps, fs, os_, rep = self.param_shardings, self.frozen_shardings, self.opt_shardings, self._replicated()
-        self._grad_fn = self._jit(functools.partial(_grads, graphdef, config, self.compute_dtype),
-                                  (ps, fs, None), (ps, rep))
-        self._logprob_fn = self._jit(functools.partial(_logprobs_only, graphdef, config, self.compute_dtype),
-                                     (ps, fs, None), None)
-        self._apply_fn = self._jit(functools.partial(_apply, optimizer), (ps, os_, ps), (ps, os_, rep),
-                                   donate=(0, 1))
-        self._add = self._jit(lambda a, b: jax.tree.map(jnp.add, a, b), (ps, ps), ps, donate=(0,))
+        fns = step_functions(graphdef, config, self.compute_dtype, optimizer, mesh, self.param_shardings,
+                             self.frozen_shardings, self.opt_shardings)
+        self._grad_fn, self._logprob_fn, self._apply_fn, self._add = fns
 
     def _tracing(self):
-        """The context the step functions are traced in: activation shardings and the attention backend."""
-        stack = contextlib.ExitStack()
-        stack.enter_context(activation_sharding(self.mesh, self.rules))
-        stack.enter_context(attention_backend(self.attention))
-        return stack
-
-    def _jit(self, fn, in_shardings, out_shardings, donate: tuple[int, ...] = ()):
-        """jit with explicit shardings under a mesh (None entries: the argument's own, e.g. a batch's)."""
-        if self.mesh is None:
-            return jax.jit(fn, donate_argnums=donate)
-        return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate)
-
-    def _replicated(self) -> NamedSharding | None:
-        return None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
-
-    def _opt_shardings(self) -> Any:
-        """The optimizer state's shardings: moments like their parameters, counters replicated."""
-        if self.mesh is None:
-            return None
-        abstract = jax.eval_shape(self.optimizer.init, self.params)
-        return optax.tree_map_params(self.optimizer, lambda _, s: s, abstract, self.param_shardings,
-                                     transform_non_params=lambda _: self._replicated(),
-                                     is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+        return tracing(self.mesh, self.rules, self.attention)
 
     def _split(self, model: Qwen25VL) -> tuple[Any, Any, Any, tuple[Any, Any]]:
         """graphdef, frozen and trainable state of `model` as (sharded) pure dicts, and their shardings."""
@@ -251,6 +224,46 @@ class Trainer:
     def model(self) -> Qwen25VL:
         """A `Qwen25VL` holding the current weights in the model's dtype (for rollout, eval and export)."""
         return _merged(self.graphdef, _cast(self.params, self.compute_dtype), self.frozen)
+
+
+def tracing(mesh: Mesh | None, rules: Rules, attention: str = "auto", interpret: bool = False):
+    """The context the step functions are traced in: activation shardings and the attention backend."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(activation_sharding(mesh, rules))
+    stack.enter_context(attention_backend(attention, interpret=interpret))
+    return stack
+
+
+def _jit(mesh: Mesh | None, fn, in_shardings, out_shardings, donate: tuple[int, ...] = ()):
+    """jit with explicit shardings under a mesh (None entries: the argument's own, e.g. a batch's)."""
+    if mesh is None:
+        return jax.jit(fn, donate_argnums=donate)
+    return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate)
+
+
+def optimizer_shardings(optimizer: optax.GradientTransformation, params: Any, param_shardings: Any,
+                        mesh: Mesh | None) -> Any:
+    """The optimizer state's shardings: moments like their parameters, counters replicated (None: no mesh).
+    `params` may be abstract (`jax.ShapeDtypeStruct`s)."""
+    if mesh is None:
+        return None
+    abstract = jax.eval_shape(optimizer.init, params)
+    return optax.tree_map_params(optimizer, lambda _, s: s, abstract, param_shardings,
+                                 transform_non_params=lambda _: NamedSharding(mesh, PartitionSpec()),
+                                 is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+
+
+def step_functions(graphdef, config: StepConfig, compute_dtype, optimizer: optax.GradientTransformation,
+                   mesh: Mesh | None, param_shardings: Any, frozen_shardings: Any, opt_shardings: Any):
+    """The trainer's jitted functions (grads, logprobs, apply, add), with their shardings: what `Trainer` runs
+    and what `mini-o3 plan` compiles for a target it does not have."""
+    ps, fs, os_ = param_shardings, frozen_shardings, opt_shardings
+    rep = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+    grads = _jit(mesh, functools.partial(_grads, graphdef, config, compute_dtype), (ps, fs, None), (ps, rep))
+    logps = _jit(mesh, functools.partial(_logprobs_only, graphdef, config, compute_dtype), (ps, fs, None), None)
+    apply = _jit(mesh, functools.partial(_apply, optimizer), (ps, os_, ps), (ps, os_, rep), donate=(0, 1))
+    add = _jit(mesh, lambda a, b: jax.tree.map(jnp.add, a, b), (ps, ps), ps, donate=(0,))
+    return grads, logps, apply, add
 
 
 def _cast(tree: Any, dtype: jnp.dtype) -> Any:

@@ -1,0 +1,73 @@
+"""`mini-o3 plan` compiles the trainer's real SFT and GRPO step functions for a TPU slice on this CPU
+(libtpu's compiler through `jax.experimental.topologies`), with the splash attention kernel really compiled
+(Mosaic custom calls in the program), and reports per-chip memory and FLOPs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mini_o3_jax.config_files import load_config
+from mini_o3_jax.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = r'''
+import dataclasses, json, sys
+from mini_o3_jax.config_files import load_config
+from mini_o3_jax.train.plan import format_rows, plan, write_results
+rows = []
+for name, loss in (("sft_tiny", "sft"), ("rl_tiny", "ppo")):
+    cfg = load_config(name)
+    cfg.train.micro_batch = 4  # one row per chip of a v5p:2x2x1 (4 chips)
+    rows.append(plan(cfg, loss, "v5p:2x2x1", length=256))  # a multiple of 128: the splash kernel applies
+write_results(rows, "tiny", sys.argv[1])
+print("RESULT " + json.dumps([dict(dataclasses.asdict(r), peak=r.peak_bytes, frac=r.hbm_fraction,
+                                    seconds=r.step_seconds) for r in rows]))
+'''
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed (launch/test.sh installs it with the [tpu] extra)")
+    results = str(tmp_path_factory.mktemp("plan") / "RESULTS.md")
+    with open(results, "w", encoding="utf-8") as f:
+        f.write("# Benchmark results\n\nkept\n")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+    run = subprocess.run([sys.executable, "-c", SCRIPT, results], env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads([x for x in run.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
+    with open(results, encoding="utf-8") as f:
+        return rows, f.read()
+
+
+def test_tiny_sft_and_grpo_steps_compile_for_a_v5p_slice_with_splash(planned):
+    rows, _ = planned
+    assert [r["loss"] for r in rows] == ["sft", "ppo"]
+    for r in rows:
+        assert r["chips"] == 4 and r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+        assert r["kernels"] > 0  # Mosaic custom calls: the Pallas kernels were compiled for the TPU
+        assert 0 < r["grads_bytes"] < r["capacity"] and r["opt_state_bytes"] > 0 and r["apply_bytes"] > 0
+        assert r["capacity"] == 95 * 2**30 and 0 < r["frac"] < 0.01  # a tiny model on a 95 GiB chip
+        assert r["model_flops"] > 0 and r["seconds"] > 0
+
+
+def test_results_section_is_written_and_the_rest_kept(planned):
+    _, text = planned
+    assert text.startswith("# Benchmark results\n\nkept\n")
+    assert "<!-- mini-o3 plan:tiny:begin -->" in text and "| v5p:2x2x1 | 4 | 1, 4, 1 | sft |" in text
+    assert "| v5p:2x2x1 | 4 | 1, 4, 1 | ppo |" in text
+
+
+def test_unknown_target_is_one_clear_error():
+    from mini_o3_jax.train.plan import plan
+
+    with pytest.raises(ConfigError, match="plan target 'h100:8'"):
+        plan(load_config("sft_tiny"), "sft", "h100:8")
