@@ -96,9 +96,13 @@ def target_devices(target: str) -> tuple[list, str, tuple[int, float] | tuple[No
                           f"(chips: {', '.join(CHIPS)})")
     try:
         topology = topologies.get_topology_desc(platform="tpu", topology_name=target)
-    except Exception as e:  # no libtpu, or a name libtpu does not know
-        raise ConfigError(f"plan target {target!r}: cannot describe the TPU topology ({str(e).splitlines()[0]}); "
-                          'the TPU compiler comes with `pip install "jax[tpu]==' + jax.__version__ + '"`') from None
+    except Exception as e:  # no libtpu, a name libtpu does not know, or another process holding libtpu
+        import importlib.util
+
+        hint = "" if importlib.util.find_spec("libtpu") else \
+            '; the TPU compiler comes with `pip install "jax[tpu]==' + jax.__version__ + '"`'
+        raise ConfigError(f"plan target {target!r}: cannot describe the TPU topology "
+                          f"({str(e).splitlines()[0]}){hint}") from None
     return list(topology.devices), "tpu", CHIPS[chip]
 
 
