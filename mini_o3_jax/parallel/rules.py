@@ -106,6 +106,15 @@ def activation_sharding(mesh: Mesh | None, rules: Rules = DEFAULT_RULES) -> Iter
         _ACTIVE.reset(token)
 
 
+def batch_ways(mesh: Mesh | None, rules: Rules = DEFAULT_RULES) -> int:
+    """How many ways a micro-batch's rows are split: the product of the mesh axes of `act_batch` (1: no mesh)."""
+    if mesh is None:
+        return 1
+    target = dict(rules).get("act_batch")
+    names = (target,) if isinstance(target, str) else tuple(target or ())
+    return int(np.prod([mesh.shape[n] for n in names if n in mesh.shape]))
+
+
 def active_sharding() -> tuple[Mesh, Rules] | None:
     """The (mesh, rules) of the enclosing `activation_sharding`, or None (kernels that need `shard_map`)."""
     return _ACTIVE.get()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any
 
 import jax
@@ -32,7 +31,7 @@ from mini_o3_jax.model.presets import model_config
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL, TextInputs
 from mini_o3_jax.model.vision import VisionInputs
 from mini_o3_jax.parallel.mesh import make_mesh
-from mini_o3_jax.parallel.rules import Rules, logical_to_spec, state_shardings
+from mini_o3_jax.parallel.rules import Rules, batch_ways, logical_to_spec, state_shardings
 from mini_o3_jax.train.batch import TrainBatch
 from mini_o3_jax.train.optim import OptimConfig, make_optimizer
 from mini_o3_jax.train.settings import train_settings
@@ -198,9 +197,7 @@ def plan(cfg: ml_collections.ConfigDict, loss: str, target: str, *, mfu: float =
     opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                              jax.eval_shape(optimizer.init, params), os_)
     grads_fn, _, apply_fn, _ = step_functions(graphdef, scfg, compute_dtype, optimizer, mesh, ps, fs, os_)
-    batch_axes = dict(rules)["act_batch"]
-    ways = math.prod(mesh.shape[a] for a in ((batch_axes,) if isinstance(batch_axes, str) else batch_axes or ()))
-    rows = ways if t.micro_batch == -1 else t.micro_batch
+    rows = t.batch_spec(0, batch_ways(mesh, rules)).micro_batch  # as the loops size micro-batches
     length = length or (max(t.lengths) if t.lengths else t.max_length)
     # ViT windows per row: the config's largest budget (12 images of the widest 2-Mpx shape) unless given
     windows = rows * (windows or (max(t.windows) if t.windows else max(t.min_windows, 16)))

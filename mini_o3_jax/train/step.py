@@ -37,6 +37,7 @@ from mini_o3_jax.parallel.rules import (
     DEFAULT_RULES,
     Rules,
     activation_sharding,
+    batch_ways,
     logical_to_spec,
     shard_state,
     state_shardings,
@@ -112,11 +113,7 @@ class Trainer:
     @property
     def data_ways(self) -> int:
         """How many ways a micro-batch's rows are split (the mesh axes of `act_batch`; 1 without a mesh)."""
-        if self.mesh is None:
-            return 1
-        target = dict(self.rules).get("act_batch")
-        names = (target,) if isinstance(target, str) else tuple(target or ())
-        return int(np.prod([self.mesh.shape[n] for n in names if n in self.mesh.shape]))
+        return batch_ways(self.mesh, self.rules)
 
     def trainable_params(self, model: Qwen25VL) -> Any:
         """`model`'s trainable parameters, placed like the trainer's: a reference policy for `logprobs`."""
