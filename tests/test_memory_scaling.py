@@ -6,6 +6,10 @@ seconds; nothing here allocates the arrays.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -94,3 +98,59 @@ def test_decoder_gradient_memory_is_linear_in_the_length_at_7b_widths():
     45.9 GB, quadratic."""
     t8, t16, t32 = (text_grad_memory(n) for n in (8192, 16384, 32768))
     assert t16 / t8 < 2.3 and t32 / t16 < 2.3, (t8 / 1e9, t16 / 1e9, t32 / 1e9)
+
+
+ROWS_SCRIPT = r'''
+import dataclasses, json, sys
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from mini_o3_jax.model.presets import model_config
+from mini_o3_jax.model.vision import VisionInputs, VisionTower
+from mini_o3_jax.parallel.rules import activation_sharding, DEFAULT_RULES
+from mini_o3_jax.train.plan import _compile
+
+cfg = dataclasses.replace(model_config("qwen2_5_vl_7b").vision, depth=2, fullatt_block_indexes=(1,))
+tower = nnx.eval_shape(lambda: VisionTower(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0), remat="full"))
+graphdef, state = nnx.split(tower)
+per_row, band = 64, 48
+out = {}
+for layout in ("rows", "packed"):
+    for n in (2, 4, 8):
+        mesh = Mesh(np.array(jax.devices()[:n]), ("fsdp",))
+        def sh(*spec): return NamedSharding(mesh, P(*spec))
+        p = n * per_row * 64
+        first_rows = n if layout == "rows" else 1
+        def grads(state, pixels, pos_hw, wseg, iseg, first):
+            inputs = VisionInputs(pixels, pos_hw, wseg, iseg, jnp.arange(band, dtype=jnp.int32), first)
+            return jax.grad(lambda s: nnx.merge(graphdef, s)(inputs).astype(jnp.float32).sum())(state)
+        st = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh()), state)
+        args = (jax.ShapeDtypeStruct((p, cfg.patch_dim), jnp.bfloat16, sharding=sh("fsdp")),
+                jax.ShapeDtypeStruct((p, 2), jnp.int32, sharding=sh("fsdp")),
+                jax.ShapeDtypeStruct((p,), jnp.int32, sharding=sh("fsdp")),
+                jax.ShapeDtypeStruct((p,), jnp.int32, sharding=sh("fsdp")),
+                jax.ShapeDtypeStruct((first_rows, n * per_row // first_rows), jnp.int32,
+                                     sharding=sh("fsdp" if first_rows > 1 else None)))
+        with activation_sharding(mesh, DEFAULT_RULES):
+            _, reserved, src = _compile(jax.jit(grads).lower(st, *args))
+        out[f"{layout}{n}"] = reserved
+        assert src == "buffer assignment"
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_vit_per_row_layout_keeps_each_device_on_its_own_rows():
+    """Rows split over devices (one 64-window row each, a 48-window band) at 7B ViT widths (2 blocks, one of
+    them full attention): with each row's images in a layout row of its own (`positions.row_layouts`) the
+    band gathers stay on the row's device, so per-device memory is the same on 2, 4 and 8 devices; with all
+    images packed in one layout row the gathers index every window and XLA moves keys between devices, so
+    per-device memory grows with the device count (on a v5p-128 that made SFT need 103 GB a chip)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": repo}
+    run = subprocess.run([sys.executable, "-c", ROWS_SCRIPT], env=env, cwd=repo, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads([x for x in run.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
+    assert got["rows2"] == got["rows4"] == got["rows8"], got
+    assert got["packed8"] > 1.08 * got["packed2"], got

@@ -164,7 +164,8 @@ def test_full_attention_band_equals_the_whole_layout(untied, processor):
                          num_windows=64)
     v = batch.vision
     assert v.band.shape[0] == 12 and v.pixels.shape[0] // 64 == 64
-    firsts = np.asarray(v.window_first)
+    assert np.shape(v.window_first) == (1, 64)  # one layout row: all images packed
+    firsts = np.asarray(v.window_first)[0]
     assert firsts[0] == 0 and firsts[-1] == 63 and np.all(np.diff(firsts) >= 0)  # padding windows: themselves
     banded = np.asarray(model.visual(v))
     whole = np.asarray(model.visual(v._replace(band=np.arange(64, dtype=np.int32))))
@@ -173,6 +174,47 @@ def test_full_attention_band_equals_the_whole_layout(untied, processor):
     # and a band too narrow for the 12-window images changes it (the band is really what is read)
     narrow = np.asarray(model.visual(v._replace(band=jnp.arange(4, dtype=jnp.int32))))
     assert np.abs(narrow - whole).max() > 1e-3
+
+
+def test_per_row_layout_equals_the_packed_layout(untied, processor):
+    """`windows_per_row` gives each sequence a layout row of its own (band and feature gathers batched over
+    rows, for rows split over devices); the hidden states equal the packed layout's, which the tests above
+    hold against HF. Three rows: two images, none, one image (a banded row and a padding-only row)."""
+    _, _, model = untied
+    sizes = [[(300, 400), (56, 56)], [], [(476, 168)]]
+    seqs, pixels, grids = [], [], []
+    for r, row in enumerate(sizes):
+        if row:
+            out = processor.image_processor([rand_image(h, w, 10 * r + i) for i, (h, w) in enumerate(row)],
+                                            return_tensors="np")
+            pv, g = out["pixel_values"], out["image_grid_thw"]
+        else:
+            pv, g = None, None
+        ids = [151644, 872, 198]
+        for t, h, w in ([] if g is None else g.tolist()):
+            ids += [151652] + [151655] * (t * h * w // 4) + [151653]
+        seqs.append(np.array(ids + [3838, 374, 419, 30] * (r + 1), np.int32))
+        pixels.append(pv)
+        grids.append(g)
+    packed = build_inputs(seqs, pixels, grids, model.config)
+    per_row = build_inputs(seqs, pixels, grids, model.config, windows_per_row=16, band=12)
+    v = per_row.vision
+    assert np.shape(v.window_first) == (3, 16) and v.pixels.shape[0] == 3 * 16 * 64
+    assert np.asarray(v.window_first)[2, 0] == 0 and np.asarray(v.image_seg).max() == 3
+    assert np.array_equal(packed.text.input_ids, per_row.text.input_ids)
+    assert not np.array_equal(packed.text.image_rows, per_row.text.image_rows)
+    a = np.asarray(model(packed.text, packed.vision))
+    b = np.asarray(model(per_row.text, per_row.vision))
+    real = np.asarray(packed.text.segment_ids) > 0
+    np.testing.assert_allclose(b[real], a[real], rtol=1e-5, atol=1e-5)
+    # the features are really read per row: another row's pixels change nothing here
+    other = v._replace(pixels=np.asarray(v.pixels).copy())
+    other.pixels[2 * 16 * 64:] += 1.0
+    c = np.asarray(model(per_row.text, other))
+    np.testing.assert_array_equal(c[:2][real[:2]], b[:2][real[:2]])
+    assert np.abs(c[2][real[2]] - b[2][real[2]]).max() > 1e-3
+    with pytest.raises(ValueError, match="more ViT windows than the 4"):
+        build_inputs(seqs, pixels, grids, model.config, windows_per_row=4)
 
 
 def test_rope_index_and_deltas_match_hf(untied, processor):

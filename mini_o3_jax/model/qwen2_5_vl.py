@@ -54,18 +54,32 @@ class Qwen25VL(nnx.Module):
     def dtype(self) -> jnp.dtype:
         return self.text.embed.dtype
 
-    def embed(self, text: TextInputs, image_features: jax.Array | None) -> jax.Array:
-        """Token embeddings with image features scattered into the `<|image_pad|>` positions."""
+    def embed(self, text: TextInputs, image_features: jax.Array | None, vision_rows: int = 1) -> jax.Array:
+        """Token embeddings with image features scattered into the `<|image_pad|>` positions.
+
+        `vision_rows` > 1: the features come in one layout row per text row (`positions.row_layouts`), and
+        each text row gathers from its own (a gather batched over rows, which stays on the row's device)."""
         x = jnp.take(self.text.embed[...], text.input_ids, axis=0)
         if image_features is not None:
-            rows = jnp.take(image_features, jnp.maximum(text.image_rows, 0), axis=0).astype(x.dtype)
-            x = jnp.where((text.image_rows >= 0)[..., None], rows, x)
+            index = jnp.maximum(text.image_rows, 0)
+            if vision_rows == 1:
+                feats = jnp.take(image_features, index, axis=0)
+            else:
+                b = text.input_ids.shape[0]
+                if vision_rows != b:
+                    raise ValueError(f"{vision_rows} vision layout rows for {b} text rows")
+                per_row = image_features.shape[0] // b
+                local = index - (jnp.arange(b, dtype=index.dtype) * per_row)[:, None]
+                local = jnp.clip(local, 0, per_row - 1)
+                by_row = image_features.reshape((b, per_row) + image_features.shape[1:])
+                feats = jax.vmap(lambda f, i: jnp.take(f, i, axis=0))(by_row, local)
+            x = jnp.where((text.image_rows >= 0)[..., None], feats.astype(x.dtype), x)
         return x
 
     def __call__(self, text: TextInputs, vision: VisionInputs | None = None) -> jax.Array:
         """Final hidden states (B, L, D); apply `self.text.logits` for the vocabulary."""
         features = self.visual(vision) if vision is not None else None
-        x = self.embed(text, features)
+        x = self.embed(text, features, 1 if vision is None else vision.window_first.shape[0])
         cfg = self.config.text
         cos, sin = mrope(text.positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, x.dtype)
         b, length = text.input_ids.shape
@@ -86,7 +100,7 @@ class Qwen25VL(nnx.Module):
         """Like `__call__` for a chunk appended to a KV cache at `starts` (see `TextDecoder.cached`);
         `text.positions` continue each slot's M-RoPE positions, `text.segment_ids > 0` marks real tokens."""
         features = self.visual(vision) if vision is not None else None
-        x = self.embed(text, features)
+        x = self.embed(text, features, 1 if vision is None else vision.window_first.shape[0])
         cfg = self.config.text
         cos, sin = mrope(text.positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, x.dtype)
         return self.text.cached(x, cos, sin, k_cache, v_cache, starts, text.segment_ids > 0, slots, kv_len)

@@ -6,7 +6,7 @@ the `fullatt_block_indexes` blocks attend within each image (segment ids), readi
 of the image (`VisionInputs.band` from `window_first`), a few windows per call: a batch of many images
 costs O(P * band) time and O(band) memory per call, not O(P^2).
 Blocks are stacked and scanned; which kind a block is comes in as scanned data, so both share one
-compiled body.
+compiled body. With remat "full" a deep tower is also checkpointed in groups of blocks (`_remat_groups`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from flax import nnx
 from mini_o3_jax.model.attention import attention
 from mini_o3_jax.model.config import VisionConfig
 from mini_o3_jax.model.layers import apply_rotary, dense, param, rms_norm, vision_rotary
-from mini_o3_jax.parallel.rules import constrain
+from mini_o3_jax.parallel.rules import active_sharding, batch_ways, constrain
 
 PATCHES = ("act_patches", "act_embed")  # logical axes of the (P, D) ViT residual stream
 
@@ -35,7 +35,9 @@ class VisionInputs(NamedTuple):
     # (R,) int32 window offsets 0..R-1 with R >= the most windows one image spans (an image's windows are
     # consecutive): full attention of window w reads windows window_first[w] + band only
     band: jax.Array
-    window_first: jax.Array  # (P / window_patches,) int32: the first window of each window's image
+    # (rows, P / window_patches / rows) int32: the first window of each window's image, counted from its row's
+    # first window; rows = 1 (all images packed) or the text rows (`positions.row_layouts`)
+    window_first: jax.Array
 
 
 class VisionBlocks(nnx.Module):
@@ -95,13 +97,19 @@ class VisionTower(nnx.Module):
         cos, sin = vision_rotary(inputs.pos_hw, cfg.head_dim, cfg.rope_theta)
         cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
         p = x.shape[0]
+        # rows: the layout's sequences (`positions.row_layouts`; 1 = all images packed together). Full attention
+        # indexes only its own row's windows, as gathers batched over rows, so rows split over devices stay put.
+        rows = inputs.window_first.shape[0]
         n_win, n_band = p // win, inputs.band.shape[0]
+        n_row = n_win // rows
         wseg = jnp.asarray(inputs.window_seg).reshape(n_win, win)
-        iseg = jnp.asarray(inputs.image_seg).reshape(n_win, win)
+        iseg = jnp.asarray(inputs.image_seg).reshape(rows, n_row, win)
+        first = jnp.asarray(inputs.window_first)
+        band = jnp.asarray(inputs.band)
         # full attention reads, for each window, the band of windows from its image's first (one big image:
-        # all of them), `per_call` windows at a time
-        banded = n_band < n_win
-        per_call = _windows_per_call(n_win, n_band * win)
+        # all of them), `per_call` windows of every row at a time
+        banded = n_band < n_row
+        per_call = _windows_per_call(n_row, n_band * win * _local_rows(rows))
         is_full = jnp.zeros((cfg.depth,), bool).at[jnp.asarray(cfg.fullatt_block_indexes, jnp.int32)].set(True)
         eps = cfg.rms_norm_eps
 
@@ -112,29 +120,34 @@ class VisionTower(nnx.Module):
 
         def full_attn(q, k, v):
             if not banded:
-                flat = iseg.reshape(1, p)
-                return attention(q[None], k[None], v[None], flat, flat)[0]
-            kw, vw = k.reshape((n_win, win) + k.shape[1:]), v.reshape((n_win, win) + v.shape[1:])
+                flat = iseg.reshape(rows, n_row * win)
+                shape = (rows, n_row * win) + q.shape[1:]
+                return attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), flat, flat).reshape(q.shape)
+            kw, vw = (x.reshape((rows, n_row, win) + x.shape[1:]) for x in (k, v))
+            take = jax.vmap(lambda x, i: x[i])  # per row: x (n_row, ...)[i (c, R)]
 
             # rematerialised: the backward regathers a call's keys instead of keeping every call's (W x band)
             @jax.checkpoint
             def one_call(args):
-                qc, windows = args  # (c, win, H, D), (c,)
-                idx = jnp.asarray(inputs.window_first)[windows][:, None] + jnp.asarray(inputs.band)[None, :]
-                inside = idx < n_win
-                idx = jnp.minimum(idx, n_win - 1)
+                qc, windows = args  # (rows, c, win, H, D), (c,)
+                c = windows.shape[0]
+                idx = first[:, windows][:, :, None] + band[None, None, :]  # (rows, c, R) windows of the row
+                inside = idx < n_row
+                idx = jnp.minimum(idx, n_row - 1)
                 # clipped duplicates get segment -1, which no query has: every key is counted once
-                seg = jnp.where(inside[:, :, None], iseg[idx], -1).reshape(len(windows), n_band * win)
+                seg = jnp.where(inside[..., None], take(iseg, idx), -1).reshape(rows * c, n_band * win)
 
                 def gather(x):
-                    return x[idx].reshape((len(windows), n_band * win) + x.shape[2:])
+                    return take(x, idx).reshape((rows * c, n_band * win) + x.shape[3:])
 
-                return attention(qc, gather(kw), gather(vw), iseg[windows], seg)
+                o = attention(qc.reshape((rows * c, win) + qc.shape[3:]), gather(kw), gather(vw),
+                              iseg[:, windows].reshape(rows * c, win), seg)
+                return o.reshape(qc.shape)
 
-            calls = n_win // per_call
-            qs = q.reshape((calls, per_call, win) + q.shape[1:])
-            out = jax.lax.map(one_call, (qs, jnp.arange(n_win, dtype=jnp.int32).reshape(calls, per_call)))
-            return out.reshape(q.shape)
+            calls = n_row // per_call
+            qs = jnp.moveaxis(q.reshape((rows, calls, per_call, win) + q.shape[1:]), 1, 0)
+            out = jax.lax.map(one_call, (qs, jnp.arange(n_row, dtype=jnp.int32).reshape(calls, per_call)))
+            return jnp.moveaxis(out, 0, 1).reshape(q.shape)
 
         def block(x, layer):
             w, full = layer
@@ -154,15 +167,45 @@ class VisionTower(nnx.Module):
         if self.remat != "none":
             block = jax.checkpoint(block, policy=_remat_policy(self.remat))
         weights = {k: v[...] for k, v in vars(self.blocks).items() if isinstance(v, nnx.Param)}
-        x, _ = jax.lax.scan(block, x, (weights, is_full), unroll=bool(self.unroll))
+        groups = _remat_groups(cfg.depth) if self.remat == "full" else 1
+        if groups == 1:
+            x, _ = jax.lax.scan(block, x, (weights, is_full), unroll=bool(self.unroll))
+        else:
+            # nested remat: the backward keeps each group's input and, while in a group, its blocks' inputs
+            # (4 + 8 of the 7B tower's 32 (P, D) residuals: at 12 images per row they outweigh the decoder's),
+            # for one more forward of the tower
+            grouped = jax.tree.map(lambda w: w.reshape((groups, cfg.depth // groups) + w.shape[1:]),
+                                   (weights, is_full))
+
+            @jax.checkpoint
+            def group(x, layers):
+                return jax.lax.scan(block, x, layers, unroll=bool(self.unroll))[0], None
+
+            x, _ = jax.lax.scan(group, x, grouped)
         return self.merger(x, eps, cfg.merge_unit)
 
 
+def _local_rows(rows: int) -> int:
+    """Layout rows one device holds while tracing under a mesh (`parallel.rules.activation_sharding`)."""
+    active = active_sharding()
+    ways = batch_ways(*active) if active is not None else 1
+    return rows // ways if rows % ways == 0 else rows
+
+
 def _windows_per_call(n_win: int, band_keys: int, max_keys: int = 32768) -> int:
-    """Windows per full-attention call: the largest divisor of `n_win` whose keys (band_keys each) stay
-    within `max_keys`, so one call's scores and gathered keys are bounded whatever the image count."""
+    """Windows per full-attention call: the largest divisor of `n_win` whose keys (band_keys each, over the
+    rows a device holds) stay within `max_keys`, so one call's scores and gathered keys are bounded whatever
+    the image count."""
     target = max(1, min(n_win, max_keys // max(band_keys, 1)))
     return max(d for d in range(1, target + 1) if n_win % d == 0)
+
+
+def _remat_groups(depth: int, min_depth: int = 16) -> int:
+    """Groups of blocks for nested remat: the divisor g of `depth` with the fewest saved residuals g + depth/g
+    (4 for 32 blocks); 1 (plain per-block remat) for towers shallower than `min_depth`."""
+    if depth < min_depth:
+        return 1
+    return min((g for g in range(1, depth + 1) if depth % g == 0), key=lambda g: (g + depth // g, g))
 
 
 def _remat_policy(name: str):

@@ -20,6 +20,7 @@ from mini_o3_jax.processing.positions import (
     count_windows,
     image_token_rows,
     rope_index,
+    row_layouts,
     vision_layout,
     window_band,
 )
@@ -46,6 +47,7 @@ def build_inputs(
     length: int | None = None,
     num_windows: int | None = None,
     band: int | None = None,
+    windows_per_row: int | None = None,
     min_length: int = 16,
     pad_id: int = PAD_ID,
     starts: Sequence[int] | None = None,
@@ -55,7 +57,8 @@ def build_inputs(
     `pixel_values[b]` (N_b, patch_dim) and `grids_thw[b]` (n_b, 3) are the processor outputs for
     the images of sequence b, in order (use an empty array / None for text-only sequences).
     `length`/`num_windows`/`band` (windows a full-attention block reads, >= the widest image's) force sizes;
-    by default they are bucketed. `starts[b]` continues
+    by default they are bucketed. `windows_per_row` lays each sequence's images out in a row of its own
+    (`positions.row_layouts`, for rows split over devices) instead of packing all images. `starts[b]` continues
     sequence b at M-RoPE position `starts[b]` (a chunk appended to a KV cache; default 0); the
     returned `rope_deltas` are then `next_position - len(chunk)`.
     """
@@ -76,11 +79,16 @@ def build_inputs(
     vision = None
     merged_rows = np.zeros((0,), np.int32)
     if len(all_grids):
-        windows = count_windows(all_grids, v.spatial_merge_size, v.window_merged)
-        layout = vision_layout(
-            all_grids, v.spatial_merge_size, v.window_merged,
-            num_windows=num_windows if num_windows is not None else bucket(windows, 4),
-        )
+        if windows_per_row is not None:
+            if num_windows is not None:
+                raise ValueError("num_windows and windows_per_row are exclusive")
+            layout = row_layouts(grids, windows_per_row, v.spatial_merge_size, v.window_merged)
+        else:
+            windows = count_windows(all_grids, v.spatial_merge_size, v.window_merged)
+            layout = vision_layout(
+                all_grids, v.spatial_merge_size, v.window_merged,
+                num_windows=num_windows if num_windows is not None else bucket(windows, 4),
+            )
         # kept in their dtype (bf16 patches from a rollout stay bf16 up to the model's cast)
         given = [np.asarray(p) for p in pixel_values if p is not None and len(p)]
         dtype = given[0].dtype if all(p.dtype == given[0].dtype for p in given) else np.float32

@@ -49,8 +49,9 @@ class VisionLayout:
       num_windows: W, the number of real windows (the arrays may be padded beyond it).
       frame_windows: the most windows one image (or video frame) spans; its windows are consecutive,
                      so a full-attention block reads at most frame_windows windows from its image's first.
-      window_first: (P / window_patches,) for each window slot, the first window of its image (a padding
-                    window: itself).
+      window_first: (rows, P / window_patches / rows) for each window slot, the first window of its image,
+                    counted from its row's first window (a padding window: itself). One row unless the layout
+                    was built per sequence (`row_layouts`).
     """
 
     patch_src: np.ndarray
@@ -145,6 +146,7 @@ def vision_layout(
     window_first = np.arange(num_windows, dtype=np.int32)
     for windows, first in first_chunks:
         window_first[windows] = first
+    window_first = window_first[None]
     merged_rows = (np.concatenate(merged_chunks) if merged_chunks else np.zeros((0,), np.int64)).astype(np.int32)
     return VisionLayout(
         patch_src=patch_src,
@@ -155,6 +157,51 @@ def vision_layout(
         num_windows=total_windows,
         frame_windows=most,
         window_first=window_first,
+    )
+
+
+def row_layouts(
+    grids_per_row: Sequence[np.ndarray],
+    windows_per_row: int,
+    merge_size: int = 2,
+    window_merged: int = 4,
+) -> VisionLayout:
+    """One padded-window layout whose rows are the sequences of a micro-batch: row b's images fill windows
+    [b * windows_per_row, (b + 1) * windows_per_row) and `window_first` counts from the row's first window.
+
+    Why: with rows split over data-parallel devices the ViT's full-attention band and the image-feature gather
+    then index only their own row's windows (gathers batched over rows), which the partitioner keeps on the
+    row's device; indices into one global packed layout made XLA gather every window's keys onto every chip.
+    `patch_src`, `image_seg` and `merged_rows` stay global (processor rows of all sequences in order)."""
+    layouts, patch_offset, segments, too_wide = [], 0, 0, []
+    merged_per_row = windows_per_row * window_merged * window_merged
+    for b, g in enumerate(grids_per_row):
+        g = np.asarray(g, np.int64).reshape(-1, 3)
+        need = count_windows(g, merge_size, window_merged)
+        if need > windows_per_row:
+            too_wide.append((b, need))
+            continue
+        lay = vision_layout(g, merge_size, window_merged, num_windows=windows_per_row)
+        real = lay.patch_src >= 0
+        layouts.append(dataclasses.replace(
+            lay,
+            patch_src=np.where(real, lay.patch_src + patch_offset, -1).astype(np.int32),
+            image_seg=np.where(real, lay.image_seg + segments, 0).astype(np.int32),
+            merged_rows=(lay.merged_rows + b * merged_per_row).astype(np.int32),
+        ))
+        patch_offset += int(np.prod(g, axis=1).sum())
+        segments += int(g[:, 0].sum())
+    if too_wide:
+        raise ValueError(f"(row, windows) {too_wide[:5]}: more ViT windows than the {windows_per_row} a row holds")
+    return VisionLayout(
+        patch_src=np.concatenate([lay.patch_src for lay in layouts]),
+        pos_hw=np.concatenate([lay.pos_hw for lay in layouts]),
+        window_seg=np.concatenate([lay.window_seg for lay in layouts]),
+        image_seg=np.concatenate([lay.image_seg for lay in layouts]),
+        merged_rows=np.concatenate([lay.merged_rows for lay in layouts]),
+        num_windows=sum(lay.num_windows for lay in layouts),
+        frame_windows=max(lay.frame_windows for lay in layouts),
+        window_first=np.concatenate([lay.window_first for lay in layouts]),
     )
 
 

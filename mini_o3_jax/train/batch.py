@@ -194,21 +194,22 @@ def _pad_group(group: list[Example], spec: BatchSpec, config: ModelConfig) -> Tr
     seqs = [e.token_ids for e in group] + [np.zeros((0,), np.int32)] * (n_rows - len(group))
     pixels = [e.pixel_values for e in group] + [None] * (n_rows - len(group))
     grids = [e.grids for e in group] + [None] * (n_rows - len(group))
-    num_windows = band = None
+    num_windows = per_row = band = None
     v = config.vision
     all_grids = [np.asarray(g, np.int64).reshape(-1, 3) for g in grids if g is not None and len(g)]
     if all_grids and (spec.min_windows or spec.windows or spec.bands):
         stacked = np.concatenate(all_grids)
         windows = count_windows(stacked, v.spatial_merge_size, v.window_merged)
-        if spec.windows:
-            num_windows = n_rows * _fixed(spec.windows, -(-windows // n_rows), "windows", "ViT windows a row")
+        if spec.windows:  # each row's images in a row of windows of its own (positions.row_layouts)
+            widest_row = max(count_windows(g, v.spatial_merge_size, v.window_merged) for g in all_grids)
+            per_row = _fixed(spec.windows, widest_row, "windows", "ViT windows a row")
         elif spec.min_windows:
             num_windows = bucket(max(windows, spec.min_windows), 4)
         if spec.bands:
             widest = max(count_windows(g[None], v.spatial_merge_size, v.window_merged) for g in stacked)
             band = _fixed(spec.bands, widest, "bands", "windows in one image")
     inputs = build_inputs(seqs, pixels, grids, config, length=length, pad_id=spec.pad_id, num_windows=num_windows,
-                          band=band)
+                          windows_per_row=per_row, band=band)
     targets = np.full((n_rows, length), spec.pad_id, np.int32)
     mask = np.zeros((n_rows, length), np.float32)
     weights = np.zeros((n_rows, length), np.float32)

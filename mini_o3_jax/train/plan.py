@@ -4,8 +4,10 @@ The functions are `train.step.step_functions` (what `Trainer` runs), traced with
 (activation shardings, attention backend) over an abstract model (`nnx.eval_shape`: no weights are
 allocated) at the config's largest shapes, and compiled ahead of time either for the local devices or for
 a TPU slice named like `v5p:2x4x4` through `jax.experimental.topologies` (needs libtpu: `pip install
-"jax[tpu]==<jax version>"`, which runs on any CPU machine). XLA then reports what one chip holds
-(`memory_analysis`: arguments, temporaries, outputs), which is checked against the chip's HBM.
+"jax[tpu]==<jax version>"`, which runs on any CPU machine). What one chip holds is read from the compiled
+program's buffer assignment (every allocation of device memory: arguments, outputs, the preallocated
+temporaries), which is checked against the chip's HBM. `memory_analysis` is the fallback: libtpu 0.0.42's
+`temp_size_in_bytes` is not the allocation (39.7 GB for a GRPO step whose buffer assignment reserves 26.5 GB).
 
 Step time is estimated from model FLOPs (6 x parameters x tokens + causal attention, the MFU convention) at a
 stated MFU against the chip's bf16 peak; XLA's own `cost_analysis` count is shown beside it (it counts a
@@ -53,8 +55,8 @@ class PlanRow:
     rows: int  # micro-batch rows (over the whole mesh)
     length: int
     windows: int  # ViT windows of the micro-batch
-    grads_bytes: int  # per chip: arguments + temporaries + outputs of the gradient program
-    opt_state_bytes: int  # per chip: the AdamW moments, resident beside it
+    grads_bytes: int  # per chip: device memory the gradient program reserves (arguments, temporaries, outputs)
+    opt_state_bytes: int  # per chip: resident beside it: the AdamW moments and the gradient accumulator
     apply_bytes: int  # per chip: the update program
     capacity: int | None
     model_flops: float  # per chip, one micro-batch, forward + backward
@@ -79,6 +81,30 @@ class PlanRow:
     @property
     def step_seconds(self) -> float | None:
         return None if not self.peak_flops else self.model_flops / (self.peak_flops * self.mfu)
+
+
+def _compile(lowered: Any) -> tuple[Any, int, str]:
+    """(compiled, per-chip bytes reserved, where that figure is from): the sum of the default memory space's allocations in XLA's buffer
+    assignment (dumped to a temporary directory for this compile), else memory_analysis' arguments + temporaries
+    + outputs - aliases."""
+    import glob
+    import re
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        compiled = lowered.compile(compiler_options={"xla_dump_to": d, "xla_dump_hlo_as_text": True})
+        files = sorted(glob.glob(f"{d}/*after_optimizations-buffer-assignment.txt"))
+        text = ""
+        if files:
+            with open(files[-1], encoding="utf-8") as f:
+                text = f.read()
+    sizes = [int(n) for n, rest in re.findall(r"^allocation \d+: size (\d+),?(.*)$", text, re.M)
+             if not rest.lstrip().startswith("color ")]
+    if sizes:
+        return compiled, sum(sizes), "buffer assignment"
+    m = compiled.memory_analysis()
+    return compiled, (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
+                      - m.alias_size_in_bytes), "memory_analysis"
 
 
 def target_devices(target: str) -> tuple[list, str, tuple[int, float] | tuple[None, None]]:
@@ -153,7 +179,7 @@ def abstract_batch(mcfg: ModelConfig, rows: int, length: int, windows: int, band
     patches = ("act_patches", None)
     vision = VisionInputs(by(patches, (p, mcfg.vision.patch_dim), pixel_dtype), by(patches, (p, 2), jnp.int32),
                           by(("act_patches",), (p,), jnp.int32), by(("act_patches",), (p,), jnp.int32),
-                          by((None,), (band,), jnp.int32), by((None,), (windows,), jnp.int32))
+                          by((None,), (band,), jnp.int32), by(rowwise, (rows, windows // rows), jnp.int32))
     f32 = functools.partial(by, rowwise, (rows, length), jnp.float32)
     return TrainBatch(text, vision, by(rowwise, (rows, length), jnp.int32), f32(), f32(),
                       by(("act_batch",), (rows,), jnp.float32), f32(), f32())
@@ -208,35 +234,30 @@ def plan(cfg: ml_collections.ConfigDict, loss: str, target: str, *, mfu: float =
     if attention == "auto":
         attention = {"tpu": "splash", "gpu": "cudnn"}.get(platform, "xla")
     flops = model_flops(mcfg, rows, length, windows, scfg.trainable) / len(devices)
+    resident = _per_chip(opt_state) + _per_chip(params)  # moments + the fp32 gradient sum of earlier micro-batches
     with tracing(mesh, rules, attention, interpret=interpret):
-        apply = apply_fn.lower(params, opt_state, params).compile()
+        apply, apply_bytes, _ = _compile(apply_fn.lower(params, opt_state, params))
         try:
-            grads = grads_fn.lower(params, frozen, batch).compile()
+            grads, grads_bytes, _ = _compile(grads_fn.lower(params, frozen, batch))
         except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a program larger than HBM
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
-            a = apply.memory_analysis()
             return PlanRow(target=target, chips=len(devices), mesh=dict(mesh.shape), loss=loss, rows=rows,
-                           length=length, windows=windows, grads_bytes=0, opt_state_bytes=_per_chip(opt_state),
-                           apply_bytes=a.argument_size_in_bytes + a.temp_size_in_bytes + a.output_size_in_bytes
-                           - a.alias_size_in_bytes, capacity=capacity, model_flops=flops, xla_flops=float("nan"),
+                           length=length, windows=windows, grads_bytes=0, opt_state_bytes=resident,
+                           apply_bytes=apply_bytes, capacity=capacity, model_flops=flops, xla_flops=float("nan"),
                            peak_flops=peak, mfu=mfu, error=str(e).split("RESOURCE_EXHAUSTED: ")[-1].splitlines()[0])
-    g, a = grads.memory_analysis(), apply.memory_analysis()
     xla = (grads.cost_analysis() or {}).get("flops", float("nan"))
     return PlanRow(
         target=target, chips=len(devices), mesh=dict(mesh.shape), loss=loss, rows=rows, length=length,
-        windows=windows,
-        grads_bytes=g.argument_size_in_bytes + g.temp_size_in_bytes + g.output_size_in_bytes,
-        opt_state_bytes=_per_chip(opt_state),
-        apply_bytes=a.argument_size_in_bytes + a.temp_size_in_bytes + a.output_size_in_bytes - a.alias_size_in_bytes,
+        windows=windows, grads_bytes=grads_bytes, opt_state_bytes=resident, apply_bytes=apply_bytes,
         capacity=capacity, model_flops=flops,
         xla_flops=float(xla), peak_flops=peak, mfu=mfu, kernels=grads.as_text().count("tpu_custom_call"))
 
 
 def format_rows(rows: list[PlanRow]) -> str:
     """A Markdown table of plan rows."""
-    head = ("| target | chips | mesh (data, fsdp, tensor) | step | micro-batch | per-chip HBM: grads + moments / "
-            "update | of capacity | model TFLOP per chip | est. time per micro-batch | XLA count (loops once) |\n"
+    head = ("| target | chips | mesh (data, fsdp, tensor) | step | micro-batch | per-chip HBM: gradient program + "
+            "moments and gradient sum / update | of capacity | model TFLOP per chip | est. time per micro-batch | XLA count (loops once) |\n"
             "|---|---:|---|---|---|---|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
@@ -266,8 +287,9 @@ def write_results(rows: list[PlanRow], config_name: str, path: str) -> None:
     begin, end = f"<!-- mini-o3 plan:{config_name}:begin -->", f"<!-- mini-o3 plan:{config_name}:end -->"
     body = (f"{begin}\n## `mini-o3 plan --config {config_name}`: compiled for the targets on a CPU machine\n\n"
             f"- jax {jax.__version__}; compiled on {host.machine()} with no accelerator (AOT, "
-            "`jax.experimental.topologies`); per-chip HBM from XLA's `memory_analysis`; model FLOPs = 6 x params x "
-            "tokens + causal attention, estimated time at the stated MFU against the chip's bf16 peak\n"
+            "`jax.experimental.topologies`); per-chip HBM from the compiled programs' buffer assignment (gradient "
+            "program + AdamW moments + the gradient sum of earlier micro-batches); model FLOPs = 6 x params x tokens"
+            " + causal attention, estimated time at the stated MFU against the chip's bf16 peak\n"
             f"- Reproduce: `mini-o3 plan --config {config_name} --write-results`\n\n{format_rows(rows)}\n{end}")
     text = "# Benchmark results\n"
     if os.path.exists(path):

@@ -147,7 +147,8 @@ class Trainer:
             v = batch.vision
             vision = v._replace(pixels=by_rank(v.pixels, "act_patches"), pos_hw=by_rank(v.pos_hw, "act_patches"),
                                 window_seg=by_rank(v.window_seg, "act_patches"),
-                                image_seg=by_rank(v.image_seg, "act_patches"), band=place(v.band, (None,)))
+                                image_seg=by_rank(v.image_seg, "act_patches"), band=place(v.band, (None,)),
+                                window_first=by_rank(v.window_first, "act_batch" if len(v.window_first) > 1 else None))
         rest = {k: by_rank(getattr(batch, k)) for k in
                 ("targets", "mask", "weights", "advantages", "old_logprobs", "ref_logprobs")}
         return TrainBatch(text=text, vision=vision, **rest)
