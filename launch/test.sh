@@ -11,4 +11,5 @@ python -m pip install -q torch==2.13.0
 # the TPU compiler (libtpu) too: `mini-o3 plan` and its test compile the steps for TPU slices on this CPU
 python -m pip install -q -c launch/constraints-cpu.txt -e ".[test,tpu]"
 ruff check .
-exec python -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"
+# whole files per worker: a module-scoped fixture (an 8-device subprocess, a trained model) then runs once
+exec python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"

@@ -57,6 +57,7 @@ def test_tiny_sft_and_grpo_steps_compile_for_a_v5p_slice_with_splash(planned):
         assert 0 < r["grads_bytes"] < r["capacity"] and r["opt_state_bytes"] > 0 and r["apply_bytes"] > 0
         assert r["capacity"] == 95 * 2**30 and 0 < r["frac"] < 0.01  # a tiny model on a 95 GiB chip
         assert r["model_flops"] > 0 and r["seconds"] > 0
+    assert rows[0]["logprob_bytes"] == 0 and rows[1]["logprob_bytes"] > rows[1]["opt_state_bytes"]  # RL's pass
 
 
 def test_results_section_is_written_and_the_rest_kept(planned):

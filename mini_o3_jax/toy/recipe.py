@@ -256,15 +256,24 @@ class Recipe:
         question = self._perception_questions(name)
         return self._train(name, self.cfg[name], init, tok, proc, lambda i: question(SEED_PERCEPTION + i))
 
+    def _stage_config(self, block: ml_collections.ConfigDict, name: str, init: str) -> ml_collections.ConfigDict:
+        """A stage's training config: from `init`, into `out_dir/<name>`, with one compile cache for all stages
+        (they train one model at the same shapes: later stages load the programs the first compiled)."""
+        c = block.copy_and_resolve_references()
+        c.model_path, c.tokenizer_path, c.out_dir, c.seed = init, self.tok_dir, os.path.join(self.out, name), self.cfg.seed
+        if c.get("compile_cache", "auto") == "auto":
+            with c.unlocked():
+                c.compile_cache = os.path.join(self.out, "compile_cache")
+        _write_provenance(c.out_dir, init)
+        return c
+
     def _train(self, name: str, block: ml_collections.ConfigDict, init: str, tok: Tokenizer, proc: ImageProcessor,
                conversation: Callable[[int], Conversation]) -> str:
         """SFT from `init` on conversations generated on the fly by index; returns the final checkpoint."""
         final = os.path.join(self.out, name, "final")
         if os.path.exists(os.path.join(final, "mini_o3.json")):
             return final
-        c = block.copy_and_resolve_references()
-        c.model_path, c.tokenizer_path, c.out_dir, c.seed = init, self.tok_dir, os.path.join(self.out, name), self.cfg.seed
-        _write_provenance(c.out_dir, init)
+        c = self._stage_config(block, name, init)
 
         def load(indices: Sequence[int]) -> list[Trajectory]:
             out = []
@@ -282,9 +291,7 @@ class Recipe:
         final = os.path.join(self.out, name, "final")
         if os.path.exists(os.path.join(final, "mini_o3.json")):
             return final
-        c = self.cfg.rl.copy_and_resolve_references()
-        c.model_path, c.tokenizer_path, c.out_dir, c.seed = init, self.tok_dir, os.path.join(self.out, name), self.cfg.seed
-        _write_provenance(c.out_dir, init)
+        c = self._stage_config(self.cfg.rl, name, init)
         c.train.mask_exceeded = mask
         c.env.min_pixels, c.env.max_pixels = self.scene.min_pixels, self.scene.view_pixels
         if not self.cfg.system_prompt:

@@ -43,7 +43,7 @@ GiB = 1 << 30
 # per chip: HBM bytes and dense bf16 peak FLOP/s (vendor figures)
 CHIPS = {"v5p": (95 * GiB, 459e12), "v6e": (32 * GiB, 918e12), "v5e": (16 * GiB, 197e12),
          "v4": (32 * GiB, 275e12)}
-DEFAULT_TARGETS = ("v5p:2x4x4", "v5p:4x4x4", "v6e:8x8", "v6e:16x16")
+DEFAULT_TARGETS = ("v5p:2x2x2", "v5p:2x2x4", "v5p:2x4x4", "v6e:4x8", "v6e:8x8", "v6e:16x16")
 
 
 @dataclasses.dataclass
@@ -65,10 +65,11 @@ class PlanRow:
     mfu: float
     kernels: int = 0  # Pallas/Mosaic custom calls in the compiled gradient program (splash attention on TPU)
     error: str | None = None  # the compiler's refusal (e.g. more temporaries than HBM): does not fit
+    logprob_bytes: int = 0  # per chip: the old-log-prob pass (RL), beside the moments; 0 when not compiled
 
     @property
     def peak_bytes(self) -> int:
-        return max(self.grads_bytes + self.opt_state_bytes, self.apply_bytes)
+        return max(self.grads_bytes + self.opt_state_bytes, self.apply_bytes, self.logprob_bytes)
 
     @property
     def fits(self) -> bool:
@@ -222,7 +223,7 @@ def plan(cfg: ml_collections.ConfigDict, loss: str, target: str, *, mfu: float =
     os_ = optimizer_shardings(optimizer, params, ps, mesh)
     opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                              jax.eval_shape(optimizer.init, params), os_)
-    grads_fn, _, apply_fn, _ = step_functions(graphdef, scfg, compute_dtype, optimizer, mesh, ps, fs, os_)
+    grads_fn, logprob_fn, apply_fn, _ = step_functions(graphdef, scfg, compute_dtype, optimizer, mesh, ps, fs, os_)
     rows = t.batch_spec(0, batch_ways(mesh, rules)).micro_batch  # as the loops size micro-batches
     length = length or (max(t.lengths) if t.lengths else t.max_length)
     # ViT windows per row: the config's largest budget (12 images of the widest 2-Mpx shape) unless given
@@ -246,10 +247,14 @@ def plan(cfg: ml_collections.ConfigDict, loss: str, target: str, *, mfu: float =
                            length=length, windows=windows, grads_bytes=0, opt_state_bytes=resident,
                            apply_bytes=apply_bytes, capacity=capacity, model_flops=flops, xla_flops=float("nan"),
                            peak_flops=peak, mfu=mfu, error=str(e).split("RESOURCE_EXHAUSTED: ")[-1].splitlines()[0])
+        logprob_bytes = 0
+        if loss == "ppo":  # the old-log-prob pass: same micro-batch, forward only, the moments resident
+            logprob_bytes = _compile(logprob_fn.lower(params, frozen, batch))[1] + _per_chip(opt_state)
     xla = (grads.cost_analysis() or {}).get("flops", float("nan"))
     return PlanRow(
         target=target, chips=len(devices), mesh=dict(mesh.shape), loss=loss, rows=rows, length=length,
         windows=windows, grads_bytes=grads_bytes, opt_state_bytes=resident, apply_bytes=apply_bytes,
+        logprob_bytes=logprob_bytes,
         capacity=capacity, model_flops=flops,
         xla_flops=float(xla), peak_flops=peak, mfu=mfu, kernels=grads.as_text().count("tpu_custom_call"))
 
@@ -257,7 +262,8 @@ def plan(cfg: ml_collections.ConfigDict, loss: str, target: str, *, mfu: float =
 def format_rows(rows: list[PlanRow]) -> str:
     """A Markdown table of plan rows."""
     head = ("| target | chips | mesh (data, fsdp, tensor) | step | micro-batch | per-chip HBM: gradient program + "
-            "moments and gradient sum / update | of capacity | model TFLOP per chip | est. time per micro-batch | XLA count (loops once) |\n"
+            "moments and gradient sum / update / old-log-prob pass | of capacity | model TFLOP per chip | est. time per "
+            "micro-batch | XLA count (loops once) |\n"
             "|---|---:|---|---|---|---|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
@@ -269,7 +275,8 @@ def format_rows(rows: list[PlanRow]) -> str:
         mesh = ", ".join(str(r.mesh[k]) for k in ("data", "fsdp", "tensor"))
         lines.append(f"| {r.target} | {r.chips} | {mesh} | {r.loss} | {r.rows} x {r.length} tokens, {r.windows} "
                      f"windows | {'-' if r.error else f'{(r.grads_bytes + r.opt_state_bytes) / GiB:.1f}'} / "
-                     f"{r.apply_bytes / GiB:.1f} GiB | "
+                     f"{r.apply_bytes / GiB:.1f} / "
+                     f"{f'{r.logprob_bytes / GiB:.1f}' if r.logprob_bytes else '-'} GiB | "
                      f"{frac} | {r.model_flops / 1e12:.1f} | {step} | {r.xla_flops / 1e12:.2f} TFLOP |")
     return "\n".join(lines)
 
@@ -284,13 +291,15 @@ def write_results(rows: list[PlanRow], config_name: str, path: str) -> None:
     import os
     import platform as host
 
+    names = [r.target for r in rows]
+    targets = "" if tuple(names) == DEFAULT_TARGETS else "".join(f" --target {n}" for n in names)
     begin, end = f"<!-- mini-o3 plan:{config_name}:begin -->", f"<!-- mini-o3 plan:{config_name}:end -->"
     body = (f"{begin}\n## `mini-o3 plan --config {config_name}`: compiled for the targets on a CPU machine\n\n"
             f"- jax {jax.__version__}; compiled on {host.machine()} with no accelerator (AOT, "
             "`jax.experimental.topologies`); per-chip HBM from the compiled programs' buffer assignment (gradient "
             "program + AdamW moments + the gradient sum of earlier micro-batches); model FLOPs = 6 x params x tokens"
             " + causal attention, estimated time at the stated MFU against the chip's bf16 peak\n"
-            f"- Reproduce: `mini-o3 plan --config {config_name} --write-results`\n\n{format_rows(rows)}\n{end}")
+            f"- Reproduce: `mini-o3 plan --config {config_name}{targets} --write-results`\n\n{format_rows(rows)}\n{end}")
     text = "# Benchmark results\n"
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
