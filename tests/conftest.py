@@ -45,3 +45,14 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeJudgeServer]:
     srv.shutdown()
     srv.server_close()
     thread.join(timeout=5)
+
+
+# The slowest files first: `--dist loadfile` hands files to the workers in collection order, so a long file
+# collected last (the reduced demo, the 8-device runs) would otherwise run alone at the end on one core.
+SLOW_FILES = ("test_recipe.py", "test_train_resume.py", "test_notebooks.py", "test_train.py", "test_eval.py",
+              "test_engine.py", "test_model_golden.py", "test_cli_paths.py", "test_memory_scaling.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: order within a file kept
