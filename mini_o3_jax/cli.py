@@ -507,8 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
                 + _config_help("plan"))
     _add_config(s, "configs/sft_coldstart.py", _config)
     s.add_argument("--target", action="append", default=None, metavar="NAME",
-                   help="a TPU topology (v5p:2x4x4, v6e:8x8, ...) or 'local'; repeatable (default: "
-                        "v5p:2x2x2, v5p:2x2x4, v5p:2x4x4, v6e:4x8, v6e:8x8, v6e:16x16)")
+                   help="a TPU topology (v5p:2x4x4, v6e:8x8, ...) or 'local'; repeatable (default: the "
+                        "slices of bench/RESULTS.md, v5p-16 to v6e-256: train.plan.DEFAULT_TARGETS)")
     s.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the time estimate")
     s.add_argument("--length", type=int, default=None, help="tokens per row (default: the config's largest)")
     s.add_argument("--windows", type=int, default=None,

@@ -9,6 +9,8 @@ import http.server
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +22,22 @@ from PIL import Image
 from mini_o3_jax.agent.prompts import SYSTEM_PROMPT_TOOL_CROP
 from mini_o3_jax.model.qwen2_5_vl import forward_logits
 from mini_o3_jax.processing.inputs import build_inputs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------------------ simulated devices
+def run_on_devices(script: str, *args: str, devices: int = 8, timeout: int = 300) -> dict:
+    """Run `script` in a fresh Python with `devices` simulated CPU devices (XLA reads the count once, at
+    start-up, so a multi-device check cannot share this process) and return the JSON it printed on its
+    last `RESULT ` line."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": REPO, "TOKENIZERS_PARALLELISM": "false", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=timeout)
+    lines = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
+    assert run.returncode == 0 and lines, f"rc={run.returncode}\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
+    return json.loads(lines[-1][len("RESULT "):])
 
 
 # ------------------------------------------------------------------------------------------- images

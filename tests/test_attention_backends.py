@@ -12,6 +12,7 @@ import pytest
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.model import attention_backends as backends
 from mini_o3_jax.model.attention import attention
+from tests.helpers import run_on_devices
 
 
 def inputs(b, length, h, kvh, d, seed=0):
@@ -104,6 +105,7 @@ def test_gpu_call_equals_the_xla_path_on_one_sequence_rows():
 
 
 SHARDED = r'''
+import json
 import jax, jax.numpy as jnp
 from mini_o3_jax.parallel.mesh import make_mesh
 from mini_o3_jax.parallel.rules import DEFAULT_RULES, activation_sharding
@@ -120,24 +122,15 @@ with activation_sharding(mesh, DEFAULT_RULES), backends.attention_backend("splas
     out = jax.jit(f)(q, k, v)
     g = jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) * cot), argnums=(0, 1, 2)))(q, k, v)
 gw = jax.grad(lambda q, k, v: jnp.sum(reference(q, k, v, seg, True) * cot), argnums=(0, 1, 2))(q, k, v)
-print("RESULT", "shard_map" in text or "sdy.manual_computation" in text,
-      float(jnp.abs(out - reference(q, k, v, seg, True)).max()), max(float(jnp.abs(a - b).max()) for a, b in zip(g, gw)))
+print("RESULT " + json.dumps({"manual": "shard_map" in text or "sdy.manual_computation" in text,
+                              "fwd": float(jnp.abs(out - reference(q, k, v, seg, True)).max()),
+                              "grad": max(float(jnp.abs(a - b).max()) for a, b in zip(g, gw))}))
 '''
 
 
 def test_splash_under_a_mesh_runs_per_shard_and_equals_the_xla_path():
     """Mosaic kernels are not partitioned by XLA: under a (fsdp 4, tensor 2) mesh the kernel runs in shard_map,
     rows over fsdp and kv heads over tensor, and still equals the reference (8 simulated devices)."""
-    import os
-    import subprocess
-    import sys
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": repo}
-    run = subprocess.run([sys.executable, "-c", SHARDED], env=env, cwd=repo, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    _, manual, fwd, grad = [x for x in run.stdout.splitlines() if x.startswith("RESULT")][-1].split()
-    assert manual == "True"
-    assert float(fwd) <= 1e-5 and float(grad) <= 1e-4, (fwd, grad)
+    got = run_on_devices(SHARDED)
+    assert got["manual"] is True
+    assert got["fwd"] <= 1e-5 and got["grad"] <= 1e-4, got

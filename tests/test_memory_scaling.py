@@ -6,10 +6,6 @@ seconds; nothing here allocates the arrays.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +15,7 @@ from mini_o3_jax.model.presets import model_config
 from mini_o3_jax.model.vision import VisionInputs, VisionTower
 from mini_o3_jax.processing.image import smart_resize
 from mini_o3_jax.processing.positions import bucket, vision_layout, window_band
+from tests.helpers import run_on_devices
 
 VISION_7B = model_config("qwen2_5_vl_7b").vision
 
@@ -145,12 +142,6 @@ def test_vit_per_row_layout_keeps_each_device_on_its_own_rows():
     band gathers stay on the row's device, so per-device memory is the same on 2, 4 and 8 devices; with all
     images packed in one layout row the gathers index every window and XLA moves keys between devices, so
     per-device memory grows with the device count (on a v5p-128 that made SFT need 103 GB a chip)."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": repo}
-    run = subprocess.run([sys.executable, "-c", ROWS_SCRIPT], env=env, cwd=repo, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads([x for x in run.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
+    got = run_on_devices(ROWS_SCRIPT, timeout=600)
     assert got["rows2"] == got["rows4"] == got["rows8"], got
     assert got["packed8"] > 1.08 * got["packed2"], got

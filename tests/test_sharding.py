@@ -7,11 +7,6 @@ subprocess that prints a JSON summary; the tests below assert on it. The rule ta
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -20,8 +15,8 @@ from jax.sharding import AbstractMesh, Mesh, PartitionSpec
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.parallel.mesh import AXES, make_mesh
 from mini_o3_jax.parallel.rules import DEFAULT_RULES, logical_to_spec, rules_from_config
+from tests.helpers import run_on_devices
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOGITS_TOL = 1e-5
 
 SCRIPT = r'''
@@ -133,20 +128,13 @@ for name, shape in [("indivisible", {"fsdp": 3, "tensor": -1}), ("too_few", {"fs
         errors[name] = [type(e).__name__, str(e), isinstance(e, ConfigError)]
 out["mesh_errors"] = errors
 out["seconds"] = round(time.time() - t0, 1)
-print("SUMMARY " + json.dumps(out))
+print("RESULT " + json.dumps(out))
 '''
 
 
 @pytest.fixture(scope="module")
 def summary(tmp_path_factory):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-           "TOKENIZERS_PARALLELISM": "false", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    work = str(tmp_path_factory.mktemp("sharded"))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, work], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("SUMMARY ")]
-    assert proc.returncode == 0 and lines, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return json.loads(lines[-1][len("SUMMARY "):])
+    return run_on_devices(SCRIPT, str(tmp_path_factory.mktemp("sharded")))
 
 
 # ----------------------------------------------------------------------------- subprocess results
