@@ -199,7 +199,7 @@ def cmd_plan(args) -> None:
     cfg = _config(args)
     rows = []
     for target in tqdm(args.target or DEFAULT_TARGETS, desc="compiling", unit="target"):
-        rows.append(plan(cfg, loss_of(cfg), target, mfu=args.mfu, preset=args.preset, length=args.length,
+        rows.append(plan(cfg, loss_of(cfg), target, efficiency=args.efficiency, preset=args.preset, length=args.length,
                          windows=args.windows))
     print(format_rows(rows))
     if args.write_results:
@@ -501,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("plan", "compile the SFT/GRPO steps for TPU slices (or the local devices): HBM, FLOPs, time", """
   mini-o3 plan --config sft_coldstart --target v5p:2x4x4      # Qwen2.5-VL-7B at 32K tokens on a v5p-64
-  mini-o3 plan --config rl_grpo --target v6e:8x8 --target local --mfu 0.35
+  mini-o3 plan --config rl_grpo --target v6e:8x8 --target local --efficiency 0.6
   mini-o3 plan --config sft_coldstart --write-results         # the default targets, into bench/RESULTS.md""",
                 "\nNeeds the TPU compiler for TPU targets: pip install \"jax[tpu]==<jax version>\" (any CPU machine).\n"
                 + _config_help("plan"))
@@ -509,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", action="append", default=None, metavar="NAME",
                    help="a TPU topology (v5p:2x4x4, v6e:8x8, ...) or 'local'; repeatable (default: the "
                         "slices of bench/RESULTS.md, v5p-16 to v6e-256: train.plan.DEFAULT_TARGETS)")
-    s.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the time estimate")
+    s.add_argument("--efficiency", type=float, default=0.7,
+                   help="assumed fraction of bf16 peak the executed matmuls and attention kernels reach (time estimate)")
     s.add_argument("--length", type=int, default=None, help="tokens per row (default: the config's largest)")
     s.add_argument("--windows", type=int, default=None,
                    help="ViT windows per row (default: the config's largest budget, 12 widest 2-Mpx images)")

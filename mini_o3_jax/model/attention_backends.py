@@ -98,7 +98,9 @@ def splash_attention(q, k, v, q_seg, kv_seg, *, causal: bool, scale: float, inte
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, KV, Lk, D)
     seg = sk.SegmentIds(q=q_seg.astype(jnp.int32), kv=kv_seg.astype(jnp.int32))
     per_head = jax.vmap(lambda qq, kk, vv, s: kernel(qq, kk, vv, segment_ids=s), in_axes=(0, 0, 0, None))
-    out = jax.vmap(per_head)(qh, kh, vh, seg)  # (B, KV, G, Lq, D)
+    # the scope tells `train.flops` which kernels skip the blocks above the diagonal
+    with jax.named_scope("splash_causal" if causal else "splash_full"):
+        out = jax.vmap(per_head)(qh, kh, vh, seg)  # (B, KV, G, Lq, D)
     out = out.transpose(0, 3, 1, 2, 4).reshape(b, lq, h, d + pad)
     return out[..., :d].astype(q.dtype)
 

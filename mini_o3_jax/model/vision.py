@@ -23,6 +23,7 @@ from mini_o3_jax.model.layers import apply_rotary, dense, param, rms_norm, visio
 from mini_o3_jax.parallel.rules import active_sharding, batch_ways, constrain
 
 PATCHES = ("act_patches", "act_embed")  # logical axes of the (P, D) ViT residual stream
+BLOCK_KIND_SCOPE = "vit_window_or_full"  # name scope of the per-block choice between window and full attention
 
 
 class VisionInputs(NamedTuple):
@@ -156,7 +157,8 @@ class VisionTower(nnx.Module):
             qkv = dense(h, w["qkv"], "nd,dthk->nthk", w["qkv_bias"])
             q = apply_rotary(qkv[:, 0], cos, sin)
             k = apply_rotary(qkv[:, 1], cos, sin)
-            o = jax.lax.cond(full, full_attn, window_attn, q, k, qkv[:, 2])
+            with jax.named_scope(BLOCK_KIND_SCOPE):  # `train.flops` weighs the branches by the block counts
+                o = jax.lax.cond(full, full_attn, window_attn, q, k, qkv[:, 2])
             x = x + dense(o, w["proj"], "nhk,hkd->nd", w["proj_bias"])
             h = rms_norm(x, w["norm2"], eps)
             g = dense(h, w["gate"], "nd,df->nf", w["gate_bias"])

@@ -9,9 +9,11 @@ program's buffer assignment (every allocation of device memory: arguments, outpu
 temporaries), which is checked against the chip's HBM. `memory_analysis` is the fallback: libtpu 0.0.42's
 `temp_size_in_bytes` is not the allocation (39.7 GB for a GRPO step whose buffer assignment reserves 26.5 GB).
 
-Step time is estimated from model FLOPs (6 x parameters x tokens + causal attention, the MFU convention) at a
-stated MFU against the chip's bf16 peak; XLA's own `cost_analysis` count is shown beside it (it counts a
-scanned layer loop's body once, so it is far below the real work of a 28-layer stack).
+Step time is estimated from the FLOPs the gradient program executes (`train.flops`: its jaxpr's matmuls and
+splash kernels, every scanned layer and rematerialised forward counted, which XLA's `cost_analysis` does not
+do) at a stated fraction of the chip's bf16 peak (`efficiency`); the estimated MFU is the model FLOPs (6 x
+parameters x tokens + causal attention, the MFU convention) over that time at peak. Beside it, what libtpu's
+own cost model predicts for the decoder's largest matmul on the chip, as a check on the assumed efficiency.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.model.config import ModelConfig
 from mini_o3_jax.model.presets import model_config
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL, TextInputs
-from mini_o3_jax.model.vision import VisionInputs
+from mini_o3_jax.model.vision import BLOCK_KIND_SCOPE, VisionInputs
 from mini_o3_jax.parallel.mesh import make_mesh
 from mini_o3_jax.parallel.rules import Rules, batch_ways, logical_to_spec, state_shardings
 from mini_o3_jax.train.batch import TrainBatch
+from mini_o3_jax.train.flops import executed_flops
 from mini_o3_jax.train.optim import OptimConfig, make_optimizer
 from mini_o3_jax.train.settings import train_settings
 from mini_o3_jax.train.step import _frozen_filter, optimizer_shardings, step_functions, tracing
@@ -59,10 +62,11 @@ class PlanRow:
     opt_state_bytes: int  # per chip: resident beside it: the AdamW moments and the gradient accumulator
     apply_bytes: int  # per chip: the update program
     capacity: int | None
-    model_flops: float  # per chip, one micro-batch, forward + backward
-    xla_flops: float  # cost_analysis of the gradient program (loop bodies once)
+    model_flops: float  # per chip, one micro-batch, forward + backward: the useful work of the MFU convention
+    executed_flops: float  # per chip: the gradient program's matmuls and attention kernels (`train.flops`)
     peak_flops: float | None
-    mfu: float
+    efficiency: float  # assumed fraction of the bf16 peak that the executed matmuls and kernels reach
+    cost_model_efficiency: float | None = None  # libtpu's cost model on the decoder's MLP matmul (TPU only)
     kernels: int = 0  # Pallas/Mosaic custom calls in the compiled gradient program (splash attention on TPU)
     error: str | None = None  # the compiler's refusal (e.g. more temporaries than HBM): does not fit
     logprob_bytes: int = 0  # per chip: the old-log-prob pass (RL), beside the moments; 0 when not compiled
@@ -81,7 +85,13 @@ class PlanRow:
 
     @property
     def step_seconds(self) -> float | None:
-        return None if not self.peak_flops else self.model_flops / (self.peak_flops * self.mfu)
+        """Estimated seconds per micro-batch: executed FLOPs at `efficiency` x peak."""
+        return None if not self.peak_flops else self.executed_flops / (self.peak_flops * self.efficiency)
+
+    @property
+    def mfu(self) -> float:
+        """Estimated model FLOPs utilisation: model FLOPs over (estimated time x peak)."""
+        return self.efficiency * self.model_flops / self.executed_flops
 
 
 def _compile(lowered: Any) -> tuple[Any, int, str]:
@@ -202,7 +212,7 @@ def model_flops(mcfg: ModelConfig, rows: int, length: int, windows: int, trainab
     return 6 * llm * tokens + attn + vit
 
 
-def plan(cfg: ml_collections.ConfigDict, loss: str, target: str, *, mfu: float = 0.4,
+def plan(cfg: ml_collections.ConfigDict, loss: str, target: str, *, efficiency: float = 0.7,
          preset: str = "qwen2_5_vl_7b", length: int | None = None, windows: int | None = None,
          interpret: bool = False) -> PlanRow:
     """Compile the gradient and update programs of `cfg` for `target`; see the module docstring."""
@@ -236,34 +246,56 @@ def plan(cfg: ml_collections.ConfigDict, loss: str, target: str, *, mfu: float =
         attention = {"tpu": "splash", "gpu": "cudnn"}.get(platform, "xla")
     flops = model_flops(mcfg, rows, length, windows, scfg.trainable) / len(devices)
     resident = _per_chip(opt_state) + _per_chip(params)  # moments + the fp32 gradient sum of earlier micro-batches
+    common = dict(target=target, chips=len(devices), mesh=dict(mesh.shape), loss=loss, rows=rows, length=length,
+                  windows=windows, opt_state_bytes=resident, capacity=capacity, model_flops=flops,
+                  peak_flops=peak, efficiency=efficiency,
+                  cost_model_efficiency=_matmul_efficiency(devices[0], mcfg, length, peak) if platform == "tpu"
+                  else None)
     with tracing(mesh, rules, attention, interpret=interpret):
+        executed = executed_flops(grads_fn, params, frozen, batch,
+                                  branch_weights=_vit_block_weights(mcfg)).total / len(devices)
+        common["executed_flops"] = executed
         apply, apply_bytes, _ = _compile(apply_fn.lower(params, opt_state, params))
         try:
             grads, grads_bytes, _ = _compile(grads_fn.lower(params, frozen, batch))
         except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a program larger than HBM
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
-            return PlanRow(target=target, chips=len(devices), mesh=dict(mesh.shape), loss=loss, rows=rows,
-                           length=length, windows=windows, grads_bytes=0, opt_state_bytes=resident,
-                           apply_bytes=apply_bytes, capacity=capacity, model_flops=flops, xla_flops=float("nan"),
-                           peak_flops=peak, mfu=mfu, error=str(e).split("RESOURCE_EXHAUSTED: ")[-1].splitlines()[0])
+            return PlanRow(**common, grads_bytes=0, apply_bytes=apply_bytes,
+                           error=str(e).split("RESOURCE_EXHAUSTED: ")[-1].splitlines()[0])
         logprob_bytes = 0
         if loss == "ppo":  # the old-log-prob pass: same micro-batch, forward only, the moments resident
             logprob_bytes = _compile(logprob_fn.lower(params, frozen, batch))[1] + _per_chip(opt_state)
-    xla = (grads.cost_analysis() or {}).get("flops", float("nan"))
-    return PlanRow(
-        target=target, chips=len(devices), mesh=dict(mesh.shape), loss=loss, rows=rows, length=length,
-        windows=windows, grads_bytes=grads_bytes, opt_state_bytes=resident, apply_bytes=apply_bytes,
-        logprob_bytes=logprob_bytes,
-        capacity=capacity, model_flops=flops,
-        xla_flops=float(xla), peak_flops=peak, mfu=mfu, kernels=grads.as_text().count("tpu_custom_call"))
+    return PlanRow(**common, grads_bytes=grads_bytes, apply_bytes=apply_bytes, logprob_bytes=logprob_bytes,
+                   kernels=grads.as_text().count("tpu_custom_call"))
+
+
+def _vit_block_weights(mcfg: ModelConfig):
+    """`train.flops` branch weights of the ViT's per-block cond: (window, full) in the tower's proportions."""
+    full = len(mcfg.vision.fullatt_block_indexes) / mcfg.vision.depth
+
+    def weights(stack: str):
+        return (1.0 - full, full) if BLOCK_KIND_SCOPE in stack else None
+    return weights
+
+
+def _matmul_efficiency(device, mcfg: ModelConfig, length: int, peak: float) -> float | None:
+    """libtpu's cost-model time for the decoder's MLP up-projection (length x hidden @ hidden x intermediate,
+    bf16) on one chip, as a fraction of peak: what the compiler itself expects of the step's dominant matmul."""
+    t = mcfg.text
+    sharding = NamedSharding(Mesh(np.array([device]), ("x",)), PartitionSpec())
+    a = jax.ShapeDtypeStruct((length, t.hidden_size), jnp.bfloat16, sharding=sharding)
+    b = jax.ShapeDtypeStruct((t.hidden_size, t.intermediate_size), jnp.bfloat16, sharding=sharding)
+    cost = jax.jit(jnp.matmul).lower(a, b).compile().cost_analysis() or {}
+    seconds = cost.get("optimal_seconds")
+    return None if not seconds else 2.0 * length * t.hidden_size * t.intermediate_size / (seconds * peak)
 
 
 def format_rows(rows: list[PlanRow]) -> str:
     """A Markdown table of plan rows."""
     head = ("| target | chips | mesh (data, fsdp, tensor) | step | micro-batch | per-chip HBM: gradient program + "
-            "moments and gradient sum / update / old-log-prob pass | of capacity | model TFLOP per chip | est. time per "
-            "micro-batch | XLA count (loops once) |\n"
+            "moments and gradient sum / update / old-log-prob pass | of capacity | TFLOP per chip: model / executed | "
+            "est. time per micro-batch | est. MFU |\n"
             "|---|---:|---|---|---|---|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
@@ -271,13 +303,15 @@ def format_rows(rows: list[PlanRow]) -> str:
             "" if r.hbm_fraction < 0.9 else " **over 90 %**")
         if r.error:
             frac = f"**does not fit**: {r.error}"
-        step = "n/a" if r.step_seconds is None else f"{r.step_seconds:.2f} s at {100 * r.mfu:.0f} % MFU"
+        step = "n/a" if r.step_seconds is None else f"{r.step_seconds:.2f} s"
+        check = "" if r.cost_model_efficiency is None else f" (libtpu: {100 * r.cost_model_efficiency:.0f} %)"
         mesh = ", ".join(str(r.mesh[k]) for k in ("data", "fsdp", "tensor"))
         lines.append(f"| {r.target} | {r.chips} | {mesh} | {r.loss} | {r.rows} x {r.length} tokens, {r.windows} "
                      f"windows | {'-' if r.error else f'{(r.grads_bytes + r.opt_state_bytes) / GiB:.1f}'} / "
                      f"{r.apply_bytes / GiB:.1f} / "
                      f"{f'{r.logprob_bytes / GiB:.1f}' if r.logprob_bytes else '-'} GiB | "
-                     f"{frac} | {r.model_flops / 1e12:.1f} | {step} | {r.xla_flops / 1e12:.2f} TFLOP |")
+                     f"{frac} | {r.model_flops / 1e12:.1f} / {r.executed_flops / 1e12:.1f} | {step} at "
+                     f"{100 * r.efficiency:.0f} %{check} of peak | {100 * r.mfu:.0f} % |")
     return "\n".join(lines)
 
 
@@ -298,7 +332,9 @@ def write_results(rows: list[PlanRow], config_name: str, path: str) -> None:
             f"- jax {jax.__version__}; compiled on {host.machine()} with no accelerator (AOT, "
             "`jax.experimental.topologies`); per-chip HBM from the compiled programs' buffer assignment (gradient "
             "program + AdamW moments + the gradient sum of earlier micro-batches); model FLOPs = 6 x params x tokens"
-            " + causal attention, estimated time at the stated MFU against the chip's bf16 peak\n"
+            " + causal attention; executed FLOPs = the gradient program's matmuls and splash kernels, every layer and "
+            "recomputed forward counted; time = executed FLOPs at the stated fraction of the chip's bf16 peak (in "
+            "brackets: libtpu's cost model for the decoder's MLP matmul); est. MFU = model FLOPs / (time x peak)\n"
             f"- Reproduce: `mini-o3 plan --config {config_name}{targets} --write-results`\n\n{format_rows(rows)}\n{end}")
     text = "# Benchmark results\n"
     if os.path.exists(path):
