@@ -71,14 +71,32 @@ def replace_dir(path: str | os.PathLike) -> Iterator[Path]:
     removed (or, after a kill, left as `.<name>.tmp-*` beside it, never mistaken for the checkpoint). The swap is
     two renames; a kill between them (microseconds) leaves the old copy whole as `.<name>.old-*`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    os.chmod(tmp, _default_mode(path, 0o777) if path.is_dir() else 0o777 & ~_umask())
+    tmp = temporary_sibling(path)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    swap_into(tmp, path)
+
+
+def temporary_sibling(path: str | os.PathLike, name: str | None = None) -> Path:
+    """A new empty directory beside `path` (`.<name>.tmp-*`, or `name` when given: a multi-host save whose
+    hosts must all write into the one directory process 0 named), with the permissions `path` would get."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if name is None:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    else:
+        tmp = path.parent / name
+        tmp.mkdir()
+    os.chmod(tmp, _default_mode(path, 0o777) if path.is_dir() else 0o777 & ~_umask())
+    return tmp
+
+
+def swap_into(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make the finished directory `tmp` be `path` (two renames; the old `path` is removed after)."""
+    tmp, path = Path(tmp), Path(path)
     old = None
     if path.exists() or path.is_symlink():
         old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))

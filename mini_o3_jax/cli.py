@@ -170,6 +170,14 @@ def _demo_config(args):
     return cfg
 
 
+def _console():
+    """`print` on process 0, None elsewhere: one progress bar and one log per run (other hosts still report
+    warnings and errors on stderr)."""
+    from mini_o3_jax.parallel.hosts import is_main
+
+    return print if is_main() else None
+
+
 def _train_parts(args):
     """Config with `--config.key=value` overrides, multi-host init, tokenizer and image processor."""
     from mini_o3_jax.parallel.distributed import initialize
@@ -212,6 +220,7 @@ def cmd_sft(args) -> None:
     from mini_o3_jax.sft.loop import run_sft, sft_data, sft_from_file
 
     cfg, tok, proc, side = _train_parts(args)
+    console = _console()
     d = sft_data(cfg)
     if not d.path and not d.tfds_dir:
         if not d.synthetic:
@@ -220,10 +229,11 @@ def cmd_sft(args) -> None:
         from mini_o3_jax.toy.sources import sft_examples
 
         load, n = sft_examples(d, tok, proc)  # generated scripted-expert trajectories (configs/sft_tiny.py)
-        metrics = run_sft(cfg, load, n, proc, side_files_from=side, pad_id=tok.endoftext_id)
+        metrics = run_sft(cfg, load, n, proc, console=console, side_files_from=side, pad_id=tok.endoftext_id)
     else:
-        metrics = sft_from_file(cfg, tok, proc, side_files_from=side)
-    print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
+        metrics = sft_from_file(cfg, tok, proc, console=console, side_files_from=side)
+    if console:
+        print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
 
 
 def cmd_rl(args) -> None:

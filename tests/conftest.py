@@ -49,7 +49,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeJudgeServer]:
 
 # The slowest files first: `--dist loadfile` hands files to the workers in collection order, so a long file
 # collected last (the reduced demo, the 8-device runs) would otherwise run alone at the end on one core.
-SLOW_FILES = ("test_recipe.py", "test_train_resume.py", "test_notebooks.py", "test_train.py", "test_eval.py",
+SLOW_FILES = ("test_recipe.py", "test_multihost.py", "test_train_resume.py", "test_notebooks.py", "test_train.py", "test_eval.py",
               "test_engine.py", "test_model_golden.py", "test_cli_paths.py", "test_memory_scaling.py")
 
 

@@ -200,7 +200,17 @@ def test_per_row_layout_equals_the_packed_layout(untied, processor):
     per_row = build_inputs(seqs, pixels, grids, model.config, windows_per_row=16, band=12)
     v = per_row.vision
     assert np.shape(v.window_first) == (3, 16) and v.pixels.shape[0] == 3 * 16 * 64
-    assert np.asarray(v.window_first)[2, 0] == 0 and np.asarray(v.image_seg).max() == 3
+    assert np.asarray(v.window_first)[2, 0] == 0 and np.asarray(v.image_seg).max() == 2  # counted per row
+    # a row's arrays do not depend on the rows before it: built alone, row 2 is its slice of the micro-batch
+    # (what a host that builds only its own rows puts in the global array)
+    alone = build_inputs(seqs[2:], pixels[2:], grids[2:], model.config, windows_per_row=16, band=12,
+                         length=per_row.text.input_ids.shape[1])
+    for name in ("input_ids", "segment_ids", "image_rows"):
+        np.testing.assert_array_equal(getattr(alone.text, name), getattr(per_row.text, name)[2:])
+    np.testing.assert_array_equal(alone.text.positions, np.asarray(per_row.text.positions)[:, 2:])
+    for name in ("pixels", "pos_hw", "window_seg", "image_seg", "window_first"):
+        n = len(getattr(alone.vision, name))
+        np.testing.assert_array_equal(getattr(alone.vision, name), np.asarray(getattr(v, name))[-n:])
     assert np.array_equal(packed.text.input_ids, per_row.text.input_ids)
     assert not np.array_equal(packed.text.image_rows, per_row.text.image_rows)
     a = np.asarray(model(packed.text, packed.vision))

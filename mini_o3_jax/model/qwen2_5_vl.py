@@ -58,7 +58,8 @@ class Qwen25VL(nnx.Module):
         """Token embeddings with image features scattered into the `<|image_pad|>` positions.
 
         `vision_rows` > 1: the features come in one layout row per text row (`positions.row_layouts`), and
-        each text row gathers from its own (a gather batched over rows, which stays on the row's device)."""
+        each text row gathers from its own (a gather batched over rows, which stays on the row's device);
+        `image_rows` then count from the row's first feature."""
         x = jnp.take(self.text.embed[...], text.input_ids, axis=0)
         if image_features is not None:
             index = jnp.maximum(text.image_rows, 0)
@@ -69,10 +70,8 @@ class Qwen25VL(nnx.Module):
                 if vision_rows != b:
                     raise ValueError(f"{vision_rows} vision layout rows for {b} text rows")
                 per_row = image_features.shape[0] // b
-                local = index - (jnp.arange(b, dtype=index.dtype) * per_row)[:, None]
-                local = jnp.clip(local, 0, per_row - 1)
                 by_row = image_features.reshape((b, per_row) + image_features.shape[1:])
-                feats = jax.vmap(lambda f, i: jnp.take(f, i, axis=0))(by_row, local)
+                feats = jax.vmap(lambda f, i: jnp.take(f, i, axis=0))(by_row, jnp.minimum(index, per_row - 1))
             x = jnp.where((text.image_rows >= 0)[..., None], feats.astype(x.dtype), x)
         return x
 

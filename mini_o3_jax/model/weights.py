@@ -26,12 +26,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from mini_o3_jax.atomic_io import replace_dir, write_json
+from mini_o3_jax.atomic_io import replace_dir, swap_into, temporary_sibling, write_json
 from mini_o3_jax.errors import CheckpointError, CorruptCheckpointError
 from mini_o3_jax.integrity import changed_arrays, quiet_closed_loop_noise, read_error_summary, state_checksums
 from mini_o3_jax.model.config import ModelConfig
 from mini_o3_jax.model.qwen2_5_vl import DTYPES, Qwen25VL
 from mini_o3_jax.model.safetensors_io import SafetensorsDir, iter_shards, write_safetensors
+from mini_o3_jax.parallel.hosts import barrier, broadcast, is_main
 from mini_o3_jax.parallel.rules import DEFAULT_RULES, Rules, state_shardings
 
 # Files copied along with weights so that a converted/exported directory stays self-contained.
@@ -355,22 +356,38 @@ def save_orbax(model: Qwen25VL, path: str | os.PathLike, side_files_from: str | 
 
     The checkpoint is written whole into a temporary sibling directory and renamed into place, so a kill
     mid-write leaves any previous checkpoint at `path` intact. Files of the old directory that this save does
-    not write (tokenizer files, notes) are carried over."""
+    not write (tokenizer files, notes) are carried over. Multi-host: every host writes its shards into the one
+    temporary directory process 0 names; process 0 alone writes the small files and swaps it into place."""
+    import secrets
+
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     pure = nnx.to_pure_dict(nnx.split(model)[1])
-    with replace_dir(path) as tmp:
+    checksums = state_checksums(pure)  # on every host: computed on the devices
+    token = broadcast(secrets.randbits(62))  # process 0's: the directory every host writes into
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{token:016x}")
+    try:
+        if is_main():
+            temporary_sibling(path, os.path.basename(tmp))
+        barrier("save_orbax:created")
         params_dir = os.path.join(tmp, "params")
         ckptr = ocp.StandardCheckpointer()
         ckptr.save(params_dir, pure)
         ckptr.wait_until_finished()
-        meta = {"config": model.config.to_config_dict(), "dtype": jnp.dtype(model.dtype).name, "format": 1,
-                "files": _file_sizes(params_dir), "checksums": state_checksums(pure)}
-        write_json(os.path.join(tmp, ORBAX_META), meta)
-        if side_files_from is not None:
-            copy_side_files(side_files_from, tmp)
-        _carry_over(path, tmp, skip=lambda name: name in ("params", ORBAX_META))
+        if is_main():
+            meta = {"config": model.config.to_config_dict(), "dtype": jnp.dtype(model.dtype).name, "format": 1,
+                    "files": _file_sizes(params_dir), "checksums": checksums}
+            write_json(os.path.join(tmp, ORBAX_META), meta)
+            if side_files_from is not None:
+                copy_side_files(side_files_from, tmp)
+            _carry_over(path, tmp, skip=lambda name: name in ("params", ORBAX_META))
+            swap_into(tmp, path)
+    except BaseException:
+        if is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    barrier("save_orbax:done")
     return path
 
 

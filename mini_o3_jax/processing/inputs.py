@@ -78,7 +78,7 @@ def build_inputs(
     all_grids = np.concatenate(grids, axis=0)
     vision = None
     merged_rows = np.zeros((0,), np.int32)
-    if len(all_grids):
+    if len(all_grids) or windows_per_row is not None:  # per-row: a layout even for rows without images
         if windows_per_row is not None:
             if num_windows is not None:
                 raise ValueError("num_windows and windows_per_row are exclusive")
@@ -91,8 +91,8 @@ def build_inputs(
             )
         # kept in their dtype (bf16 patches from a rollout stay bf16 up to the model's cast)
         given = [np.asarray(p) for p in pixel_values if p is not None and len(p)]
-        dtype = given[0].dtype if all(p.dtype == given[0].dtype for p in given) else np.float32
-        pixels = np.concatenate([p.astype(dtype, copy=False) for p in given], 0)
+        dtype = given[0].dtype if given and all(p.dtype == given[0].dtype for p in given) else np.float32
+        pixels = np.concatenate([p.astype(dtype, copy=False) for p in given] or [np.zeros((0, v.patch_dim), dtype)], 0)
         expected = int(np.prod(all_grids, axis=1).sum())
         if pixels.shape != (expected, v.patch_dim):
             raise ValueError(f"pixel_values have shape {pixels.shape}, the grids need ({expected}, {v.patch_dim})")

@@ -172,9 +172,10 @@ def row_layouts(
     Why: with rows split over data-parallel devices the ViT's full-attention band and the image-feature gather
     then index only their own row's windows (gathers batched over rows), which the partitioner keeps on the
     row's device; indices into one global packed layout made XLA gather every window's keys onto every chip.
-    `patch_src`, `image_seg` and `merged_rows` stay global (processor rows of all sequences in order)."""
-    layouts, patch_offset, segments, too_wide = [], 0, 0, []
-    merged_per_row = windows_per_row * window_merged * window_merged
+    `patch_src` stays global (processor rows of all sequences in order: it only gathers pixels on the host);
+    `image_seg` and `merged_rows` count from the row's own start, so a row's arrays do not depend on the rows
+    before it: a host that builds only its own rows of a micro-batch (multi-host) builds exactly their slice."""
+    layouts, patch_offset, too_wide = [], 0, []
     for b, g in enumerate(grids_per_row):
         g = np.asarray(g, np.int64).reshape(-1, 3)
         need = count_windows(g, merge_size, window_merged)
@@ -186,11 +187,8 @@ def row_layouts(
         layouts.append(dataclasses.replace(
             lay,
             patch_src=np.where(real, lay.patch_src + patch_offset, -1).astype(np.int32),
-            image_seg=np.where(real, lay.image_seg + segments, 0).astype(np.int32),
-            merged_rows=(lay.merged_rows + b * merged_per_row).astype(np.int32),
         ))
         patch_offset += int(np.prod(g, axis=1).sum())
-        segments += int(g[:, 0].sum())
     if too_wide:
         raise ValueError(f"(row, windows) {too_wide[:5]}: more ViT windows than the {windows_per_row} a row holds")
     return VisionLayout(

@@ -20,15 +20,17 @@ from mini_o3_jax.config_files import from_block
 from mini_o3_jax.data.direct import read_sharegpt
 from mini_o3_jax.data.records import BadRecord, describe_bad
 from mini_o3_jax.model.config import ModelConfig
+from mini_o3_jax.parallel.hosts import agree_max, agree_sum
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import MINI_O3_MAX_PIXELS, MINI_O3_MIN_PIXELS, ImageProcessor
 from mini_o3_jax.processing.inputs import PAD_ID
 from mini_o3_jax.sft.data import sharegpt_trajectories
 from mini_o3_jax.train.batch import (
+    Example,
     TrainBatch,
-    batch_tokens,
     examples_from_trajectories,
     micro_batches,
+    token_weights,
 )
 from mini_o3_jax.train.checkpoint import PreemptionGuard
 from mini_o3_jax.train.metrics import StepTimer, tokens_per_second
@@ -94,35 +96,49 @@ def run_sft(
     trainer = session.trainer
     mcfg = model_config or trainer.model_config
     spec = t.batch_spec(pad_id, trainer.data_ways)
+    share, hosts = trainer.row_share  # multi-host: this host's share of the examples and of each micro-batch
+    spec = dataclasses.replace(spec, micro_batch=spec.micro_batch // hosts)
 
-    def build(step: int) -> tuple[list[TrainBatch], int]:
-        """The step's micro-batches, and how many of its samples were truncated to the cutoff."""
-        trajs = load(step_indices(num_examples, step, t.batch_size, cfg.seed))
-        examples = examples_from_trajectories(trajs, processor, agg=t.loss_agg)
-        return micro_batches(examples, mcfg, spec)[0], sum(tr.truncated for tr in trajs)
+    def load_share(step: int) -> tuple[list[Example], int]:
+        """This host's examples of step `step` (images processed; weights normalised on this host's counts)
+        and how many of them were truncated to the cutoff. Runs on a worker thread: no collectives here."""
+        trajs = load(step_indices(num_examples, step, t.batch_size, cfg.seed)[share::hosts])
+        return examples_from_trajectories(trajs, processor, agg=t.loss_agg), sum(tr.truncated for tr in trajs)
+
+    def build(loaded: tuple[list[Example], int]) -> tuple[list[TrainBatch], int, int]:
+        """Micro-batches with the step's global loss normalisation, the samples truncated and the tokens, over
+        all hosts (main thread: the hosts agree on the counts and on every micro-batch's sizes)."""
+        examples, truncated = loaded
+        tokens = sum(len(e.token_ids) for e in examples)
+        if hosts == 1:
+            return micro_batches(examples, mcfg, spec)[0], truncated, tokens
+        seqs, toks, truncated, tokens = agree_sum(np.array(
+            [len(examples), sum(float(e.loss_mask.sum()) for e in examples), truncated, tokens], np.float64))
+        for e in examples:
+            e.weights = token_weights([e.loss_mask], t.loss_agg, int(seqs), toks)[0]
+        return micro_batches(examples, mcfg, spec, agree=agree_max)[0], int(truncated), int(tokens)
 
     metrics: dict = {}
     truncated_total = seen = 0
     timer = StepTimer()
     pool = concurrent.futures.ThreadPoolExecutor(1)
     start = trainer.step
-    pending = pool.submit(build, start) if start < total else None
+    pending = pool.submit(load_share, start) if start < total else None
     bar = tqdm(total=total, initial=start, desc=label, unit="step", disable=console is None)
     try:
         with PreemptionGuard() as guard:
             while trainer.step < total:
-                batches, truncated = pending.result()
+                batches, truncated, tokens = build(pending.result())
                 if truncated and not truncated_total and console is not None:
                     console(f"{label}: samples longer than max_length={t.max_length} are truncated as LLaMA-Factory "
                             "does (metric 'truncated': samples cut in the step)")
                 truncated_total += truncated
                 seen += t.batch_size
                 step = trainer.step
-                pending = pool.submit(build, step + 1) if step + 1 < total else None
+                pending = pool.submit(load_share, step + 1) if step + 1 < total else None
                 timer.start()
                 metrics = trainer.train_step(batches)
                 seconds = timer.stop()
-                tokens = sum(batch_tokens(b) for b in batches)
                 metrics.update(step_time_s=seconds, tokens_per_s=tokens_per_second(tokens, seconds),
                                epoch=(step + 1) / steps_per_epoch, lr=float(trainer.learning_rate()),
                                truncated=truncated)

@@ -13,7 +13,7 @@ padded to a bucketed length (processing.positions.bucket), so a run compiles a h
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
 import jax
@@ -166,12 +166,18 @@ class BatchSpec:
 
 
 def micro_batches(
-    examples: Sequence[Example], config: ModelConfig, spec: BatchSpec = BatchSpec()
+    examples: Sequence[Example], config: ModelConfig, spec: BatchSpec = BatchSpec(),
+    agree: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[list[TrainBatch], list[list[int]]]:
     """Sort by length, group `spec.micro_batch` at a time, pad each group to a bucketed length.
 
     Returns the numpy micro-batches and, for each, the `Example.index` of its rows (padding rows
     are -1) so per-sequence results can be mapped back.
+
+    Multi-host: each host passes its own examples and its own rows per micro-batch, and `agree` (the
+    elementwise max over hosts, `parallel.hosts.agree_max`). Every host then pads the same number of
+    micro-batches (empty ones where it has run out) to the same sizes, with images laid out per row
+    (`positions.row_layouts`), so each host's arrays are exactly its rows' slice of the global ones.
     """
     if spec.micro_batch < 1:
         raise ConfigError(f"micro_batch = {spec.micro_batch}; expected >= 1")
@@ -179,37 +185,55 @@ def micro_batches(
     if too_long:
         raise ValueError(f"sequences longer than max_length={spec.max_length}: (index, length) {too_long[:5]}")
     order = sorted(examples, key=lambda e: len(e.token_ids))
+    groups = [list(order[i:i + spec.micro_batch]) for i in range(0, len(order), spec.micro_batch)]
+    per_row = bool(spec.windows) or agree is not None
+    sizes = np.array([_sizes(g, spec, config, per_row) for g in groups], np.int64).reshape(-1, len(_SIZES))
+    if agree is not None:
+        count = int(agree(np.array([len(groups)], np.int64))[0])
+        groups += [[] for _ in range(count - len(groups))]
+        sizes = agree(np.concatenate([sizes, np.zeros((count - len(sizes), len(_SIZES)), np.int64)]))
     batches, rows = [], []
-    for start in range(0, len(order), spec.micro_batch):
-        group = list(order[start:start + spec.micro_batch])
+    for group, size in zip(groups, sizes):
         rows.append([e.index for e in group] + [-1] * (spec.micro_batch - len(group)))
-        batches.append(_pad_group(group, spec, config))
+        batches.append(_pad_group(group, spec, config, dict(zip(_SIZES, (int(x) for x in size)))))
     return batches, rows
 
 
-def _pad_group(group: list[Example], spec: BatchSpec, config: ModelConfig) -> TrainBatch:
-    n_rows = spec.micro_batch
+_SIZES = ("length", "windows_per_row", "num_windows", "band")  # what a micro-batch is padded to (0: none)
+
+
+def _sizes(group: list[Example], spec: BatchSpec, config: ModelConfig, per_row: bool) -> tuple[int, ...]:
+    """The sizes `group` pads to (see `_SIZES`): bucketed or the smallest fixed size that holds it."""
     longest = max(len(e.token_ids) for e in group)
     length = _fixed(spec.lengths, longest, "lengths", "tokens") if spec.lengths else bucket(longest, spec.min_length)
+    v = config.vision
+    grids = [np.asarray(e.grids, np.int64).reshape(-1, 3) for e in group if e.grids is not None and len(e.grids)]
+    windows_per_row = num_windows = band = 0
+    if grids:
+        widest_row = max(count_windows(g, v.spatial_merge_size, v.window_merged) for g in grids)
+        stacked = np.concatenate(grids)
+        if spec.windows:  # each row's images in a row of windows of its own (positions.row_layouts)
+            windows_per_row = _fixed(spec.windows, widest_row, "windows", "ViT windows a row")
+        elif per_row:
+            windows_per_row = bucket(max(widest_row, spec.min_windows), 4)
+        elif spec.min_windows:
+            windows = count_windows(stacked, v.spatial_merge_size, v.window_merged)
+            num_windows = bucket(max(windows, spec.min_windows), 4)
+        if spec.bands or per_row:
+            widest = max(count_windows(g[None], v.spatial_merge_size, v.window_merged) for g in stacked)
+            band = _fixed(spec.bands, widest, "bands", "windows in one image") if spec.bands else bucket(widest)
+    return length, windows_per_row, num_windows, band
+
+
+def _pad_group(group: list[Example], spec: BatchSpec, config: ModelConfig, sizes: dict[str, int]) -> TrainBatch:
+    n_rows = spec.micro_batch
+    length = sizes["length"]
     seqs = [e.token_ids for e in group] + [np.zeros((0,), np.int32)] * (n_rows - len(group))
     pixels = [e.pixel_values for e in group] + [None] * (n_rows - len(group))
     grids = [e.grids for e in group] + [None] * (n_rows - len(group))
-    num_windows = per_row = band = None
-    v = config.vision
-    all_grids = [np.asarray(g, np.int64).reshape(-1, 3) for g in grids if g is not None and len(g)]
-    if all_grids and (spec.min_windows or spec.windows or spec.bands):
-        stacked = np.concatenate(all_grids)
-        windows = count_windows(stacked, v.spatial_merge_size, v.window_merged)
-        if spec.windows:  # each row's images in a row of windows of its own (positions.row_layouts)
-            widest_row = max(count_windows(g, v.spatial_merge_size, v.window_merged) for g in all_grids)
-            per_row = _fixed(spec.windows, widest_row, "windows", "ViT windows a row")
-        elif spec.min_windows:
-            num_windows = bucket(max(windows, spec.min_windows), 4)
-        if spec.bands:
-            widest = max(count_windows(g[None], v.spatial_merge_size, v.window_merged) for g in stacked)
-            band = _fixed(spec.bands, widest, "bands", "windows in one image")
-    inputs = build_inputs(seqs, pixels, grids, config, length=length, pad_id=spec.pad_id, num_windows=num_windows,
-                          windows_per_row=per_row, band=band)
+    inputs = build_inputs(seqs, pixels, grids, config, length=length, pad_id=spec.pad_id,
+                          num_windows=sizes["num_windows"] or None, windows_per_row=sizes["windows_per_row"] or None,
+                          band=sizes["band"] or None)
     targets = np.full((n_rows, length), spec.pad_id, np.int32)
     mask = np.zeros((n_rows, length), np.float32)
     weights = np.zeros((n_rows, length), np.float32)

@@ -21,6 +21,7 @@ from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.model.config import ModelConfig
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
 from mini_o3_jax.model.weights import copy_side_files, load_model, save_orbax
+from mini_o3_jax.parallel.hosts import any_host, check_shared
 from mini_o3_jax.parallel.mesh import make_mesh
 from mini_o3_jax.parallel.rules import Rules, rules_from_config
 from mini_o3_jax.train.checkpoint import TrainCheckpointer, abstract_like
@@ -104,14 +105,16 @@ class Session:
 
     def checkpoint(self, done: int, total: int, meta: dict[str, Any], guard, console=print) -> bool:
         """After step `done` of `total`: save every `save_every` steps, at the end, and on preemption.
-        Returns True when the run must stop now (preempted: saved, committed, caller returns)."""
-        if done % self.save_every == 0 or done == total or guard.requested:
+        Returns True when the run must stop now (preempted: saved, committed, caller returns). A signal that
+        reached one host stops all of them after the same step (`parallel.hosts.any_host`)."""
+        stop = any_host(guard.requested)
+        if done % self.save_every == 0 or done == total or stop:
             self.save(meta)
-        if not guard.requested:
+        if not stop:
             return False
         self.checkpointer.wait()
         if console:
-            console(f"{guard.reason}: saved step {done}, exiting")
+            console(f"{guard.reason or 'preempted on another host'}: saved step {done}, exiting")
         return True
 
     def finish(self, side_files_from: str | None = None) -> str:
@@ -161,6 +164,7 @@ def enable_compile_cache(directory: str | None) -> None:
 
 def open_session(cfg: ml_collections.ConfigDict, loss: str, total_steps: int, console=print) -> Session:
     """Build mesh, model, optimizer and trainer; restore the latest checkpoint of `cfg.out_dir` if any."""
+    check_shared(os.path.abspath(cfg.out_dir), "out_dir")  # multi-host: checkpoints need a shared directory
     enable_compile_cache(compile_cache_dir(cfg))
     mesh = build_mesh(cfg)
     model = build_model(cfg, mesh)

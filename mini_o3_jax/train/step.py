@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.model.attention_backends import attention_backend
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
+from mini_o3_jax.parallel.hosts import multi_host, row_share
 from mini_o3_jax.parallel.rules import (
     DEFAULT_RULES,
     Rules,
@@ -98,6 +99,8 @@ class Trainer:
         fns = step_functions(graphdef, config, self.compute_dtype, optimizer, mesh, self.param_shardings,
                              self.frozen_shardings, self.opt_shardings)
         self._grad_fn, self._logprob_fn, self._apply_fn, self._add = fns
+        # multi-host: which share of each micro-batch's rows this host builds (`parallel.hosts.row_share`)
+        self.row_share = row_share(mesh, rules, self.data_ways)
 
     def _tracing(self):
         return tracing(self.mesh, self.rules, self.attention)
@@ -121,19 +124,31 @@ class Trainer:
 
     # -- data placement ----------------------------------------------------------------------------
     def put(self, batch: TrainBatch) -> TrainBatch:
-        """Host micro-batch -> device: rows split over the data-parallel axes, ViT rows likewise."""
+        """Host micro-batch -> device: rows split over the data-parallel axes, ViT rows likewise, pixels in
+        the compute dtype. Multi-host: `batch` holds this host's rows only (`row_share`), and the global
+        arrays are assembled from every host's (`jax.make_array_from_process_local_data`)."""
+        pixels = batch.vision.pixels if batch.vision is not None else None
+        if pixels is not None and not isinstance(pixels, jax.Array):  # half the upload for a bf16 model
+            batch = batch._replace(vision=batch.vision._replace(pixels=np.asarray(pixels, self.compute_dtype)))
         if self.mesh is None:
             return jax.tree.map(jnp.asarray, batch)
-        rows = int(np.asarray(batch.targets).shape[0])
+        rows = int(np.asarray(batch.targets).shape[0]) * self.row_share[1]
         if rows % self.data_ways:
             raise ConfigError(f"a micro-batch of {rows} rows does not split over the {self.data_ways} data-parallel "
                               f"devices of mesh {dict(self.mesh.shape)}: set train.micro_batch to a multiple of "
                               f"{self.data_ways} (or -1: one row per device)")
+        hosts = self.row_share[1]
 
         def place(x, axes):
-            spec = logical_to_spec(axes, np.shape(x), self.mesh, self.rules)
-            # device arrays (old log-probs) move device-to-device, never through the host
-            return jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x), NamedSharding(self.mesh, spec))
+            # the global shape: this host's rows (and their ViT rows) times the hosts that share them out
+            shape = tuple(n * hosts if a in ("act_batch", "act_patches") and not isinstance(x, jax.Array) else n
+                          for n, a in zip(np.shape(x), axes))
+            sharding = NamedSharding(self.mesh, logical_to_spec(axes, shape, self.mesh, self.rules))
+            if isinstance(x, jax.Array):  # device arrays (old log-probs) move device-to-device, never via the host
+                return jax.device_put(x, sharding)
+            if multi_host():
+                return jax.make_array_from_process_local_data(sharding, np.asarray(x), shape)
+            return jax.device_put(np.asarray(x), sharding)
 
         def by_rank(x, first="act_batch"):
             return place(x, (first,) + (None,) * (np.ndim(x) - 1))
@@ -145,10 +160,11 @@ class Trainer:
         vision = None
         if batch.vision is not None:
             v = batch.vision
+            per_row = np.shape(v.window_first)[0] == np.shape(batch.targets)[0]  # one layout row per text row
             vision = v._replace(pixels=by_rank(v.pixels, "act_patches"), pos_hw=by_rank(v.pos_hw, "act_patches"),
                                 window_seg=by_rank(v.window_seg, "act_patches"),
                                 image_seg=by_rank(v.image_seg, "act_patches"), band=place(v.band, (None,)),
-                                window_first=by_rank(v.window_first, "act_batch" if len(v.window_first) > 1 else None))
+                                window_first=by_rank(v.window_first, "act_batch" if per_row else None))
         rest = {k: by_rank(getattr(batch, k)) for k in
                 ("targets", "mask", "weights", "advantages", "old_logprobs", "ref_logprobs")}
         return TrainBatch(text=text, vision=vision, **rest)
