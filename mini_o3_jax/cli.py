@@ -252,7 +252,8 @@ def cmd_rl(args) -> None:
         if bad:
             from mini_o3_jax.data.records import describe_bad
 
-            print(f"rl: {len(bad)} unusable prompt row(s) skipped, {len(prompts)} kept:\n{describe_bad(bad, 10)}")
+            if _console():
+                print(f"rl: {len(bad)} unusable prompt row(s) skipped, {len(prompts)} kept:\n{describe_bad(bad, 10)}")
     elif d.synthetic:  # generated puzzles (configs/rl_tiny.py)
         from mini_o3_jax.toy.sources import rl_prompts
 
@@ -260,8 +261,10 @@ def cmd_rl(args) -> None:
     else:
         raise ConfigError(f"{args.config}: no RL prompts: set --config.data.path=FILE (the released JSON: images / "
                           "problem / solution) or --config.data.sets=NAMES (prepared with `mini-o3 data prepare`)")
-    metrics = run_rl(cfg, prompts, tok, proc, side_files_from=side)
-    print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
+    console = _console()
+    metrics = run_rl(cfg, prompts, tok, proc, console=console, side_files_from=side)
+    if console:
+        print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
 
 
 def cmd_eval(args) -> None:

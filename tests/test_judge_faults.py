@@ -23,7 +23,7 @@ from mini_o3_jax.rl.loop import check_judge, rollout_metrics
 from mini_o3_jax.scoring.judge import JudgeError, JudgeItem, LLMJudge
 from mini_o3_jax.scoring.judge_config import JudgeConfig
 from mini_o3_jax.scoring.judge_http import redact
-from mini_o3_jax.scoring.scorer import Scorer, trajectory_items
+from mini_o3_jax.scoring.scorer import Scorer, asked_of, trajectory_items
 
 QUESTION = "<image>\nWhat colour is the car?"
 KEY = "sk-live-7Hq2ZpXw9LmN4vB8"  # what must never be printed
@@ -290,8 +290,8 @@ def test_rl_stops_naming_the_judge_when_it_fails_on_every_answer(monkeypatch) ->
         rewards, failed = scorer.submit(items).result(timeout=30)
         assert failed.tolist() == [True, True, False] and rewards.tolist() == [0.0, 0.0, 0.0]
         with pytest.raises(JudgeError) as info:
-            check_judge(scorer, 4, items, failed)
-        check_judge(scorer, 4, items, np.array([True, False, False]))  # one judged answer: the judge works
+            check_judge(scorer, 4, asked_of(items), failed)
+        check_judge(scorer, 4, asked_of(items), np.array([True, False, False]))  # one judged answer: the judge works
     finally:
         scorer.close()
     line = str(info.value)

@@ -15,9 +15,9 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, write_sharegpt, write_small_checkpoint
+from tests.helpers import REPO, Reply, grade, write_sharegpt, write_small_checkpoint
 
-STEPS = 8
+STEPS = 8  # enough steps after each interruption that the next one lands mid-run
 MESH = ["--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.train.batch_size=4",
         "--config.checkpoint.every=2", "--config.optim.schedule='cosine'"]
 
@@ -40,13 +40,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_hosts(cmd: list[str], logs: str, wrap: list[str] | None = None) -> list[subprocess.Popen]:
+def _two_hosts(cmd: list[str], logs: str, wrap: list[str] | None = None,
+               envs: tuple[dict, dict] = ({}, {})) -> list[subprocess.Popen]:
     """The same command on 2 processes of 4 CPU devices each, meeting at a coordinator on 127.0.0.1 (`wrap`
-    prefixes process 1's command)."""
+    prefixes process 1's command; `envs` adds to each process's environment)."""
     port, procs = _free_port(), []
     for rank in range(2):
         env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=4", MINI_O3_COORDINATOR=f"127.0.0.1:{port}",
-                   MINI_O3_NUM_PROCESSES="2", MINI_O3_PROCESS_ID=str(rank))
+                   MINI_O3_NUM_PROCESSES="2", MINI_O3_PROCESS_ID=str(rank), **envs[rank])
         with open(f"{logs}.{rank}", "w") as out, open(f"{logs}.{rank}.err", "w") as err:
             procs.append(subprocess.Popen((wrap or []) * rank + cmd, env=env, cwd=REPO, stdout=out, stderr=err))
     return procs
@@ -116,27 +117,25 @@ def _resume_and_compare(setup, out: str, logs: str) -> None:
     assert "step " not in _read(f"{logs}.1") and "sft:" not in _read(f"{logs}.1.err")
 
 
-def test_both_hosts_killed_resume_to_the_one_process_result(setup, tmp_path):
+def test_preempted_then_killed_hosts_resume_to_the_one_process_result(setup, tmp_path):
+    """SIGTERM reaches one host: both save the same step and exit 0. The rerun is killed (SIGKILL, both
+    hosts) after its next checkpoint; the third run finishes. The parameters equal the one-process run's."""
     d, data, model, _ = setup
-    out, logs = str(tmp_path / "killed"), str(tmp_path / "log")
-    procs = _two_hosts(_sft(data, model, out, str(d / "cache2")), logs)
-    _when_saved(out, procs)
-    for p in procs:
-        p.send_signal(signal.SIGKILL)
-    assert _wait(procs) == [-signal.SIGKILL] * 2
-    _resume_and_compare(setup, out, logs)
-
-
-def test_sigterm_to_one_host_stops_both_at_the_same_step(setup, tmp_path):
-    d, data, model, _ = setup
-    out, logs = str(tmp_path / "preempted"), str(tmp_path / "log")
-    procs = _two_hosts(_sft(data, model, out, str(d / "cache2")), logs)
+    out, logs = str(tmp_path / "run"), str(tmp_path / "log")
+    cmd = _sft(data, model, out, str(d / "cache2"))
+    procs = _two_hosts(cmd, logs)
     _when_saved(out, procs)
     procs[1].send_signal(signal.SIGTERM)  # the signal reaches one host only
     assert _wait(procs) == [0, 0], _read(f"{logs}.0.err")[-3000:]
     said = _read(f"{logs}.0")
     saved = int(said.split("preempted on another host: saved step ")[1].split(",")[0])
     assert 2 <= saved < STEPS and str(saved) in os.listdir(os.path.join(out, "checkpoints"))
+
+    procs = _two_hosts(cmd, logs)
+    _when_saved(out, procs, saved + 2 - saved % 2)  # the next checkpoint (every 2 steps) after the resume
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+    assert _wait(procs) == [-signal.SIGKILL] * 2
     _resume_and_compare(setup, out, logs)
 
 
@@ -157,3 +156,28 @@ def test_an_out_dir_the_hosts_do_not_share_is_refused_on_every_host(setup, tmp_p
                          "run needs a directory every host shares (NFS, a GCS FUSE mount): checkpoints on each "
                          "host's own disk would never restore"], _read(f"{logs}.{rank}.err")[-2000:]
     assert os.listdir(out) == []  # the probe is cleaned up
+
+
+def test_rl_hosts_take_one_decision_when_one_hosts_judge_times_out(server, tmp_path):
+    """A GRPO step on the toy config over 2 hosts, each rolling out and judging its own prompt group: the
+    judge times out on every request of host 1 (its own endpoint path). Both hosts see every group's scores,
+    so both drop host 1's group, update on host 0's and finish; each answer is judged once, by the host that
+    owns it."""
+    server.script = lambda req, n: Reply(delay=3.0) if req.path.startswith("/slow") else grade(req, n)
+    out, logs = str(tmp_path / "rl"), str(tmp_path / "log")
+    cmd = [sys.executable, "-m", "mini_o3_jax.cli", "rl", "--config", os.path.join(REPO, "configs/rl_tiny.py"),
+           f"--config.out_dir={out}", "--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.train.steps=1",
+           "--config.train.max_gen_batches=1", "--config.train.dynamic_sampling=False", "--config.reward.kind=judge",
+           "--config.reward.judge.timeout_s=1", "--config.reward.judge.attempts=1", "--config.reward.judge.api_key=k",
+           "--config.reward.judge.model=m"]
+    envs = ({"MINI_O3_JUDGE_URL": f"{server.url}/v1"}, {"MINI_O3_JUDGE_URL": f"{server.url}/slow/v1"})
+    codes = _wait(_two_hosts(cmd, logs, envs=envs))
+    assert codes == [0, 0], _read(f"{logs}.0.err")[-3000:] + _read(f"{logs}.1.err")[-3000:]
+    with open(os.path.join(out, "logs", "metrics.jsonl"), encoding="utf-8") as f:
+        logged = [json.loads(line) for line in f]
+    assert [m["step"] for m in logged] == [1]
+    for m in logged:  # host 0 reports host 1's failures: the decision was taken on every host's scores
+        assert m["valid_groups"] == 1 and m["judge_failed"] >= 1, m
+    slow = [r for r in server.requests if r.path.startswith("/slow")]
+    assert slow and len(slow) < len(server.requests) <= 2 * 4  # groups x samples: each answer asked once
+    assert os.path.isdir(os.path.join(out, "final"))

@@ -26,7 +26,8 @@ def is_main() -> bool:
     return jax.process_index() == 0
 
 
-def _gathered(values: np.ndarray) -> np.ndarray:
+def gathered(values: np.ndarray) -> np.ndarray:
+    """`values` of every host, stacked in process order: (processes, ...)."""
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(np.asarray(values), tiled=False))
@@ -35,13 +36,13 @@ def _gathered(values: np.ndarray) -> np.ndarray:
 def agree_max(values) -> np.ndarray:
     """Elementwise max over hosts of a small array (the same shape on every host)."""
     values = np.asarray(values)
-    return _gathered(values).max(axis=0) if multi_host() else values
+    return gathered(values).max(axis=0) if multi_host() else values
 
 
 def agree_sum(values) -> np.ndarray:
     """Elementwise sum over hosts of a small array (the same shape on every host)."""
     values = np.asarray(values)
-    return _gathered(values).sum(axis=0) if multi_host() else values
+    return gathered(values).sum(axis=0) if multi_host() else values
 
 
 def any_host(flag: bool) -> bool:
@@ -111,3 +112,38 @@ def check_shared(directory: str, what: str) -> None:
         raise ConfigError(f"{what} = {directory}: process {int(missing[0]) - 1} cannot see a file process 0 wrote "
                           "there; a multi-host run needs a directory every host shares (NFS, a GCS FUSE mount): "
                           "checkpoints on each host's own disk would never restore")
+
+
+def _boxes(mesh: Mesh) -> list[tuple[slice, ...]]:
+    """Each host's block of `mesh.devices` (index = process), all of one shape, or a ConfigError."""
+    owner = np.vectorize(lambda d: d.process_index)(mesh.devices)
+    boxes = []
+    for process in range(jax.process_count()):
+        where = np.argwhere(owner == process)
+        lo, hi = where.min(axis=0), where.max(axis=0) + 1
+        if int(np.prod(hi - lo)) != len(where):
+            raise ConfigError(f"mesh {dict(mesh.shape)}: process {process}'s devices are not one block of the mesh")
+        boxes.append(tuple(slice(a, b) for a, b in zip(lo, hi)))
+    if len({tuple(b.stop - b.start for b in box) for box in boxes}) != 1:
+        raise ConfigError(f"mesh {dict(mesh.shape)}: the hosts hold blocks of different shapes")
+    return boxes
+
+
+def local_mesh(mesh: Mesh) -> Mesh:
+    """This host's devices as a mesh with the same axes (the block of `mesh` they occupy)."""
+    return Mesh(mesh.devices[_boxes(mesh)[jax.process_index()]], mesh.axis_names)
+
+
+def host_local_copy(tree, mesh: Mesh, local_shardings):
+    """A copy of the global arrays `tree` on this host's devices alone, laid out by `local_shardings` (on
+    `local_mesh(mesh)`): what a host needs to run its own rollouts, whose host loop (tools, turns, stopping)
+    differs from the other hosts' and so cannot run as one global program. One all-gather across hosts: every
+    host's devices receive the whole tree, sharded over the host's devices as on its local mesh."""
+    if not multi_host():
+        return tree
+    boxes = _boxes(mesh)
+    hybrid = Mesh(np.stack([mesh.devices[box] for box in boxes]), ("hosts",) + tuple(mesh.axis_names))
+    replicated = jax.tree.map(lambda s: NamedSharding(hybrid, s.spec), local_shardings)
+    full = jax.jit(lambda t: t, out_shardings=replicated)(tree)
+    return jax.tree.map(lambda x, s: jax.make_array_from_single_device_arrays(
+        x.shape, s, [shard.data for shard in x.addressable_shards]), full, local_shardings)

@@ -18,8 +18,10 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
+import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
 from mini_o3_jax.agent.environment import EnvConfig
@@ -27,12 +29,13 @@ from mini_o3_jax.agent.trajectory import Trajectory
 from mini_o3_jax.config_files import from_block
 from mini_o3_jax.data.records import Record
 from mini_o3_jax.errors import ConfigError
+from mini_o3_jax.parallel.hosts import agree_max, agree_sum, gathered, host_local_copy, local_mesh, multi_host
+from mini_o3_jax.parallel.rules import state_shardings
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
 from mini_o3_jax.rl.data import prompt_indices, take
 from mini_o3_jax.rollout.engine import EngineConfig, RolloutEngine
-from mini_o3_jax.scoring.judge import JudgeItem
-from mini_o3_jax.scoring.scorer import Scorer, trajectory_items
+from mini_o3_jax.scoring.scorer import Scorer, asked_of, trajectory_items
 from mini_o3_jax.train.advantages import grpo_advantages, valid_groups
 from mini_o3_jax.train.batch import batch_tokens, examples_from_trajectories, micro_batches
 from mini_o3_jax.train.checkpoint import PreemptionGuard
@@ -41,10 +44,11 @@ from mini_o3_jax.train.session import build_model, logprob_temperature, open_ses
 from mini_o3_jax.train.settings import train_settings
 
 
-def check_judge(scorer: Scorer, step: int, items: Sequence[JudgeItem], failed: np.ndarray) -> None:
-    """Stop the run (JudgeError) when the judge failed on every answer of a rollout batch it was asked about:
-    more rollouts would only repeat that, and the message says where to fix it."""
-    scorer.check_judge(items, failed, where=f"rl step {step}", batch="a rollout batch",
+def check_judge(scorer: Scorer, step: int, asked: np.ndarray, failed: np.ndarray) -> None:
+    """Stop the run (JudgeError) when the judge failed on every answer of a rollout batch it was asked about
+    (`asked`: `scoring.scorer.asked_of`, over every host's answers): more rollouts would only repeat that, and
+    the message says where to fix it."""
+    scorer.check_judge(asked, failed, where=f"rl step {step}", batch="a rollout batch",
                        fix="Check reward.judge (url, model, api_key, api_version) or MINI_O3_JUDGE_URL / END_POINT; "
                            "re-running resumes from the last checkpoint")
 
@@ -121,9 +125,18 @@ def run_rl(
     # the KL term's reference policy: the model RL started from (`model_path`), also after a resume
     ref_params = trainer.trainable_params(build_model(cfg, trainer.mesh)) if trainer.config.ppo.kl_coef else None
     scorer = Scorer(cfg.reward.kind, judge)
+    # multi-host: each host rolls out, scores and builds the rows of its own share of the prompt groups
+    share, hosts = trainer.row_share
+    if hosts != jax.process_count():
+        raise ConfigError(f"mesh {dict(trainer.mesh.shape)}: rows replicated across hosts (a tensor axis spanning "
+                          "hosts); RL needs every host to own distinct rows: put the tensor axis within a host")
+    owners = [int(p) for p in np.argsort(gathered(np.array(share)))] if hosts > 1 else [0]  # process of share k
+    rollout_model = _rollout_model(trainer)
     # the rollout keeps each trajectory's patch rows for the updates (no second pass through the processor)
-    engine = RolloutEngine(trainer.model(), tokenizer, processor, dataclasses.replace(r, keep_patches=True))
+    engine = RolloutEngine(rollout_model(), tokenizer, processor, dataclasses.replace(r, keep_patches=True))
     spec = t.batch_spec(tokenizer.endoftext_id, trainer.data_ways)
+    spec = dataclasses.replace(spec, micro_batch=spec.micro_batch // hosts)
+    agree = agree_max if hosts > 1 else None
     metrics: dict = {}
     bar = tqdm(total=t.steps, initial=rl_step, desc=label, unit="step", disable=console is None)
     try:
@@ -131,10 +144,10 @@ def run_rl(
             while rl_step < t.steps:
                 timer = StepTimer()
                 timer.start()
-                engine.set_model(trainer.model())
+                engine.set_model(rollout_model())
                 # -- rollout + rewards with dynamic sampling
-                kept: list[tuple[Record, list[Trajectory], np.ndarray, np.ndarray]] = []
-                all_trajs: list[Trajectory] = []
+                kept: list[tuple[list[Trajectory] | None, np.ndarray]] = []  # (this host's samples, advantages)
+                all_stats: list[np.ndarray] = []
                 all_rewards: list[np.ndarray] = []
                 all_failed: list[np.ndarray] = []
                 failed_all = 0
@@ -144,32 +157,41 @@ def run_rl(
                 while len(kept) < per_step and gen < t.max_gen_batches:
                     batch_prompts = take(prompts, prompt_indices(len(prompts), position, per_step, cfg.seed))
                     position += per_step
+                    mine = batch_prompts[share::hosts]  # global groups share, share + hosts, ...
                     t0 = time.perf_counter()
-                    trajs = engine.run(batch_prompts, samples=n,
-                                       seed=cfg.seed * 1_000_003 + rl_step * 1009 + gen)
+                    trajs = engine.run(mine, samples=n, seed=cfg.seed * 1_000_003 + rl_step * 1009 + gen
+                                       + share * 7_919)
                     rollout_s += time.perf_counter() - t0
                     sampled += engine.stats.sampled_tokens
-                    per_traj = [p for p in batch_prompts for _ in range(n)]
-                    items = trajectory_items(per_traj, trajs)
-                    future = scorer.submit(items)
+                    items = trajectory_items([p for p in mine for _ in range(n)], trajs)
+                    future = scorer.submit(items)  # the judge is asked by the host that owns the answer
                     t0 = time.perf_counter()
                     rewards, failed = future.result()
                     judge_wait_s += time.perf_counter() - t0
-                    check_judge(scorer, rl_step, items, failed)
+                    # every host sees every group's scores, so all take the same decisions below
+                    asked = asked_of(items)
+                    per_group = np.concatenate([rewards[:, None], failed[:, None], asked[:, None],
+                                                trajectory_stats(trajs)], axis=1).reshape(len(mine), n, -1)
+                    every = share_groups(per_group, owners, len(batch_prompts)).reshape(-1, per_group.shape[-1])
+                    rewards, failed, asked = every[:, 0], every[:, 1].astype(bool), every[:, 2].astype(bool)
+                    check_judge(scorer, rl_step, asked, failed)
                     groups = np.repeat(np.arange(len(batch_prompts)), n)
                     adv = grpo_advantages(rewards, groups)
                     keep = valid_groups(rewards, groups, failed) if t.dynamic_sampling else ~failed
-                    all_trajs += trajs
+                    all_stats.append(every[:, 3:])
                     all_rewards.append(rewards)
                     all_failed.append(failed)
                     failed_all += int(failed.sum())
-                    for g, p in enumerate(batch_prompts):
+                    for g in range(len(batch_prompts)):
                         sl = slice(g * n, (g + 1) * n)
                         if keep[sl].all():
-                            kept.append((p, trajs[sl], rewards[sl], adv[sl]))
+                            local = g // hosts
+                            ours = trajs[local * n:(local + 1) * n] if g % hosts == share else None
+                            kept.append((ours, adv[sl]))
                     gen += 1
                 rewards_all = np.concatenate(all_rewards)
-                step_metrics = rollout_metrics(all_trajs, rewards_all, np.concatenate(all_failed))
+                step_metrics = rollout_metrics(np.concatenate(all_stats), rewards_all, np.concatenate(all_failed))
+                sampled, rollout_s = agree_sum(np.array([sampled, rollout_s], np.float64)) / [1, hosts]
                 step_metrics.update(valid_groups=len(kept), gen_batches=gen, rollout_s=rollout_s,
                                     judge_wait_s=judge_wait_s, rollout_tokens_per_s=sampled / max(rollout_s, 1e-9))
                 if failed_all and console:
@@ -185,12 +207,15 @@ def run_rl(
                 t0 = time.perf_counter()
                 minibatches = []
                 for m in range(0, len(kept), mini):
-                    chunk = kept[m:m + mini]
-                    trajs = [x for _, ts, _, _ in chunk for x in ts]
-                    adv = np.concatenate([a for _, _, _, a in chunk])
-                    examples = examples_from_trajectories(trajs, processor, agg=t.loss_agg, advantages=adv,
-                                                          mask_exceeded=t.mask_exceeded)
-                    mbs = micro_batches(examples, trainer.model_config, spec)[0]
+                    chunk = [(ts, a) for ts, a in kept[m:m + mini] if ts is not None]  # this host's groups
+                    trajs = [x for ts, _ in chunk for x in ts]
+                    adv = np.concatenate([a for _, a in chunk]) if chunk else np.zeros((0,), np.float32)
+                    # normalised over the mini-batch's groups on every host
+                    examples = examples_from_trajectories(
+                        trajs, processor, agg=t.loss_agg, advantages=adv, mask_exceeded=t.mask_exceeded,
+                        num_sequences=len(kept[m:m + mini]) * n,
+                        num_tokens=float(agree_sum(np.float64(trained_tokens(trajs, t.mask_exceeded)))))
+                    mbs = micro_batches(examples, trainer.model_config, spec, agree=agree)[0]
                     # old (and reference) log-probs stay on the devices, sharded by rows as the update reads them
                     mbs = [b._replace(old_logprobs=trainer.logprobs(b), ref_logprobs=b.ref_logprobs
                                       if ref_params is None else trainer.logprobs(b, ref_params))
@@ -205,6 +230,7 @@ def run_rl(
                     update_metrics.append(trainer.train_step(mbs))
                     tokens += sum(batch_tokens(b) for b in mbs)
                 update_s = time.perf_counter() - t0
+                tokens = float(agree_sum(np.float64(tokens)))
                 for k in update_metrics[0]:
                     step_metrics[k] = float(np.mean([u[k] for u in update_metrics]))
                 step_metrics.update(old_logprob_s=old_s, update_s=update_s,
@@ -226,24 +252,67 @@ def run_rl(
     return metrics
 
 
-def rollout_metrics(trajs: Sequence[Trajectory], rewards: np.ndarray,
+STATS = ("num_turns", "over_turn", "over_length", "void", "answered", "sampled_tokens")  # per trajectory
+
+
+def trajectory_stats(trajs: Sequence[Trajectory]) -> np.ndarray:
+    """(trajectories, len(STATS)) numbers `rollout_metrics` summarises: what hosts exchange instead of the
+    trajectories themselves."""
+    return np.array([[float(getattr(t, k)) for k in STATS] for t in trajs], np.float64).reshape(-1, len(STATS))
+
+
+def trained_tokens(trajs: Sequence[Trajectory], mask_exceeded: bool) -> float:
+    """Tokens the loss trains on (over-turn trajectories' removed when `mask_exceeded`): the token-mean count."""
+    return float(sum(np.sum(t.loss_mask) for t in trajs if not (mask_exceeded and t.exceed)))
+
+
+def _rollout_model(trainer):
+    """A function giving the trainer's current weights to roll out with: the trainer's own (sharded over the
+    mesh) on one host; on several, a copy on this host's devices (`parallel.hosts.host_local_copy`), since
+    each host runs its own rollouts (its tools and turns differ from the other hosts')."""
+    if not multi_host():
+        return trainer.model
+    shardings = state_shardings(nnx.state(trainer.model()), local_mesh(trainer.mesh), trainer.rules)
+
+    def model():
+        graphdef, state = nnx.split(trainer.model())
+        nnx.replace_by_pure_dict(state, host_local_copy(nnx.to_pure_dict(state), trainer.mesh, shardings))
+        return nnx.merge(graphdef, state)
+    return model
+
+
+def rollout_metrics(trajs: Sequence[Trajectory] | np.ndarray, rewards: np.ndarray,
                     failed: np.ndarray | None = None) -> dict[str, float]:
     """What a researcher watches during RL: reward/accuracy, turns, and how episodes ended.
 
     `reward_mean` and `accuracy` are over the *judged* samples only (`failed` marks those the judge gave no
     score, whose placeholder reward 0 would read as wrong answers); `judge_failed` counts the others, so a
-    flaky judge shows as itself and not as a worse policy. Without a judge every sample is judged."""
-    k = max(len(trajs), 1)
+    flaky judge shows as itself and not as a worse policy. Without a judge every sample is judged.
+    `trajs` may be their `trajectory_stats` (every host's, on a multi-host run)."""
+    stats = trajs if isinstance(trajs, np.ndarray) else trajectory_stats(trajs)
+    mean = dict(zip(STATS, stats.sum(axis=0) / max(len(stats), 1)))
     failed = np.zeros(len(rewards), bool) if failed is None else np.asarray(failed, bool)
     judged = rewards[~failed]
     return {
         "reward_mean": float(judged.mean()) if len(judged) else float("nan"),
         "accuracy": float((judged > 0.5).mean()) if len(judged) else float("nan"),
         "judge_failed": int(failed.sum()),
-        "turns_mean": sum(t.num_turns for t in trajs) / k,
-        "over_turn_rate": sum(t.over_turn for t in trajs) / k,
-        "over_length_rate": sum(t.over_length for t in trajs) / k,
-        "void_rate": sum(t.void for t in trajs) / k,
-        "answered_rate": sum(t.answered for t in trajs) / k,
-        "response_tokens_mean": sum(t.sampled_tokens for t in trajs) / k,
+        "turns_mean": float(mean["num_turns"]),
+        "over_turn_rate": float(mean["over_turn"]),
+        "over_length_rate": float(mean["over_length"]),
+        "void_rate": float(mean["void"]),
+        "answered_rate": float(mean["answered"]),
+        "response_tokens_mean": float(mean["sampled_tokens"]),
     }
+
+
+def share_groups(values: np.ndarray, hosts: Sequence[int], groups: int) -> np.ndarray:
+    """Every host's per-group `values` (host of share k holds groups k, k + len(hosts), ...) in global group
+    order, (groups, ...), on every host. `hosts[k]`: the process of share k."""
+    if len(hosts) == 1:
+        return values
+    most = -(-groups // len(hosts))
+    padded = np.zeros((most,) + values.shape[1:], values.dtype)
+    padded[:len(values)] = values
+    everyone = gathered(padded)  # (processes, most, ...)
+    return np.stack([everyone[hosts[g % len(hosts)], g // len(hosts)] for g in range(groups)])

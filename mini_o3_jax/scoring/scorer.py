@@ -60,6 +60,11 @@ class Scores(NamedTuple):
         return [None if f else float(r) for r, f in zip(self.rewards, self.failed)]
 
 
+def asked_of(items: Sequence[JudgeItem]) -> np.ndarray:
+    """Which items the judge is asked about: an item without an answer scores 0 unasked."""
+    return np.array([i.answer is not None for i in items], bool)
+
+
 class Scorer:
     """Scores answers with ``kind``: "judge" (the LLM judge of ``judge``, the paper's reward), a rule scorer
     ("choice", "exact", "numeric"), or "auto": the rule each submission names (eval's per-record choice)."""
@@ -115,12 +120,11 @@ class Scorer:
         inner.add_done_callback(done)
         return out
 
-    def check_judge(self, items: Sequence[JudgeItem], failed: np.ndarray, *, where: str, batch: str,
-                    fix: str) -> None:
-        """Raise JudgeError when the judge failed on every answer of ``batch`` it was asked about (an item
-        without an answer scores 0 unasked): it is unreachable or refusing, and asking again would only
-        repeat that. ``where`` opens the message and ``fix`` ends it."""
-        asked = np.array([i.answer is not None for i in items], bool)
+    def check_judge(self, asked: np.ndarray, failed: np.ndarray, *, where: str, batch: str, fix: str) -> None:
+        """Raise JudgeError when the judge failed on every answer of ``batch`` it was asked about (``asked``:
+        `asked_of(items)`): it is unreachable or refusing, and asking again would only repeat that. ``where``
+        opens the message and ``fix`` ends it."""
+        asked = np.asarray(asked, bool)
         if self.judge is None or not failed.any() or (asked & ~failed).any():
             return
         j = self.judge
