@@ -12,4 +12,4 @@ python -m pip install -q torch==2.13.0
 python -m pip install -q -c launch/constraints-cpu.txt -e ".[test,tpu]"
 ruff check .
 # whole files per worker: a module-scoped fixture (an 8-device subprocess, a trained model) then runs once
-exec python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
+exec python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

@@ -5,6 +5,10 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# one persistent compilation cache for the whole test session, workers and the `mini-o3` processes they start
+# (`compile_cache` "auto" follows it): the tiny configs' programs compile once, not in every launch
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    "/tmp", f"mini_o3_jax_test_cache-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"))
 
 # imported after the environment above: the helpers load jax
 import threading
@@ -47,10 +51,12 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeJudgeServer]:
     thread.join(timeout=5)
 
 
-# The slowest files first: `--dist loadfile` hands files to the workers in collection order, so a long file
-# collected last (the reduced demo, the 8-device runs) would otherwise run alone at the end on one core.
-SLOW_FILES = ("test_recipe.py", "test_multihost.py", "test_train_resume.py", "test_notebooks.py", "test_train.py", "test_eval.py",
-              "test_engine.py", "test_model_golden.py", "test_cli_paths.py", "test_memory_scaling.py")
+# The slowest files first, longest first (measured with --durations): `--dist loadfile --no-loadscope-reorder`
+# hands files to the workers in collection order, so a long file collected last would otherwise run alone on
+# one core at the end (xdist's default reorder, by test count, put the 3-test multi-host file last).
+SLOW_FILES = ("test_train_resume.py", "test_train.py", "test_notebooks.py", "test_recipe.py", "test_multihost.py",
+              "test_engine.py", "test_eval.py", "test_cli.py", "test_cli_paths.py", "test_memory_scaling.py",
+              "test_model_golden.py", "test_sharding.py", "test_plan.py")
 
 
 def pytest_collection_modifyitems(config, items):

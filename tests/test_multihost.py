@@ -23,15 +23,16 @@ MESH = ["--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.train.batch_
 
 
 def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "MINI_O3_", "JAX_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("XLA_", "MINI_O3_", "JAX_")) or k == "JAX_COMPILATION_CACHE_DIR"}
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO, TOKENIZERS_PARALLELISM="false", **extra)
     return env
 
 
-def _sft(data: str, model: str, out: str, cache: str) -> list[str]:
+def _sft(data: str, model: str, out: str) -> list[str]:
     return [sys.executable, "-m", "mini_o3_jax.cli", "sft", "--config", os.path.join(REPO, "configs/sft_tiny.py"),
             f"--config.data.path={data}", f"--config.out_dir={out}", f"--config.model_path={model}",
-            f"--config.train.steps={STEPS}", f"--config.compile_cache={cache}", *MESH]
+            f"--config.train.steps={STEPS}", *MESH]
 
 
 def _free_port() -> int:
@@ -92,7 +93,7 @@ def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("multihost")
     data, model = write_sharegpt(str(d / "data"), 4), write_small_checkpoint(str(d / "model"))
     one = str(d / "one")
-    run = subprocess.run(_sft(data, model, one, str(d / "cache1")), env=_env(
+    run = subprocess.run(_sft(data, model, one), env=_env(
         XLA_FLAGS="--xla_force_host_platform_device_count=8"), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return d, data, model, _final(one)
@@ -101,7 +102,7 @@ def setup(tmp_path_factory):
 def _resume_and_compare(setup, out: str, logs: str) -> None:
     d, data, model, expected = setup
     assert not os.path.isdir(os.path.join(out, "final"))
-    codes = _wait(_two_hosts(_sft(data, model, out, str(d / "cache2")), logs))
+    codes = _wait(_two_hosts(_sft(data, model, out), logs))
     assert codes == [0, 0], _read(f"{logs}.1.err")[-3000:]
     assert "resumed from" in _read(f"{logs}.0")
     got = _final(out)
@@ -122,7 +123,7 @@ def test_preempted_then_killed_hosts_resume_to_the_one_process_result(setup, tmp
     hosts) after its next checkpoint; the third run finishes. The parameters equal the one-process run's."""
     d, data, model, _ = setup
     out, logs = str(tmp_path / "run"), str(tmp_path / "log")
-    cmd = _sft(data, model, out, str(d / "cache2"))
+    cmd = _sft(data, model, out)
     procs = _two_hosts(cmd, logs)
     _when_saved(out, procs)
     procs[1].send_signal(signal.SIGTERM)  # the signal reaches one host only
@@ -148,7 +149,7 @@ def test_an_out_dir_the_hosts_do_not_share_is_refused_on_every_host(setup, tmp_p
     private = ["unshare", "--mount", "--map-root-user", "sh", "-c", f'mount -t tmpfs tmpfs "{out}" && exec "$0" "$@"']
     if subprocess.run(private + ["true"], capture_output=True).returncode != 0:
         pytest.skip("no mount namespaces here (unshare --mount --map-root-user)")
-    codes = _wait(_two_hosts(_sft(data, model, str(out), str(d / "cache2")), logs, wrap=private))
+    codes = _wait(_two_hosts(_sft(data, model, str(out)), logs, wrap=private))
     assert codes == [2, 2]
     for rank in (0, 1):
         error = [line for line in _read(f"{logs}.{rank}.err").splitlines() if line.startswith("error: ")]

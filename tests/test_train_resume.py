@@ -270,6 +270,7 @@ def test_resume_on_an_8_device_mesh_equals_the_uninterrupted_run(tmp_path):
     model = write_small_checkpoint(str(tmp_path / "model"))
     # every program stored, however fast it compiled
     env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the run's own cache, under out_dir, is what this test checks
     mesh = ["--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.train.batch_size=4"]
 
     def sft(out, steps):  # constant lr: 2 + 2 steps follow the same schedule as 4

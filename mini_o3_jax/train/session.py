@@ -138,13 +138,16 @@ def _warn_both(console):
 
 
 def compile_cache_dir(cfg: ml_collections.ConfigDict) -> str | None:
-    """Where compiled programs persist across restarts: `compile_cache` "auto" (the default) is
-    `<out_dir>/compile_cache`, "" turns it off, anything else is a directory."""
+    """Where compiled programs persist across restarts: `compile_cache` "auto" (the default) is JAX's own
+    cache directory when one is set (`JAX_COMPILATION_CACHE_DIR`: one cache shared by many runs, e.g. on a
+    cluster's shared disk), else `<out_dir>/compile_cache`; "" turns it off, anything else is a directory."""
     where = cfg.get("compile_cache", "auto")
     if not isinstance(where, str):
         raise ConfigError(f"compile_cache = {where!r}; expected 'auto', '' (off) or a directory")
     if not where:
         return None
+    if where == "auto" and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.path.abspath(os.path.expanduser(os.environ["JAX_COMPILATION_CACHE_DIR"]))
     return os.path.join(os.path.abspath(cfg.out_dir), "compile_cache") if where == "auto" else os.path.abspath(
         os.path.expanduser(where))
 
