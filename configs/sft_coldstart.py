@@ -46,7 +46,7 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     c.mesh = {"data": 1, "fsdp": -1, "tensor": 1}
     c.sharding = {}  # overrides of parallel/rules.py's table, {logical axis: mesh axis | [axes] | None}
     c.attention = "auto"  # attention kernels: "auto" (splash on TPU, cuDNN on GPU, XLA on CPU), "xla", ...
-    c.compile_cache = "auto"  # persistent compiled programs: "auto" = <out_dir>/compile_cache, "" = off
+    c.compile_cache = "auto"  # persistent compiled programs: "auto" = $JAX_COMPILATION_CACHE_DIR or <out_dir>/compile_cache, "" = off
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # Mini-o3-Coldstart.json (LLaMA-Factory sharegpt: conversations + images)
