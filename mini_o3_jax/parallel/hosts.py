@@ -134,16 +134,19 @@ def local_mesh(mesh: Mesh) -> Mesh:
     return Mesh(mesh.devices[_boxes(mesh)[jax.process_index()]], mesh.axis_names)
 
 
-def host_local_copy(tree, mesh: Mesh, local_shardings):
-    """A copy of the global arrays `tree` on this host's devices alone, laid out by `local_shardings` (on
-    `local_mesh(mesh)`): what a host needs to run its own rollouts, whose host loop (tools, turns, stopping)
-    differs from the other hosts' and so cannot run as one global program. One all-gather across hosts: every
-    host's devices receive the whole tree, sharded over the host's devices as on its local mesh."""
+def host_local_copier(mesh: Mesh, local_shardings):
+    """A function copying global arrays (a tree like `local_shardings`) onto this host's devices alone, laid out
+    by `local_shardings` (on `local_mesh(mesh)`): what a host needs to run its own rollouts, whose host loop
+    (tools, turns, stopping) differs from the other hosts' and so cannot run as one global program. Each call
+    is one all-gather across hosts: every host's devices receive the whole tree, sharded over the host's
+    devices as on its local mesh. Built once: the gather compiles once."""
     if not multi_host():
-        return tree
+        return lambda tree: tree
     boxes = _boxes(mesh)
     hybrid = Mesh(np.stack([mesh.devices[box] for box in boxes]), ("hosts",) + tuple(mesh.axis_names))
-    replicated = jax.tree.map(lambda s: NamedSharding(hybrid, s.spec), local_shardings)
-    full = jax.jit(lambda t: t, out_shardings=replicated)(tree)
-    return jax.tree.map(lambda x, s: jax.make_array_from_single_device_arrays(
-        x.shape, s, [shard.data for shard in x.addressable_shards]), full, local_shardings)
+    gather = jax.jit(lambda t: t, out_shardings=jax.tree.map(lambda s: NamedSharding(hybrid, s.spec), local_shardings))
+
+    def copy(tree):
+        return jax.tree.map(lambda x, s: jax.make_array_from_single_device_arrays(
+            x.shape, s, [shard.data for shard in x.addressable_shards]), gather(tree), local_shardings)
+    return copy

@@ -29,7 +29,14 @@ from mini_o3_jax.agent.trajectory import Trajectory
 from mini_o3_jax.config_files import from_block
 from mini_o3_jax.data.records import Record
 from mini_o3_jax.errors import ConfigError
-from mini_o3_jax.parallel.hosts import agree_max, agree_sum, gathered, host_local_copy, local_mesh, multi_host
+from mini_o3_jax.parallel.hosts import (
+    agree_max,
+    agree_sum,
+    gathered,
+    host_local_copier,
+    local_mesh,
+    multi_host,
+)
 from mini_o3_jax.parallel.rules import state_shardings
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
@@ -268,15 +275,16 @@ def trained_tokens(trajs: Sequence[Trajectory], mask_exceeded: bool) -> float:
 
 def _rollout_model(trainer):
     """A function giving the trainer's current weights to roll out with: the trainer's own (sharded over the
-    mesh) on one host; on several, a copy on this host's devices (`parallel.hosts.host_local_copy`), since
+    mesh) on one host; on several, a copy on this host's devices (`parallel.hosts.host_local_copier`), since
     each host runs its own rollouts (its tools and turns differ from the other hosts')."""
     if not multi_host():
         return trainer.model
-    shardings = state_shardings(nnx.state(trainer.model()), local_mesh(trainer.mesh), trainer.rules)
+    copy = host_local_copier(trainer.mesh, state_shardings(nnx.state(trainer.model()), local_mesh(trainer.mesh),
+                                                            trainer.rules))
 
     def model():
         graphdef, state = nnx.split(trainer.model())
-        nnx.replace_by_pure_dict(state, host_local_copy(nnx.to_pure_dict(state), trainer.mesh, shardings))
+        nnx.replace_by_pure_dict(state, copy(nnx.to_pure_dict(state)))
         return nnx.merge(graphdef, state)
     return model
 
