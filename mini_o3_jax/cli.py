@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -278,6 +279,8 @@ def cmd_eval(args) -> None:
         unjudged_message,
     )
     from mini_o3_jax.model.weights import load_model
+    from mini_o3_jax.parallel import hosts
+    from mini_o3_jax.parallel.distributed import initialize
     from mini_o3_jax.processing.chat import Tokenizer
     from mini_o3_jax.processing.image import ImageProcessor
 
@@ -289,30 +292,38 @@ def cmd_eval(args) -> None:
         judge = judge_config(cfg.get("judge")) if ecfg.scorer == "judge" else None
     except MiniO3Error as e:
         raise MiniO3Error(f"{args.config}: {e}") from None
+    initialize()  # every process of a multi-host run evaluates its share of the questions (eval.run.run_eval)
+    console = _console()
     agent = agent_settings(cfg.model_path)  # already read (and checked) by from_config
-    if agent:
+    if agent and console:
         mine = explicit_agent_settings(cfg.eval)
         shown = {k: (v if not isinstance(v, str) or len(v) <= 40 else v[:37] + "...") for k, v in agent.items()
                  if k not in mine}
-        print(f"{os.path.join(cfg.model_path, AGENT_FILE)}: running the model as it was trained, with {shown}"
-              + (f"; the config's {sorted(set(mine) & set(agent))} win over it" if set(mine) & set(agent) else ""))
+        console(f"{os.path.join(cfg.model_path, AGENT_FILE)}: running the model as it was trained, with {shown}"
+                + (f"; the config's {sorted(set(mine) & set(agent))} win over it" if set(mine) & set(agent) else ""))
     names = [b.strip() for b in str(cfg.benchmarks).split(",") if b.strip()]
     for name in names:  # every name is known before any set is prepared or loaded
         loader.benchmark(name)
+    if any(cfg.sources.get(name) for name in names):
+        hosts.check_shared(cfg.data_dir, "data_dir")  # process 0 prepares the sets every host then reads
     benchmarks, bad = {}, {}
     for name in names:
         source = cfg.sources.get(name) or None
-        if source:
-            print(loader.prepare(name, source, cfg.data_dir, image_root=cfg.image_root or None,
-                                 allow_absolute_images=bool(cfg.allow_absolute_images)).summary())
+        if source:  # once, by process 0, into the data_dir every host reads
+            report = hosts.main_first(functools.partial(
+                loader.prepare, name, source, cfg.data_dir, image_root=cfg.image_root or None,
+                allow_absolute_images=bool(cfg.allow_absolute_images)), f"preparing {name} from {source}")
+            if console:
+                console(report.summary())
         benchmarks[name] = loader.load(name, cfg.data_dir)  # lazy: images are read as episodes start
         bad[name] = loader.bad_records(name, cfg.data_dir)
-        if bad[name]:
+        if bad[name] and console:
             print(f"{name}: {len(bad[name])} bad record(s) left out, e.g. {bad[name][0]}", file=sys.stderr)
     model = load_model(cfg.model_path, dtype=cfg.dtype or None)
     tok, proc = Tokenizer.from_pretrained(cfg.model_path), ImageProcessor.from_pretrained(cfg.model_path)
     label = cfg.label or os.path.basename(os.path.normpath(cfg.model_path))
-    metrics = run_eval(model, tok, proc, benchmarks, ecfg, cfg.out_dir, judge=judge, bad_records=bad, label=label)
+    metrics = run_eval(model, tok, proc, benchmarks, ecfg, cfg.out_dir, judge=judge, bad_records=bad, label=label,
+                       console=console)
     missing = unjudged_message(metrics, judge)
     if missing:  # the results are written; a zero exit would pass off an incomplete Avg@K as final
         raise MiniO3Error(f"{cfg.out_dir}: {missing}")

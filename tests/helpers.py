@@ -40,6 +40,56 @@ def run_on_devices(script: str, *args: str, devices: int = 8, timeout: int = 300
     return json.loads(lines[-1][len("RESULT "):])
 
 
+# ------------------------------------------------------------------------------------ several hosts
+def host_env(**extra: str) -> dict:
+    """This environment without its XLA / JAX / mini-o3 settings (the shared compilation cache kept), for a
+    process that plays one host."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("XLA_", "MINI_O3_", "JAX_")) or k == "JAX_COMPILATION_CACHE_DIR"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO, TOKENIZERS_PARALLELISM="false", **extra)
+    return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_hosts(cmd: list[str], logs: str, *, hosts: int = 2, devices: int = 4, wrap: list[str] | None = None,
+                envs: tuple[dict, ...] = ()) -> list[subprocess.Popen]:
+    """The same command on `hosts` processes of `devices` CPU devices each, meeting at a coordinator on
+    127.0.0.1 (`wrap` prefixes the command of every process but 0; `envs[i]` adds to process i's environment).
+    Process i writes `{logs}.{i}` and `{logs}.{i}.err`."""
+    port, procs = free_port(), []
+    for rank in range(hosts):
+        env = host_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                       MINI_O3_COORDINATOR=f"127.0.0.1:{port}", MINI_O3_NUM_PROCESSES=str(hosts),
+                       MINI_O3_PROCESS_ID=str(rank), **(envs[rank] if rank < len(envs) else {}))
+        with open(f"{logs}.{rank}", "w") as out, open(f"{logs}.{rank}.err", "w") as err:
+            procs.append(subprocess.Popen((wrap or []) * bool(rank) + cmd, env=env, cwd=REPO, stdout=out,
+                                          stderr=err))
+    return procs
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float = 600) -> list[int]:
+    """Every process's exit code; any still running after `timeout` is killed (the test then fails, not hangs)."""
+    try:
+        return [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 # ------------------------------------------------------------------------------------------- images
 def rand_image(h: int, w: int, seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
+from mini_o3_jax.data import loader
 from mini_o3_jax.errors import ConfigError
-from tests.helpers import grade, write_small_checkpoint
+from tests.helpers import grade, read_text, start_hosts, wait_all, write_small_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEVELS = ("synthetic_easy", "synthetic_hard")
@@ -56,11 +57,18 @@ def _lines(path):
         return f.read().count(b"\n")
 
 
-def test_eval_writes_every_artefact_and_resumes_after_a_kill(setup):
+@pytest.fixture(scope="module")
+def full(setup):
+    """One uninterrupted run on one process: the reference of the resumed and the multi-host runs."""
     root, ckpt, sources = setup
-    full, resumed = root / "full", root / "resumed"
-    subprocess.run(_cmd(root, ckpt, sources, full), env=_env(), check=True, capture_output=True, timeout=600)
+    subprocess.run(_cmd(root, ckpt, sources, root / "full"), env=_env(), check=True, capture_output=True,
+                   timeout=600)
+    return root / "full"
 
+
+def test_eval_writes_every_artefact_and_resumes_after_a_kill(setup, full):
+    root, ckpt, sources = setup
+    resumed = root / "resumed"
     metrics = json.loads((full / "metrics.json").read_text())
     for name in LEVELS:
         m = metrics["benchmarks"][name]
@@ -104,6 +112,30 @@ def test_eval_writes_every_artefact_and_resumes_after_a_kill(setup):
         a = [json.loads(x) for x in (full / name / "results.jsonl").read_text().splitlines()]
         b = [json.loads(x) for x in (resumed / name / "results.jsonl").read_text().splitlines()]
         assert sorted(a, key=lambda q: q["doc_id"]) == sorted(b, key=lambda q: q["doc_id"])
+
+
+def test_two_hosts_evaluate_their_shares_into_the_metrics_of_one(setup, full, tmp_path):
+    """`mini-o3 eval` on 2 processes joined by jax.distributed: each samples and scores half the questions on its
+    own device; process 0 merges them into the same results and metrics.json as the one-process run."""
+    root, ckpt, sources = setup
+    out, logs = tmp_path / "two", str(tmp_path / "log")
+    codes = wait_all(start_hosts(_cmd(root, ckpt, sources, out), logs, devices=1))
+    assert codes == [0, 0], read_text(f"{logs}.0.err")[-3000:] + read_text(f"{logs}.1.err")[-3000:]
+    one, two = (json.loads((d / "metrics.json").read_text()) for d in (full, out))
+    assert two["benchmarks"] == one["benchmarks"] and two["config"] == one["config"]
+    assert two["invocations"] == 1 and two["sampled_tokens"] == one["sampled_tokens"]
+    for name in LEVELS:
+        a = [json.loads(x) for x in (full / name / "results.jsonl").read_text().splitlines()]
+        b = [json.loads(x) for x in (out / name / "results.jsonl").read_text().splitlines()]
+        assert sorted(a, key=lambda q: q["doc_id"]) == sorted(b, key=lambda q: q["doc_id"])
+        order = loader.load(name, str(root / "tfds"))
+        assert [q["doc_id"] for q in b] == [order[i].doc_id for i in range(N)]  # merged in the benchmark's order
+        assert not list((out / name).glob("results.host*.jsonl"))  # the per-host files are folded in
+        assert all((out / q["image"]).exists() for q in b)  # each host saved its own questions' images
+    # process 0 shows the progress of its half (2 levels x 3 questions x 4 samples); process 1 stays silent
+    assert "24/24" in read_text(f"{logs}.0.err") and "eval" not in read_text(f"{logs}.1.err")
+    said = [line for line in read_text(f"{logs}.1").splitlines() if not line.startswith("[Gloo]")]  # JAX start-up
+    assert "Avg@4" in read_text(f"{logs}.0") and said == []
 
 
 def test_resume_with_other_settings_is_refused(setup):
@@ -278,3 +310,23 @@ def test_unjudged_samples_fail_the_command_and_a_rerun_judges_them(tmp_path, cap
     assert len(server.requests) == len(distinct)  # only the unjudged samples (same answers share one), no rollouts
     m = json.loads((out / "metrics.json").read_text())["benchmarks"]["synthetic_easy"]
     assert m["judge_failed"] == 0 and m["samples_judged"] == 4 and m["questions"] == 2
+
+
+def test_merge_parts_folds_every_hosts_file_in_once_in_benchmark_order(tmp_path):
+    """The per-host files of a multi-host run, one of them cut by a kill and one question in two files (a merge
+    cut short after its rewrite): each finished question lands once, new ones in the benchmark's order."""
+    from mini_o3_jax.eval.metrics import QuestionResult, SampleResult
+    from mini_o3_jax.eval.run import merge_parts, read_results
+
+    def q(doc_id):
+        s = SampleResult(score=1.0, answer="A", turns=1, over_turn=False, over_length=False, void=False, tokens=5,
+                         response_tokens=3, detail=[])
+        return json.dumps(QuestionResult("b", doc_id, "", [s], "p", "A", "A", "exact", "").to_json()) + "\n"
+
+    (tmp_path / "results.jsonl").write_text(q("d0"))
+    (tmp_path / "results.host0.jsonl").write_text(q("d3") + q("d1"))
+    (tmp_path / "results.host1.jsonl").write_text(q("d0") + q("d2") + q("d4")[:40])  # d4 cut by a kill
+    merged = merge_parts(str(tmp_path / "results.jsonl"), order=["d1", "d2", "d3", "d4"])
+    assert [r.doc_id for r in merged] == ["d0", "d1", "d2", "d3"]
+    assert [r.doc_id for r in read_results(str(tmp_path / "results.jsonl"))] == ["d0", "d1", "d2", "d3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]

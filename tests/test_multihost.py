@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,53 +14,27 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, Reply, grade, write_sharegpt, write_small_checkpoint
+from tests.helpers import (
+    REPO,
+    Reply,
+    grade,
+    host_env,
+    read_text,
+    start_hosts,
+    wait_all,
+    write_sharegpt,
+    write_small_checkpoint,
+)
 
 STEPS = 8  # enough steps after each interruption that the next one lands mid-run
 MESH = ["--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.train.batch_size=4",
         "--config.checkpoint.every=2", "--config.optim.schedule='cosine'"]
 
 
-def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("XLA_", "MINI_O3_", "JAX_")) or k == "JAX_COMPILATION_CACHE_DIR"}
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO, TOKENIZERS_PARALLELISM="false", **extra)
-    return env
-
-
 def _sft(data: str, model: str, out: str) -> list[str]:
     return [sys.executable, "-m", "mini_o3_jax.cli", "sft", "--config", os.path.join(REPO, "configs/sft_tiny.py"),
             f"--config.data.path={data}", f"--config.out_dir={out}", f"--config.model_path={model}",
             f"--config.train.steps={STEPS}", *MESH]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _two_hosts(cmd: list[str], logs: str, wrap: list[str] | None = None,
-               envs: tuple[dict, dict] = ({}, {})) -> list[subprocess.Popen]:
-    """The same command on 2 processes of 4 CPU devices each, meeting at a coordinator on 127.0.0.1 (`wrap`
-    prefixes process 1's command; `envs` adds to each process's environment)."""
-    port, procs = _free_port(), []
-    for rank in range(2):
-        env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=4", MINI_O3_COORDINATOR=f"127.0.0.1:{port}",
-                   MINI_O3_NUM_PROCESSES="2", MINI_O3_PROCESS_ID=str(rank), **envs[rank])
-        with open(f"{logs}.{rank}", "w") as out, open(f"{logs}.{rank}.err", "w") as err:
-            procs.append(subprocess.Popen((wrap or []) * rank + cmd, env=env, cwd=REPO, stdout=out, stderr=err))
-    return procs
-
-
-def _wait(procs: list[subprocess.Popen], timeout: float = 600) -> list[int]:
-    try:
-        return [p.wait(timeout=timeout) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
 
 
 def _when_saved(out: str, procs: list[subprocess.Popen], step: int = 2) -> None:
@@ -82,18 +55,13 @@ def _final(out: str) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(load_model(os.path.join(out, "final"))))]
 
 
-def _read(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Data, a small model and the reference: one process with 8 devices, the same mesh."""
     d = tmp_path_factory.mktemp("multihost")
     data, model = write_sharegpt(str(d / "data"), 4), write_small_checkpoint(str(d / "model"))
     one = str(d / "one")
-    run = subprocess.run(_sft(data, model, one), env=_env(
+    run = subprocess.run(_sft(data, model, one), env=host_env(
         XLA_FLAGS="--xla_force_host_platform_device_count=8"), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return d, data, model, _final(one)
@@ -102,9 +70,9 @@ def setup(tmp_path_factory):
 def _resume_and_compare(setup, out: str, logs: str) -> None:
     d, data, model, expected = setup
     assert not os.path.isdir(os.path.join(out, "final"))
-    codes = _wait(_two_hosts(_sft(data, model, out), logs))
-    assert codes == [0, 0], _read(f"{logs}.1.err")[-3000:]
-    assert "resumed from" in _read(f"{logs}.0")
+    codes = wait_all(start_hosts(_sft(data, model, out), logs))
+    assert codes == [0, 0], read_text(f"{logs}.1.err")[-3000:]
+    assert "resumed from" in read_text(f"{logs}.0")
     got = _final(out)
     assert len(got) == len(expected) > 20
     # each host built half of every micro-batch; the sums run in another order: equal to fp32 rounding
@@ -114,8 +82,8 @@ def _resume_and_compare(setup, out: str, logs: str) -> None:
     assert {m["step"] for m in logged} == set(range(1, STEPS + 1))
     assert all(m["tokens"] == logged[0]["tokens"] for m in logged)  # the whole batch every step, both halves
     # process 0 alone shows progress and metrics; the other is silent unless something goes wrong
-    assert f"step {STEPS}:" in _read(f"{logs}.0") and "sft:" in _read(f"{logs}.0.err")
-    assert "step " not in _read(f"{logs}.1") and "sft:" not in _read(f"{logs}.1.err")
+    assert f"step {STEPS}:" in read_text(f"{logs}.0") and "sft:" in read_text(f"{logs}.0.err")
+    assert "step " not in read_text(f"{logs}.1") and "sft:" not in read_text(f"{logs}.1.err")
 
 
 def test_preempted_then_killed_hosts_resume_to_the_one_process_result(setup, tmp_path):
@@ -124,19 +92,19 @@ def test_preempted_then_killed_hosts_resume_to_the_one_process_result(setup, tmp
     d, data, model, _ = setup
     out, logs = str(tmp_path / "run"), str(tmp_path / "log")
     cmd = _sft(data, model, out)
-    procs = _two_hosts(cmd, logs)
+    procs = start_hosts(cmd, logs)
     _when_saved(out, procs)
     procs[1].send_signal(signal.SIGTERM)  # the signal reaches one host only
-    assert _wait(procs) == [0, 0], _read(f"{logs}.0.err")[-3000:]
-    said = _read(f"{logs}.0")
+    assert wait_all(procs) == [0, 0], read_text(f"{logs}.0.err")[-3000:]
+    said = read_text(f"{logs}.0")
     saved = int(said.split("preempted on another host: saved step ")[1].split(",")[0])
     assert 2 <= saved < STEPS and str(saved) in os.listdir(os.path.join(out, "checkpoints"))
 
-    procs = _two_hosts(cmd, logs)
+    procs = start_hosts(cmd, logs)
     _when_saved(out, procs, saved + 2 - saved % 2)  # the next checkpoint (every 2 steps) after the resume
     for p in procs:
         p.send_signal(signal.SIGKILL)
-    assert _wait(procs) == [-signal.SIGKILL] * 2
+    assert wait_all(procs) == [-signal.SIGKILL] * 2
     _resume_and_compare(setup, out, logs)
 
 
@@ -149,13 +117,13 @@ def test_an_out_dir_the_hosts_do_not_share_is_refused_on_every_host(setup, tmp_p
     private = ["unshare", "--mount", "--map-root-user", "sh", "-c", f'mount -t tmpfs tmpfs "{out}" && exec "$0" "$@"']
     if subprocess.run(private + ["true"], capture_output=True).returncode != 0:
         pytest.skip("no mount namespaces here (unshare --mount --map-root-user)")
-    codes = _wait(_two_hosts(_sft(data, model, str(out)), logs, wrap=private))
+    codes = wait_all(start_hosts(_sft(data, model, str(out)), logs, wrap=private))
     assert codes == [2, 2]
     for rank in (0, 1):
-        error = [line for line in _read(f"{logs}.{rank}.err").splitlines() if line.startswith("error: ")]
+        error = [line for line in read_text(f"{logs}.{rank}.err").splitlines() if line.startswith("error: ")]
         assert error == [f"error: out_dir = {out}: process 1 cannot see a file process 0 wrote there; a multi-host "
                          "run needs a directory every host shares (NFS, a GCS FUSE mount): checkpoints on each "
-                         "host's own disk would never restore"], _read(f"{logs}.{rank}.err")[-2000:]
+                         "host's own disk would never restore"], read_text(f"{logs}.{rank}.err")[-2000:]
     assert os.listdir(out) == []  # the probe is cleaned up
 
 
@@ -172,8 +140,8 @@ def test_rl_hosts_take_one_decision_when_one_hosts_judge_times_out(server, tmp_p
            "--config.reward.judge.timeout_s=1", "--config.reward.judge.attempts=1", "--config.reward.judge.api_key=k",
            "--config.reward.judge.model=m"]
     envs = ({"MINI_O3_JUDGE_URL": f"{server.url}/v1"}, {"MINI_O3_JUDGE_URL": f"{server.url}/slow/v1"})
-    codes = _wait(_two_hosts(cmd, logs, envs=envs))
-    assert codes == [0, 0], _read(f"{logs}.0.err")[-3000:] + _read(f"{logs}.1.err")[-3000:]
+    codes = wait_all(start_hosts(cmd, logs, envs=envs))
+    assert codes == [0, 0], read_text(f"{logs}.0.err")[-3000:] + read_text(f"{logs}.1.err")[-3000:]
     with open(os.path.join(out, "logs", "metrics.jsonl"), encoding="utf-8") as f:
         logged = [json.loads(line) for line in f]
     assert [m["step"] for m in logged] == [1]

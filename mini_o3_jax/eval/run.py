@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -35,6 +37,7 @@ from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.eval.metrics import QuestionResult, SampleResult, summarize_benchmark
 from mini_o3_jax.eval.report import write_reports
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
+from mini_o3_jax.parallel import hosts
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
 from mini_o3_jax.rollout.engine import EngineConfig, RolloutEngine
@@ -159,8 +162,9 @@ def _save_image(img: Image.Image, path_no_ext: str, run_dir: str) -> str:
     return os.path.relpath(path, run_dir)
 
 
-def read_results(path: str) -> list[QuestionResult]:
-    """The finished questions of a results.jsonl; a line cut by a crash is removed from the file."""
+def read_results(path: str, *, repair: bool = True) -> list[QuestionResult]:
+    """The finished questions of a results.jsonl; a line cut by a crash is removed from the file (`repair`),
+    or only skipped when the file is another process's to write."""
     if not os.path.exists(path):
         return []
     with open(path, "rb") as f:
@@ -174,10 +178,42 @@ def read_results(path: str) -> list[QuestionResult]:
         except (ValueError, KeyError, TypeError):
             break
         good += len(line)
-    if good < len(data):
+    if repair and good < len(data):
         with open(path, "r+b") as f:
             f.truncate(good)
     return out
+
+
+PART_GLOB = "results.host*.jsonl"  # one per process of a multi-host run, merged into results.jsonl by process 0
+
+
+def _part_file(bench_dir: str) -> str:
+    return os.path.join(bench_dir, f"results.host{jax.process_index()}.jsonl")
+
+
+def merge_parts(results_file: str, order: Sequence[str] = ()) -> list[QuestionResult]:
+    """Fold the per-process files beside `results_file` into it (one atomic rewrite, then the parts are removed)
+    and return every finished question. A question already there is kept once; new ones follow in `order` (doc
+    ids, the benchmark's order), so the merged file does not depend on which host finished first. A part cut
+    by a crash loses only its cut line; a crash mid-merge leaves parts that the next merge folds in again."""
+    import glob
+
+    parts = sorted(glob.glob(os.path.join(os.path.dirname(results_file), PART_GLOB)))
+    done = read_results(results_file)
+    if not parts:
+        return done
+    seen = {r.doc_id for r in done}
+    new: dict[str, QuestionResult] = {}
+    for part in parts:
+        for r in read_results(part, repair=False):
+            if r.doc_id not in seen:
+                new.setdefault(r.doc_id, r)
+    rank = {d: i for i, d in enumerate(order)}
+    merged = done + sorted(new.values(), key=lambda r: rank.get(r.doc_id, len(rank)))
+    write_text(results_file, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in merged))
+    for part in parts:
+        os.remove(part)
+    return merged
 
 
 def judge_config(settings: Mapping[str, Any] | None = None) -> JudgeConfig:
@@ -257,33 +293,62 @@ def run_eval(
     label: str = "this run",
     console: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
-    """Evaluate (or finish evaluating) every benchmark into `out_dir`; returns the metrics dict."""
+    """Evaluate (or finish evaluating) every benchmark into `out_dir`; returns the metrics dict.
+
+    On a multi-host run every process calls this with the same arguments (`out_dir` on a filesystem they
+    share): each samples and scores its own share of the questions on its own devices, appending them to
+    its own `results.host<i>.jsonl`; process 0 then folds those into `results.jsonl` and writes the metrics
+    and reports, which every process returns. Sampling keys depend only on the question, so any number of
+    hosts gives the samples one process would."""
     run_dir = os.fspath(out_dir)
+    multi = hosts.multi_host()
+    if multi:
+        hosts.check_shared(run_dir, "out_dir")
     os.makedirs(run_dir, exist_ok=True)
+    if multi:  # process 0 records the settings; every host then compares: one verdict everywhere
+        if hosts.is_main() and not os.path.exists(os.path.join(run_dir, "run.json")):
+            write_json(os.path.join(run_dir, "run.json"), json.loads(json.dumps(config.fingerprint())), indent=1)
+        hosts.barrier("eval:settings")
     _check_run(run_dir, config)
     files = {b: os.path.join(run_dir, b, "results.jsonl") for b in benchmarks}
+    scorer = Scorer(config.scorer, (judge or judge_config()) if config.scorer == "judge" else None)
+
+    def fold_in() -> None:
+        """Questions an earlier multi-host run left in per-host files join results.jsonl; unjudged ones are
+        judged again. Process 0's job: it owns the shared files."""
+        for b in benchmarks:
+            os.makedirs(os.path.join(run_dir, b), exist_ok=True)
+            merge_parts(files[b])
+            if bad_records is not None and b in bad_records:
+                write_text(os.path.join(run_dir, b, "bad_records.jsonl"),
+                           "".join(json.dumps(dataclasses.asdict(bad), default=str) + "\n" for bad in bad_records[b]))
+        if config.scorer == "judge":
+            _rejudge(scorer, {b: read_results(files[b]) for b in benchmarks}, files, console)
+
+    try:
+        hosts.main_first(fold_in, f"{run_dir}: reading the finished questions")
+    except BaseException:
+        scorer.close()
+        raise
     results: dict[str, list[QuestionResult]] = {}
     # (benchmark, index, the record without its image): the images stay on disk until a slot needs them
     todo: list[tuple[str, int, Record]] = []
     for b, records in benchmarks.items():
-        os.makedirs(os.path.join(run_dir, b), exist_ok=True)
-        results[b] = read_results(files[b])
+        results[b] = read_results(files[b], repair=not multi)
         finished = {r.doc_id for r in results[b]}
         n = min(len(records), config.limit) if config.limit else len(records)
         for i in range(n):
             rec = records[i]
             if rec.doc_id not in finished:
                 todo.append((b, i, dataclasses.replace(rec, image=b"")))
-        if bad_records is not None and b in bad_records:
-            write_text(os.path.join(run_dir, b, "bad_records.jsonl"),
-                       "".join(json.dumps(dataclasses.asdict(bad), default=str) + "\n" for bad in bad_records[b]))
     if console and any(results.values()):
         console(f"resuming {run_dir}: {sum(map(len, results.values()))} questions already done, {len(todo)} to go")
+    order = {b: [rec.doc_id for b2, _, rec in todo if b2 == b] for b in benchmarks}
+    if multi:  # this host's share: every host computed the same `todo` from the same files
+        todo = todo[jax.process_index()::jax.process_count()]
+        files = {b: _part_file(os.path.join(run_dir, b)) for b in benchmarks}
 
     t_start = time.perf_counter()
-    scorer = Scorer(config.scorer, (judge or judge_config()) if config.scorer == "judge" else None)
-    if config.scorer == "judge":
-        _rejudge(scorer, results, files, console)
     engine = RolloutEngine(model, tokenizer, processor, config.rollout) if todo else None
     k = config.k
     samples: dict[int, dict[int, SampleResult]] = {}
@@ -349,12 +414,29 @@ def run_eval(
         scorer.close()
     last_judge_error = scorer.last_error
     wall = time.perf_counter() - t_start
-    with open(os.path.join(run_dir, "runs.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps({"questions": len(todo), "samples": len(todo) * k, "sampled_tokens": sampled,
-                            "wall_s": wall, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
-    metrics = compute_metrics(run_dir, config, {b: results[b] for b in benchmarks}, bad_records,
-                              judge_model=scorer.judge.config.model if scorer.judge is not None else None)
-    write_reports(run_dir, metrics, results, label=label)
+    if multi:  # one record of the invocation: every host's questions and tokens, the slowest host's time
+        count = hosts.agree_sum(np.array([len(todo), sampled], np.int64))
+        wall = float(hosts.gathered(np.float64(wall)).max())
+        questions, sampled = int(count[0]), int(count[1])
+    else:
+        questions = len(todo)
+
+    def summarize() -> dict[str, Any]:
+        nonlocal results
+        with open(os.path.join(run_dir, "runs.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps({"questions": questions, "samples": questions * k, "sampled_tokens": sampled,
+                                "wall_s": wall, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+        if multi:
+            results = {b: merge_parts(os.path.join(run_dir, b, "results.jsonl"), order[b]) for b in benchmarks}
+        metrics = compute_metrics(run_dir, config, {b: results[b] for b in benchmarks}, bad_records,
+                                  judge_model=scorer.judge.config.model if scorer.judge is not None else None)
+        write_reports(run_dir, metrics, results, label=label)
+        return metrics
+
+    metrics = hosts.main_first(summarize, f"{run_dir}: writing metrics and reports")
+    if metrics is None:  # another host: process 0 wrote them for every host
+        with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
+            metrics = json.load(f)
     if console:
         for b, m in metrics["benchmarks"].items():
             console(f"{b}: Avg@{k} {m.get('avg_at_k', float('nan')):.1f} over {m['questions']} questions, "

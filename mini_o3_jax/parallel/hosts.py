@@ -9,12 +9,17 @@ point of the program on every host. On one process they cost nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from mini_o3_jax.errors import ConfigError
+from mini_o3_jax.errors import ConfigError, MiniO3Error
 from mini_o3_jax.parallel.rules import Rules, logical_to_spec
+
+T = TypeVar("T")
 
 
 def multi_host() -> bool:
@@ -57,6 +62,25 @@ def broadcast(value: int) -> int:
     from jax.experimental import multihost_utils
 
     return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
+def main_first(fn: Callable[[], T], what: str) -> T | None:
+    """`fn()` on process 0 (shared files it alone writes), then every host goes on together; returns its value on
+    process 0, None elsewhere. Its error is raised on every host (the others name process 0): without this they
+    would wait for it in the next collective until the runtime's heartbeat gives up."""
+    if not multi_host():
+        return fn()
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except Exception as e:  # re-raised below, after the other hosts heard of it
+            error = e
+    if any_host(error is not None):
+        if error is not None:
+            raise error
+        raise MiniO3Error(f"{what} failed on process 0 (its log has the error)")
+    return result
 
 
 def barrier(name: str) -> None:
