@@ -169,7 +169,10 @@ def test_full_attention_band_equals_the_whole_layout(untied, processor):
     assert firsts[0] == 0 and firsts[-1] == 63 and np.all(np.diff(firsts) >= 0)  # padding windows: themselves
     banded = np.asarray(model.visual(v))
     whole = np.asarray(model.visual(v._replace(band=np.arange(64, dtype=np.int32))))
-    np.testing.assert_allclose(banded, whole, rtol=1e-5, atol=1e-5)
+    # the same sums over 12 or 64 key windows (the masked ones add exact zeros), but the fp32 reductions are
+    # blocked differently, and so rounded differently, by CPU model: max 2.1e-5 on one CPU, < 1e-5 on another;
+    # a band of 6 offsets instead of 12 (windows left out) is off by 1e-2
+    np.testing.assert_allclose(banded, whole, rtol=1e-4, atol=1e-4)
     assert np.abs(banded).max() > 0.1
     # and a band too narrow for the 12-window images changes it (the band is really what is read)
     narrow = np.asarray(model.visual(v._replace(band=jnp.arange(4, dtype=jnp.int32))))
