@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -196,8 +197,6 @@ def merge_parts(results_file: str, order: Sequence[str] = ()) -> list[QuestionRe
     and return every finished question. A question already there is kept once; new ones follow in `order` (doc
     ids, the benchmark's order), so the merged file does not depend on which host finished first. A part cut
     by a crash loses only its cut line; a crash mid-merge leaves parts that the next merge folds in again."""
-    import glob
-
     parts = sorted(glob.glob(os.path.join(os.path.dirname(results_file), PART_GLOB)))
     done = read_results(results_file)
     if not parts:
@@ -415,9 +414,8 @@ def run_eval(
     last_judge_error = scorer.last_error
     wall = time.perf_counter() - t_start
     if multi:  # one record of the invocation: every host's questions and tokens, the slowest host's time
-        count = hosts.agree_sum(np.array([len(todo), sampled], np.int64))
-        wall = float(hosts.gathered(np.float64(wall)).max())
-        questions, sampled = int(count[0]), int(count[1])
+        every = hosts.gathered(np.array([len(todo), sampled, wall], np.float64))
+        questions, sampled, wall = int(every[:, 0].sum()), int(every[:, 1].sum()), float(every[:, 2].max())
     else:
         questions = len(todo)
 
