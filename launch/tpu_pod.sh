@@ -12,7 +12,7 @@
 #      untracked files are NOT shipped (commit or `git add` them first).
 #   2. `gcloud compute tpus tpu-vm scp --worker=all` of that tarball, extracted over ~/REMOTE_DIR
 #      (never deleted: checkpoints/runs written there survive).
-#   3. `pip install -e ".[tpu]"` into ~/REMOTE_DIR/.venv, skipped while the marker file
+#   3. `pip install -e ".[tpu,cloud]"` into ~/REMOTE_DIR/.venv, skipped while the marker file
 #      .venv/.mini_o3_installed matches the hash of setup.py + pyproject.toml.
 #   4. `gcloud compute tpus tpu-vm ssh --worker=all --command ...` with one log per worker in
 #      runs/tpu/<TPU_NAME>/<UTC time>/<worker>.log here; worker 0's log is followed on stdout.
@@ -65,7 +65,7 @@ remote_setup() {
         }
     fi
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[tpu]"
+    .venv/bin/python -m pip install -q -e ".[tpu,cloud]"
     echo "$want" >"$MARKER"
     echo "[$(hostname)] installed mini_o3_jax into $REPO_ROOT/.venv"
 }

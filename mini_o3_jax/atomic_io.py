@@ -3,6 +3,9 @@
 Files go to a temporary sibling, are flushed and fsynced, then `os.replace`d over the target (atomic on POSIX
 within one filesystem). Directories are written whole under a temporary sibling and swapped in by rename; the
 old directory is moved aside first and deleted only after the new one is in place.
+
+On an object store (``gs://``, ``s3://``: `storage.is_uri`) an object write is already all-or-nothing; the same
+calls write it directly and "rename" a directory the way the store can (copy, then delete), old copy aside first.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from mini_o3_jax import storage
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -47,6 +53,9 @@ def _default_mode(path: Path, fresh: int) -> int:
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Replace `path` with `data` atomically."""
+    if storage.is_uri(path):
+        storage.path(path).write_bytes(data)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -80,9 +89,14 @@ def replace_dir(path: str | os.PathLike) -> Iterator[Path]:
     swap_into(tmp, path)
 
 
-def temporary_sibling(path: str | os.PathLike, name: str | None = None) -> Path:
+def temporary_sibling(path: str | os.PathLike, name: str | None = None) -> os.PathLike:
     """A new empty directory beside `path` (`.<name>.tmp-*`, or `name` when given: a multi-host save whose
     hosts must all write into the one directory process 0 named), with the permissions `path` would get."""
+    if storage.is_uri(path):
+        target = storage.path(path)
+        tmp = target.parent / (name or f".{target.name}.tmp-{secrets.token_hex(8)}")
+        tmp.mkdir(parents=True)  # a no-op on most stores: a "directory" is the prefix its objects share
+        return tmp
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if name is None:
@@ -96,6 +110,15 @@ def temporary_sibling(path: str | os.PathLike, name: str | None = None) -> Path:
 
 def swap_into(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     """Make the finished directory `tmp` be `path` (two renames; the old `path` is removed after)."""
+    if storage.is_uri(path):
+        target = storage.path(path)
+        old = target.parent / f".{target.name}.old-{secrets.token_hex(8)}"
+        if target.exists():
+            target.rename(old)
+        storage.path(tmp).rename(target)
+        if old.exists():
+            old.rmtree()
+        return
     tmp, path = Path(tmp), Path(path)
     old = None
     if path.exists() or path.is_symlink():

@@ -181,20 +181,25 @@ def _console():
 
 def _train_parts(args):
     """Config with `--config.key=value` overrides, multi-host init, tokenizer and image processor."""
+    from mini_o3_jax import storage
     from mini_o3_jax.parallel.distributed import initialize
     from mini_o3_jax.processing.chat import Tokenizer
     from mini_o3_jax.processing.image import ImageProcessor
 
     cfg = _config(args)
     for key in ("model_path", "tokenizer_path"):
-        if cfg.get(key) and not os.path.isdir(cfg[key]):
+        remote = key == "model_path" and cfg.get(key) and storage.is_uri(cfg[key])  # an Orbax dir in a bucket
+        if cfg.get(key) and not remote and not os.path.isdir(cfg[key]):
             raise ConfigError(f"{key} = {cfg[key]}: no such directory (expected a HF or Orbax checkpoint directory)")
     initialize()
     tok_dir = cfg.get("tokenizer_path") or cfg.get("model_path")
     if not tok_dir:
         raise ConfigError(f"{args.config}: set --config.model_path=DIR (a checkpoint) or --config.tokenizer_path=DIR "
                           "(tokenizer files, for a random model of the config's `model` block)")
-    proc_dir = cfg.get("model_path") or tok_dir
+    if storage.is_uri(tok_dir):
+        raise ConfigError(f"model_path = {tok_dir}: a checkpoint in a bucket needs --config.tokenizer_path=DIR, a "
+                          "local directory with its tokenizer and processor files")
+    proc_dir = cfg.get("model_path") if cfg.get("model_path") and not storage.is_uri(cfg.model_path) else tok_dir
     has_proc = os.path.exists(os.path.join(proc_dir, "preprocessor_config.json"))
     processor = ImageProcessor.from_pretrained(proc_dir) if has_proc else ImageProcessor()
     return cfg, Tokenizer.from_pretrained(tok_dir), processor, tok_dir

@@ -85,6 +85,38 @@ def wait_all(procs: list[subprocess.Popen], timeout: float = 600) -> list[int]:
                 p.wait()
 
 
+class FakeGCS:
+    """A GCS server (tests/gcs_server.py: the JSON and upload APIs over real HTTP) on 127.0.0.1 with one
+    bucket, and the environment that points gcsfs (small files, via etils epath) and tensorstore (Orbax's
+    arrays) at it. A test that uses `gs://` paths in-process calls `activate()` before the first one."""
+
+    def __init__(self, bucket: str = "bkt"):
+        import socket
+
+        self.bucket, port = bucket, free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
+                    "GOOGLE_CLOUD_PROJECT": "test", "FSSPEC_GCS_TOKEN": "anon",  # no credential search
+                    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}  # the emulator has no storage-control API
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.gcs_server", str(port), bucket], cwd=REPO,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                assert self.proc.poll() is None and time.time() < deadline, "the GCS emulator did not start"
+                time.sleep(0.1)
+
+    def activate(self) -> None:
+        os.environ.update(self.env)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
 def read_text(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()

@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mini_o3_jax"
 # Lowest first. Packages in one layer are peers and must not import each other.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
+    ("storage",),
     ("atomic_io", "integrity", "config_files"),
     ("parallel",),
     ("model",),

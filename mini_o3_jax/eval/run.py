@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from mini_o3_jax import storage
 from mini_o3_jax.agent.environment import EnvConfig
 from mini_o3_jax.agent.settings import resolve_agent
 from mini_o3_jax.agent.trajectory import Trajectory
@@ -300,6 +301,10 @@ def run_eval(
     and reports, which every process returns. Sampling keys depend only on the question, so any number of
     hosts gives the samples one process would."""
     run_dir = os.fspath(out_dir)
+    if storage.is_uri(run_dir):
+        raise ConfigError(f"out_dir = {run_dir}: eval appends each question's result as it finishes (so a killed run "
+                          "resumes where it stopped), which an object store cannot do; give a local or shared "
+                          "directory (a GCS FUSE mount works) and copy it to the bucket afterwards")
     multi = hosts.multi_host()
     if multi:
         hosts.check_shared(run_dir, "out_dir")

@@ -13,6 +13,7 @@ Every mismatch (missing, unexpected or mis-shaped tensors) is collected and rais
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,6 +27,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from mini_o3_jax import storage
 from mini_o3_jax.atomic_io import replace_dir, swap_into, temporary_sibling, write_json
 from mini_o3_jax.errors import CheckpointError, CorruptCheckpointError
 from mini_o3_jax.integrity import changed_arrays, quiet_closed_loop_noise, read_error_summary, state_checksums
@@ -320,6 +322,8 @@ def _is_weight_file(name: str) -> bool:
 def _carry_over(old: str, new: str | os.PathLike, skip: Callable[[str], bool]) -> list[str]:
     """Copy the entries of the directory being replaced that the new write did not produce and `skip` does
     not claim (tokenizer files, notes, a checkpoint of the other format), so replacing loses nothing else."""
+    if storage.is_uri(old):
+        return _carry_over_uri(old, new, skip)
     if not os.path.isdir(old):
         return []
     carried = []
@@ -335,13 +339,32 @@ def _carry_over(old: str, new: str | os.PathLike, skip: Callable[[str], bool]) -
     return carried
 
 
+def _carry_over_uri(old: str, new: str | os.PathLike, skip: Callable[[str], bool]) -> list[str]:
+    """`_carry_over` on an object store: every object below a carried entry is copied."""
+    old_dir, new_dir = storage.path(old), storage.path(new)
+    if not old_dir.is_dir():
+        return []
+    carried = []
+    for entry in sorted(old_dir.iterdir(), key=lambda p: p.name):
+        if skip(entry.name) or (new_dir / entry.name).exists() or entry.name.startswith(".new."):
+            continue
+        for src in storage.files(entry) if entry.is_dir() else [entry]:
+            rel = os.path.relpath(os.fspath(src), os.fspath(old_dir))
+            (new_dir / rel).write_bytes(src.read_bytes())
+        carried.append(entry.name)
+    return carried
+
+
 def copy_side_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
     """Copy tokenizer/processor/generation files that exist in `src` into `dst`."""
     copied = []
     for name in SIDE_FILES:
-        s = os.path.join(src, name)
-        if os.path.exists(s) and os.path.abspath(s) != os.path.abspath(os.path.join(dst, name)):
-            shutil.copyfile(s, os.path.join(dst, name))
+        s, d = storage.join(storage.resolve(src), name), storage.join(storage.resolve(dst), name)
+        if s != d and storage.path(s).exists():
+            if storage.is_uri(s) or storage.is_uri(d):  # object stores: one read, one all-or-nothing write
+                storage.path(d).write_bytes(storage.path(s).read_bytes())
+            else:
+                shutil.copyfile(s, d)
             copied.append(name)
     return copied
 
@@ -362,7 +385,7 @@ def save_orbax(model: Qwen25VL, path: str | os.PathLike, side_files_from: str | 
 
     import orbax.checkpoint as ocp
 
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    path = storage.require_backend(path, "checkpoint path")
     pure = nnx.to_pure_dict(nnx.split(model)[1])
     checksums = state_checksums(pure)  # on every host: computed on the devices
     token = broadcast(secrets.randbits(62))  # process 0's: the directory every host writes into
@@ -385,31 +408,31 @@ def save_orbax(model: Qwen25VL, path: str | os.PathLike, side_files_from: str | 
             swap_into(tmp, path)
     except BaseException:
         if is_main():
-            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                storage.path(tmp).rmtree(missing_ok=True)
         raise
     barrier("save_orbax:done")
     return path
 
 
 def _file_sizes(directory: str) -> dict[str, int]:
-    """{path relative to `directory`: size} of every file below it."""
-    sizes = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            full = os.path.join(root, name)
-            sizes[os.path.relpath(full, directory)] = os.path.getsize(full)
-    return dict(sorted(sizes.items()))
+    """{path relative to `directory`: size} of every file below it (a local directory or an object-store prefix)."""
+    base = os.fspath(storage.path(directory))
+    return dict(sorted((os.path.relpath(os.fspath(f), base), f.stat().length) for f in storage.files(directory)))
 
 
 def _check_files(params_dir: str, expected: dict[str, int]) -> None:
     """Name the first missing or resized params file before Orbax trips over it with a TensorStore error."""
 
     for rel, size in expected.items():
-        full = os.path.join(params_dir, rel)
-        if not os.path.isfile(full):
+        full = storage.join(params_dir, rel)
+        try:
+            actual = storage.path(full).stat().length
+        except FileNotFoundError:
+            actual = None
+        if actual is None or storage.path(full).is_dir():
             raise CorruptCheckpointError(f"{full}: missing (the checkpoint was written with {len(expected)} files "
                                          "under params/; re-run `mini-o3 convert` or restore a copy)")
-        actual = os.path.getsize(full)
         if actual != size:
             what = "truncated" if actual < size else "has grown"
             raise CorruptCheckpointError(f"{full}: {what}: {actual} bytes, written as {size} "
@@ -432,13 +455,12 @@ def load_orbax(
     import orbax.checkpoint as ocp
 
 
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    meta_path = os.path.join(path, ORBAX_META)
-    if not os.path.exists(meta_path):
+    path = storage.require_backend(path, "checkpoint path")
+    meta_path = storage.join(path, ORBAX_META)
+    if not storage.path(meta_path).exists():
         raise CheckpointError(f"{path}: no {ORBAX_META} (not a mini_o3_jax Orbax checkpoint)")
     try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = json.loads(storage.path(meta_path).read_text(encoding="utf-8"))
         cfg = ModelConfig.from_config_dict(meta["config"])
         stored = DTYPES[meta["dtype"]]
         files, checksums = dict(meta.get("files") or {}), dict(meta.get("checksums") or {})
@@ -446,8 +468,8 @@ def load_orbax(
         raise CheckpointError(
             f"{meta_path}: expected JSON with 'config' (model config) and 'dtype' ({type(e).__name__}: {e})"
         ) from None
-    params_dir = os.path.join(path, "params")
-    if not os.path.isdir(params_dir):
+    params_dir = storage.join(path, "params")
+    if not storage.path(params_dir).is_dir():
         raise CheckpointError(f"{params_dir}: missing: cannot restore Orbax params")
     _check_files(params_dir, files)
     jdtype = stored if dtype is None else (DTYPES[dtype] if isinstance(dtype, str) else dtype)
@@ -482,7 +504,7 @@ def load_orbax(
 
 def load_model(path: str | os.PathLike, **kwargs) -> Qwen25VL:
     """Load either checkpoint format: an Orbax dir from `mini-o3 convert` or a HF directory (`~` expanded)."""
-    path = os.path.expanduser(os.fspath(path))
-    if os.path.exists(os.path.join(path, ORBAX_META)):
+    path = storage.resolve(path)
+    if storage.is_uri(path) or os.path.exists(os.path.join(path, ORBAX_META)):  # HF checkpoints are read locally
         return load_orbax(path, **kwargs)
     return load_hf(path, **kwargs)

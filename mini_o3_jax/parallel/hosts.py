@@ -116,26 +116,27 @@ def row_share(mesh: Mesh | None, rules: Rules, rows: int) -> tuple[int, int]:
 def check_shared(directory: str, what: str) -> None:
     """Refuse, on every host, a `directory` the hosts do not share: process 0 writes a file there and every
     host looks for it. Checkpoints written to a host-local disk would be split over the hosts' disks and
-    never restore; better one clear error before the first step."""
+    never restore; better one clear error before the first step. An object-store URI (gs://) is checked the
+    same way (it also proves every host can reach it)."""
     if not multi_host():
         return
-    import os
     import secrets
 
-    marker = os.path.join(directory, f".mini_o3_shared-{broadcast(secrets.randbits(62)):016x}")
+    from mini_o3_jax import storage
+
+    marker = storage.path(storage.join(directory, f".mini_o3_shared-{broadcast(secrets.randbits(62)):016x}"))
     if is_main():
-        os.makedirs(directory, exist_ok=True)
-        with open(marker, "w", encoding="utf-8") as f:
-            f.write("written by process 0 to check that every host sees this directory\n")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("written by process 0 to check that every host sees this directory\n")
     barrier("check_shared:written")
-    missing = agree_max(np.array([0 if os.path.exists(marker) else jax.process_index() + 1]))
+    missing = agree_max(np.array([0 if marker.exists() else jax.process_index() + 1]))
     barrier("check_shared:read")
     if is_main():
-        os.remove(marker)
+        marker.unlink()
     if int(missing[0]):
         raise ConfigError(f"{what} = {directory}: process {int(missing[0]) - 1} cannot see a file process 0 wrote "
-                          "there; a multi-host run needs a directory every host shares (NFS, a GCS FUSE mount): "
-                          "checkpoints on each host's own disk would never restore")
+                          "there; a multi-host run needs a directory every host shares (NFS, a bucket: "
+                          "gs://..., a GCS FUSE mount): checkpoints on each host's own disk would never restore")
 
 
 def _boxes(mesh: Mesh) -> list[tuple[slice, ...]]:

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mini_o3_jax import storage
 from mini_o3_jax.errors import CheckpointError, CorruptCheckpointError
 from mini_o3_jax.integrity import (
     changed_arrays,
@@ -90,7 +91,7 @@ class TrainCheckpointer:
     """
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = storage.require_backend(directory, "checkpoint directory")  # a local path or gs://...
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -144,7 +145,7 @@ class TrainCheckpointer:
         elif int(step) not in steps:
             raise CheckpointError(f"no checkpoint step {step} in {self.directory}; available steps: {steps}")
         step = int(step)
-        where = os.path.join(self.directory, str(step))
+        where = storage.join(self.directory, str(step))
         quiet_closed_loop_noise()
         try:
             self._check_target(target, step)
@@ -192,12 +193,12 @@ class TrainCheckpointer:
 
     def _set_aside(self, step: int) -> str:
         """Rename step ``step`` to ``<step>.corrupt[-n]`` (Orbax ignores it from then on)."""
-        src = os.path.join(self.directory, str(step))
+        src = storage.join(self.directory, str(step))
         dst, n = f"{src}.corrupt", 1
-        while os.path.exists(dst):
+        while storage.path(dst).exists():
             dst, n = f"{src}.corrupt-{n}", n + 1
         if jax.process_index() == 0:
-            os.replace(src, dst)
+            storage.path(src).rename(dst)
         self._manager.reload()
         return dst
 

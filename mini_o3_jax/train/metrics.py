@@ -4,14 +4,20 @@ The JSONL file is the source of truth for scripts and tests (plain JSON, flushed
 keeps what it logged); TensorBoard is for looking at curves; the console line is for a human watching.
 ``read_tensorboard_scalars`` parses event files directly, so checking them needs neither TensorFlow nor
 TensorBoard.
+
+An object-store logdir (``gs://...``) cannot be appended to: the files are written in a local staging directory
+and copied up whole every ``upload_every`` seconds and at ``flush``/``close`` (TensorBoard reads them there).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import shutil
 import struct
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +25,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from mini_o3_jax import storage
 
 JSONL_NAME = "metrics.jsonl"
 TEXT_JSONL_NAME = "text.jsonl"
@@ -65,9 +73,18 @@ class MetricsWriter:
         log_every: int = 1,
         console: Callable[[str], Any] | None = print,
         prefix: str = "",
+        upload_every: float = 60.0,
     ):
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
+        self.remote = None  # the object-store logdir the local staging directory is copied to
+        self.upload_every, self._uploaded = upload_every, time.monotonic()
+        if logdir is not None and storage.is_uri(logdir):
+            self.remote = storage.path(storage.require_backend(logdir, "logdir"))
+            logdir = tempfile.mkdtemp(prefix="mini_o3_logs-")
+            for name in (JSONL_NAME, TEXT_JSONL_NAME):  # a resumed run appends to what its last run logged
+                if (self.remote / name).exists():
+                    (Path(logdir) / name).write_bytes((self.remote / name).read_bytes())
         self.logdir = None if logdir is None else Path(logdir)
         self.log_every = log_every
         self.console = console
@@ -102,6 +119,8 @@ class MetricsWriter:
             }
             self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
             self._jsonl.flush()
+            if self.remote is not None and time.monotonic() - self._uploaded >= self.upload_every:
+                self.flush()
         if self._tb is not None:
             for name, v in values.items():
                 self._tb.add_scalar(f"{self.prefix}{name}", float(v), step)
@@ -127,6 +146,7 @@ class MetricsWriter:
         for f in (self._jsonl, self._text):
             if f is not None:
                 f.flush()
+        self._upload()
 
     def close(self) -> None:
         if self._tb is not None:
@@ -136,6 +156,20 @@ class MetricsWriter:
             if f is not None:
                 f.close()
         self._jsonl = self._text = None
+        self._upload()
+        if self.remote is not None and self.logdir is not None:
+            shutil.rmtree(self.logdir, ignore_errors=True)
+            self.logdir = None
+
+    def _upload(self) -> None:
+        """Copy the staged files up whole (each object write is all-or-nothing: readers never see a torn file)."""
+        if self.remote is None or self.logdir is None or not self.logdir.exists():
+            return
+        self.remote.mkdir(parents=True, exist_ok=True)
+        for f in sorted(self.logdir.iterdir()):
+            if f.is_file():
+                (self.remote / f.name).write_bytes(f.read_bytes())
+        self._uploaded = time.monotonic()
 
     def __enter__(self) -> MetricsWriter:
         return self
@@ -145,16 +179,16 @@ class MetricsWriter:
 
 
 def read_jsonl_metrics(logdir: str | os.PathLike) -> list[dict]:
-    """All records of logdir/metrics.jsonl in order; a torn last line (crash mid-write) is skipped."""
-    path = Path(logdir) / JSONL_NAME
+    """All records of logdir/metrics.jsonl in order (local or gs://); a torn last line (crash mid-write) is
+    skipped."""
+    text = storage.path(storage.join(os.fspath(logdir), JSONL_NAME)).read_text(encoding="utf-8")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if line.endswith("\n"):
-                    raise
+    for line in io.StringIO(text):  # lines as a file yields them (split at \n only)
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if line.endswith("\n"):
+                raise
     return records
 
 

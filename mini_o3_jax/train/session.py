@@ -16,6 +16,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from mini_o3_jax import storage
 from mini_o3_jax.config_files import from_block
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.model.config import ModelConfig
@@ -100,8 +101,13 @@ class Session:
     save_every: int  # checkpoint.every
 
     def save(self, meta: dict[str, Any], force: bool = False) -> bool:
-        return self.checkpointer.save(self.trainer.step, self.trainer.state(), {**meta, "step": self.trainer.step},
-                                      force=force)
+        """Start a checkpoint of this step; the metrics logged so far are flushed with it (on a bucket, uploaded:
+        a killed run keeps its logs up to the step it resumes from)."""
+        started = self.checkpointer.save(self.trainer.step, self.trainer.state(),
+                                         {**meta, "step": self.trainer.step}, force=force)
+        if started:
+            self.writer.flush()
+        return started
 
     def checkpoint(self, done: int, total: int, meta: dict[str, Any], guard, console=print) -> bool:
         """After step `done` of `total`: save every `save_every` steps, at the end, and on preemption.
@@ -120,7 +126,7 @@ class Session:
     def finish(self, side_files_from: str | None = None) -> str:
         """Wait for pending saves, write `final/` (model checkpoint + tokenizer/processor files)."""
         self.checkpointer.wait()
-        final = save_orbax(self.trainer.model(), os.path.join(self.out_dir, "final"))
+        final = save_orbax(self.trainer.model(), storage.join(self.out_dir, "final"))
         if side_files_from:
             copy_side_files(side_files_from, final)
         self.writer.close()
@@ -148,8 +154,7 @@ def compile_cache_dir(cfg: ml_collections.ConfigDict) -> str | None:
         return None
     if where == "auto" and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return os.path.abspath(os.path.expanduser(os.environ["JAX_COMPILATION_CACHE_DIR"]))
-    return os.path.join(os.path.abspath(cfg.out_dir), "compile_cache") if where == "auto" else os.path.abspath(
-        os.path.expanduser(where))
+    return storage.join(storage.resolve(cfg.out_dir), "compile_cache") if where == "auto" else storage.resolve(where)
 
 
 def enable_compile_cache(directory: str | None) -> None:
@@ -160,14 +165,15 @@ def enable_compile_cache(directory: str | None) -> None:
         return
     from jax.experimental.compilation_cache import compilation_cache
 
-    os.makedirs(directory, exist_ok=True)
+    storage.path(directory).mkdir(parents=True, exist_ok=True)  # JAX reads and writes gs:// caches too (epath)
     jax.config.update("jax_compilation_cache_dir", directory)
     compilation_cache.reset_cache()  # the cache is set up at the first compile: re-read the directory
 
 
 def open_session(cfg: ml_collections.ConfigDict, loss: str, total_steps: int, console=print) -> Session:
     """Build mesh, model, optimizer and trainer; restore the latest checkpoint of `cfg.out_dir` if any."""
-    check_shared(os.path.abspath(cfg.out_dir), "out_dir")  # multi-host: checkpoints need a shared directory
+    out = storage.require_backend(cfg.out_dir, "out_dir")  # a local or shared path, or gs://bucket/...
+    check_shared(out, "out_dir")  # multi-host: checkpoints need a directory every host sees
     enable_compile_cache(compile_cache_dir(cfg))
     mesh = build_mesh(cfg)
     model = build_model(cfg, mesh)
@@ -175,9 +181,8 @@ def open_session(cfg: ml_collections.ConfigDict, loss: str, total_steps: int, co
     trainer = Trainer(model, make_optimizer(ocfg, total_steps), step_config(cfg, loss), mesh=mesh,
                       rules=sharding_rules(cfg), attention=cfg.get("attention", "auto"))
     trainer.schedule = learning_rate(ocfg, total_steps)
-    out = os.path.abspath(cfg.out_dir)
     ckpt = checkpoint_settings(cfg)
-    checkpointer = TrainCheckpointer(os.path.join(out, "checkpoints"), keep=ckpt.keep, async_save=ckpt.async_save)
+    checkpointer = TrainCheckpointer(storage.join(out, "checkpoints"), keep=ckpt.keep, async_save=ckpt.async_save)
     meta: dict[str, Any] = {}
     # the newest step that restores: a corrupt one is skipped with a warning (on the console and stderr)
     # the target is laid out by the trainer's shardings: the checkpoint restores straight onto this mesh
@@ -188,6 +193,6 @@ def open_session(cfg: ml_collections.ConfigDict, loss: str, total_steps: int, co
         trainer.load_state(state, int(meta["step"]))
         if console:
             console(f"resumed from {checkpointer.directory} step {latest}")
-    writer = MetricsWriter(os.path.join(out, "logs") if jax.process_index() == 0 else None,
+    writer = MetricsWriter(storage.join(out, "logs") if jax.process_index() == 0 else None,
                            log_every=cfg.log_every, console=console)
     return Session(trainer, checkpointer, writer, out, meta, ckpt.every)
