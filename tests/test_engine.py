@@ -174,8 +174,10 @@ def _rss_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
+@pytest.mark.slow
 def test_host_memory_stays_flat_over_500_episodes(parts):
-    """Mini-o3's PyTorch RL is reported to leak host memory; 500 episodes here must not grow RSS."""
+    """Mini-o3's PyTorch RL is reported to leak host memory; 500 episodes here must not grow RSS. (Slow: a
+    soak test, a minute of rollouts; `pytest -m slow`.)"""
     import gc
 
     model, tok, proc = parts
