@@ -95,14 +95,16 @@ class Qwen25VL(nnx.Module):
         starts: jax.Array,
         slots: jax.Array | None = None,
         kv_len: int | None = None,
+        table: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Like `__call__` for a chunk appended to a KV cache at `starts` (see `TextDecoder.cached`);
-        `text.positions` continue each slot's M-RoPE positions, `text.segment_ids > 0` marks real tokens."""
+        """Like `__call__` for a chunk appended to a KV cache at `starts` (see `TextDecoder.cached`; with a page
+        `table` the caches are page pools); `text.positions` continue each slot's M-RoPE positions,
+        `text.segment_ids > 0` marks real tokens."""
         features = self.visual(vision) if vision is not None else None
         x = self.embed(text, features, 1 if vision is None else vision.window_first.shape[0])
         cfg = self.config.text
         cos, sin = mrope(text.positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, x.dtype)
-        return self.text.cached(x, cos, sin, k_cache, v_cache, starts, text.segment_ids > 0, slots, kv_len)
+        return self.text.cached(x, cos, sin, k_cache, v_cache, starts, text.segment_ids > 0, slots, kv_len, table)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "logits_dtype"))

@@ -16,6 +16,7 @@ from flax import nnx
 from mini_o3_jax.model.attention import attention
 from mini_o3_jax.model.config import TextConfig
 from mini_o3_jax.model.layers import apply_rotary, dense, matmul_fp32, param, rms_norm
+from mini_o3_jax.model.paged_cache import gather_pages, page_index
 from mini_o3_jax.model.vision import _remat_policy
 from mini_o3_jax.parallel.rules import constrain
 
@@ -119,9 +120,14 @@ class TextDecoder(nnx.Module):
         valid: jax.Array,
         slots: jax.Array | None = None,
         kv_len: int | None = None,
+        table: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Run a (B, C) chunk against a KV cache: write its keys/values at `starts` and attend causally
         over everything the slot holds. Same layer code as the full forward.
+
+        With `table` (S, pages_per_slot) the caches are page pools (layers, num_pages, page_size, kv_heads,
+        head_dim) (`rollout/pages.py`): row b's tokens live in the pages `table[slots[b]]` names, and
+        `kv_len` (a multiple of the page size) is read back through the table.
 
         k_cache/v_cache: (layers, S, max_len, kv_heads, head_dim); `slots` (B,) picks the rows (None:
         all S rows in order, B == S); `valid` (B, C) marks real tokens (padding is written past the
@@ -132,8 +138,14 @@ class TextDecoder(nnx.Module):
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]
         eps = self.cfg.rms_norm_eps
         b, c = x.shape[:2]
-        kv_len = k_cache.shape[2] if kv_len is None else min(kv_len, k_cache.shape[2])
         rows = jnp.arange(b) if slots is None else slots
+        if table is not None:
+            table = table[rows]
+            page_size = k_cache.shape[2]
+            full = table.shape[1] * page_size
+            kv_len = full if kv_len is None else min(-(-kv_len // page_size) * page_size, full)
+        else:
+            kv_len = k_cache.shape[2] if kv_len is None else min(kv_len, k_cache.shape[2])
         q_pos = starts[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
         kv_pos = jnp.broadcast_to(jnp.arange(kv_len, dtype=jnp.int32), (b, kv_len))
         end = starts + valid.sum(axis=-1).astype(jnp.int32)
@@ -146,6 +158,13 @@ class TextDecoder(nnx.Module):
 
             def attend(q, k, v, cache: tuple[jax.Array, jax.Array]):
                 kc, vc = cache
+                if table is not None:  # paged: write through the page table, read the first kv_len positions
+                    page, offset = page_index(table, q_pos, kc.shape[2])
+                    kc = kc.at[i, page, offset].set(k.astype(kc.dtype))
+                    vc = vc.at[i, page, offset].set(v.astype(vc.dtype))
+                    keys = gather_pages(kc[i], table, kv_len)
+                    values = gather_pages(vc[i], table, kv_len)
+                    return attention(q, keys, values, q_seg, kv_seg, q_pos, kv_pos), (kc, vc)
                 kc = kc.at[i, rows[:, None], q_pos].set(k.astype(kc.dtype), mode="drop")
                 vc = vc.at[i, rows[:, None], q_pos].set(v.astype(vc.dtype), mode="drop")
                 keys = (kc[i] if slots is None else kc[i, rows])[:, :kv_len]

@@ -1,0 +1,80 @@
+"""The model's cached forward through a page table equals it over the dense cache: a ragged prefill of three
+slots, a fork of one slot's prefix (whole pages shared, the partly filled last page copied), then decode
+steps of every slot, compared hidden state for hidden state."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mini_o3_jax.model.presets import model_config
+from mini_o3_jax.model.qwen2_5_vl import Qwen25VL, TextInputs
+from mini_o3_jax.rollout.cache import copy_slots, init_cache
+from mini_o3_jax.rollout.pages import PagePool, copy_pages
+
+
+def text_inputs(ids: np.ndarray, starts: np.ndarray, valid: np.ndarray) -> TextInputs:
+    """A text-only chunk continuing each row at `starts` (rope delta 0)."""
+    pos = starts[:, None] + np.arange(ids.shape[1])[None]
+    return TextInputs(input_ids=jnp.asarray(ids), positions=jnp.asarray(np.broadcast_to(pos, (3, *pos.shape))),
+                      segment_ids=jnp.asarray(valid.astype(np.int32)),
+                      image_rows=jnp.full(ids.shape, -1, jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "kv_len"))
+def cached(graphdef, state, chunk, k, v, starts, rows=None, kv_len=None, table=None):
+    return nnx.merge(graphdef, state).cached(chunk, None, k, v, starts, rows, kv_len, table)
+
+
+def test_paged_prefill_fork_and_decode_equal_the_dense_cache():
+    cfg = model_config("tiny")
+    graphdef, state = nnx.split(Qwen25VL(cfg, rngs=nnx.Rngs(0), dtype=jnp.float32))
+    text = cfg.text
+    rng = np.random.default_rng(0)
+    slots, max_len, page = 4, 64, 8
+    dense = init_cache(text, slots=slots, max_len=max_len, dtype=jnp.float32)
+    dk, dv = dense.k, dense.v
+    pool = PagePool(num_pages=40, page_size=page, slots=slots, pages_per_slot=max_len // page)
+    shape = (text.num_hidden_layers, pool.num_pages, page, text.num_key_value_heads, text.head_dim)
+    pk, pv = jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)
+
+    # prefill slots 0..2 with ragged prompts (13, 8, 21 tokens) in one padded chunk
+    lengths = np.array([13, 8, 21, 0])
+    rows = np.array([0, 1, 2])
+    ids = rng.integers(0, text.vocab_size, (3, 21))
+    valid = np.arange(21)[None] < lengths[rows, None]
+    for r in rows:
+        pool.reserve(int(r), int(lengths[r]))
+    chunk = text_inputs(ids, np.zeros(3, int), valid)
+    hd, dk, dv = cached(graphdef, state, chunk, dk, dv, jnp.zeros(3, jnp.int32), jnp.asarray(rows))
+    hp, pk, pv = cached(graphdef, state, chunk, pk, pv, jnp.zeros(3, jnp.int32), jnp.asarray(rows),
+                        table=jnp.asarray(pool.table))
+    np.testing.assert_allclose(np.asarray(hp)[valid], np.asarray(hd)[valid], atol=1e-6)
+
+    # slot 3 continues slot 2's prompt: dense copies the row, paged shares 2 pages and copies the third
+    dense = copy_slots(dense._replace(k=dk, v=dv, length=jnp.asarray(lengths, jnp.int32)), jnp.array([2]),
+                       jnp.array([3]))
+    dk, dv = dense.k, dense.v
+    copies = pool.fork(2, 3, 21)
+    assert pool.used_pages == 2 + 1 + 3 + 1 and len(copies) == 1
+    src, dst = (jnp.asarray(x) for x in zip(*copies))
+    pk, pv = copy_pages(pk, src, dst), copy_pages(pv, src, dst)
+    lengths[3] = 21
+
+    # decode 6 tokens for every slot, reading a kv window of 40 positions (slot 3's tail page fills up)
+    for _ in range(6):
+        for s in range(slots):
+            pool.reserve(s, int(lengths[s]) + 1)
+        tok = rng.integers(0, text.vocab_size, (slots, 1))
+        step = text_inputs(tok, lengths, np.ones((slots, 1), bool))
+        starts = jnp.asarray(lengths, jnp.int32)
+        hd, dk, dv = cached(graphdef, state, step, dk, dv, starts, kv_len=40)
+        hp, pk, pv = cached(graphdef, state, step, pk, pv, starts, kv_len=40, table=jnp.asarray(pool.table))
+        np.testing.assert_allclose(np.asarray(hp), np.asarray(hd), atol=1e-6)
+        lengths += 1
+    # slots 2 and 3 share their prompt's first two pages; their continuations differ
+    assert (pool.table[2, :2] == pool.table[3, :2]).all() and pool.table[2, 2] != pool.table[3, 2]

@@ -1,0 +1,128 @@
+"""The paged KV cache's allocator and its XLA reference path: a group's samples share the prompt's pages by
+reference (page counts asserted), releasing one sample leaves the others intact, and what is written through
+the page table reads back exactly as from a dense cache."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mini_o3_jax.rollout.pages import (
+    NULL_PAGE,
+    PagePool,
+    PoolExhausted,
+    copy_pages,
+    gather_pages,
+    write_pages,
+)
+
+
+def check_invariants(pool: PagePool) -> None:
+    """Every page's count equals the table entries naming it; free pages are named by none; nothing is lost."""
+    named = np.zeros(pool.num_pages, np.int32)
+    for slot in range(pool.slots):
+        held = pool.table[slot, : pool.held[slot]]
+        assert NULL_PAGE not in held
+        np.add.at(named, held, 1)
+        assert (pool.table[slot, pool.held[slot]:] == NULL_PAGE).all()
+    assert (named[1:] == pool.refs[1:]).all()
+    free = set(pool._free)
+    assert len(free) == len(pool._free) and NULL_PAGE not in free
+    assert all(pool.refs[p] == 0 for p in free) and pool.used_pages == int((pool.refs[1:] > 0).sum())
+
+
+def test_a_group_shares_its_prompt_pages_and_one_release_leaves_the_others_intact():
+    pool = PagePool(num_pages=200, page_size=16, slots=16, pages_per_slot=16)
+    pool.reserve(0, 100)  # the prompt: 6 whole pages and 4 tokens on a 7th
+    copies = [pool.fork(0, s, 100) for s in range(1, 16)]
+    assert pool.used_pages == 7 + 15  # 6 shared pages once, plus one tail page per sample (112 unshared)
+    assert all(len(c) == 1 and c[0][0] == pool.table[0, 6] for c in copies)
+    assert (pool.refs[pool.table[0, :6]] == 16).all()
+    for s in range(16):
+        pool.reserve(s, 150)  # each sample's turns: 3 more pages of its own
+    assert pool.used_pages == 22 + 16 * 3
+    before = pool.table.copy()
+    pool.release(5)
+    assert (pool.refs[pool.table[0, :6]] == 15).all() and pool.used_pages == 22 + 16 * 3 - 4
+    assert (pool.table[np.arange(16) != 5] == before[np.arange(16) != 5]).all()
+    check_invariants(pool)
+    for s in range(16):
+        pool.release(s)
+    assert pool.used_pages == 0 and pool.free_pages == 199
+    check_invariants(pool)
+
+
+def test_an_aligned_prompt_is_shared_whole_and_errors_name_the_limit():
+    pool = PagePool(num_pages=9, page_size=8, slots=3, pages_per_slot=4)
+    pool.reserve(0, 16)
+    assert pool.fork(0, 1, 16) == [] and pool.used_pages == 2  # nothing to copy
+    with pytest.raises(ValueError, match="40 tokens exceed its 32-token page table"):
+        pool.reserve(0, 40)
+    with pytest.raises(ValueError, match="still holds pages"):
+        pool.fork(0, 1, 8)
+    pool.reserve(2, 32)
+    pool.reserve(1, 32)  # its 2 shared pages and 2 of its own: the last 2 free pages
+    assert pool.free_pages == 0
+    with pytest.raises(PoolExhausted, match="slot 0 needs 2 more pages, 0 free"):
+        pool.reserve(0, 32)
+    check_invariants(pool)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["reserve", "fork", "release"]), st.integers(0, 3), st.integers(0, 3),
+                          st.integers(1, 40)), max_size=40))
+def test_random_reserve_fork_release_keep_the_counts_exact(ops):
+    pool = PagePool(num_pages=24, page_size=4, slots=4, pages_per_slot=10)
+    length = np.zeros(4, int)
+    for op, a, b, n in ops:
+        try:
+            if op == "reserve":
+                pool.reserve(a, max(n, length[a]))
+                length[a] = max(n, length[a])
+            elif op == "fork" and a != b and not pool.held[b] and length[a]:
+                pool.fork(a, b, min(n, length[a]))
+                length[b] = min(n, length[a])
+            elif op == "release":
+                pool.release(a)
+                length[a] = 0
+        except PoolExhausted:
+            pass
+        check_invariants(pool)
+
+
+def test_pages_read_back_as_a_dense_cache_including_a_forked_tail():
+    rng = np.random.default_rng(0)
+    page, kv, d, rows = 4, 2, 3, 3
+    pool = PagePool(num_pages=32, page_size=page, slots=rows, pages_per_slot=6)
+    pages = jnp.zeros((1, pool.num_pages, page, kv, d), jnp.float32)  # one layer
+    dense = np.zeros((rows, pool.max_len, kv, d), np.float32)
+    lengths = np.zeros(rows, int)
+    for chunk in (5, 3, 7):  # ragged chunks: rows add 1..chunk tokens each, padding beyond
+        adds = rng.integers(1, chunk + 1, rows)
+        for r in range(rows):
+            pool.reserve(r, lengths[r] + adds[r])
+        pos = lengths[:, None] + np.arange(chunk)[None]
+        real = np.arange(chunk)[None] < adds[:, None]
+        vals = rng.standard_normal((rows, chunk, kv, d)).astype(np.float32)
+        # padding goes past each row's pages: the null page, as the dense cache writes past the row's end
+        padded = np.where(real, pos, pool.max_len + 1)
+        pages = pages.at[0].set(write_pages(pages[0], jnp.asarray(pool.table), jnp.asarray(padded), jnp.asarray(vals)))
+        for r in range(rows):
+            dense[r, pos[r, real[r]]] = vals[r, real[r]]
+        lengths += adds
+    got = np.asarray(gather_pages(pages[0], jnp.asarray(pool.table), pool.max_len))
+    for r in range(rows):
+        assert np.array_equal(got[r, : lengths[r]], dense[r, : lengths[r]])
+    # a fork shares row 0's whole pages and copies its partly filled last page
+    pool.release(2)
+    copies = pool.fork(0, 2, int(lengths[0]))
+    if copies:
+        src, dst = map(jnp.asarray, zip(*copies))
+        pages = copy_pages(pages, src, dst)
+    got = np.asarray(gather_pages(pages[0], jnp.asarray(pool.table), pool.max_len))
+    assert np.array_equal(got[2, : lengths[0]], dense[0, : lengths[0]])
+    with pytest.raises(ValueError, match="not a multiple of page size 4"):
+        gather_pages(pages[0], jnp.asarray(pool.table), 6)
