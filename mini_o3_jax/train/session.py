@@ -101,13 +101,12 @@ class Session:
     save_every: int  # checkpoint.every
 
     def save(self, meta: dict[str, Any], force: bool = False) -> bool:
-        """Start a checkpoint of this step; the metrics logged so far are flushed with it (on a bucket, uploaded:
-        a killed run keeps its logs up to the step it resumes from)."""
-        started = self.checkpointer.save(self.trainer.step, self.trainer.state(),
-                                         {**meta, "step": self.trainer.step}, force=force)
-        if started:
-            self.writer.flush()
-        return started
+        """Start a checkpoint of this step. The metrics logged so far are flushed first (on a bucket, uploaded)
+        and the checkpoint commits after that, so a run killed after any commit has its logs up to the step it
+        resumes from."""
+        self.writer.flush()
+        return self.checkpointer.save(self.trainer.step, self.trainer.state(), {**meta, "step": self.trainer.step},
+                                      force=force)
 
     def checkpoint(self, done: int, total: int, meta: dict[str, Any], guard, console=print) -> bool:
         """After step `done` of `total`: save every `save_every` steps, at the end, and on preemption.
