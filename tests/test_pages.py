@@ -126,3 +126,35 @@ def test_pages_read_back_as_a_dense_cache_including_a_forked_tail():
     assert np.array_equal(got[2, : lengths[0]], dense[0, : lengths[0]])
     with pytest.raises(ValueError, match="not a multiple of page size 4"):
         gather_pages(pages[0], jnp.asarray(pool.table), 6)
+
+
+def test_the_xla_path_equals_jaxs_ragged_paged_attention_reference():
+    """Mixed prefill and decode (queries are each sequence's last q_len tokens): our gather + `attention` equals
+    the reference that JAX ships with its TPU ragged paged attention kernel, reading the same pages (its pool
+    interleaves K and V heads: K at even, V at odd)."""
+    from jax.experimental.pallas.ops.tpu.ragged_paged_attention.kernel import ref_ragged_paged_attention
+
+    from mini_o3_jax.model.attention import attention
+
+    rng = np.random.default_rng(1)
+    page, kv_heads, q_heads, d = 16, 2, 4, 128
+    pool = PagePool(num_pages=16, page_size=page, slots=3, pages_per_slot=4)
+    kv_lens, q_lens = np.array([37, 9, 64]), np.array([5, 1, 16])  # a prefill chunk, a decode step, a long chunk
+    for s, n in enumerate(kv_lens):
+        pool.reserve(s, int(n))
+    k = jnp.asarray(rng.standard_normal((pool.num_pages, page, kv_heads, d)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((pool.num_pages, page, kv_heads, d)), jnp.float32)
+    q = jnp.asarray(rng.standard_normal((int(q_lens.sum()), q_heads, d)), jnp.float32)
+    combined = jnp.stack([k, v], axis=3).reshape(pool.num_pages, page, 2 * kv_heads, d)
+    cu = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+    want = ref_ragged_paged_attention(q, combined, jnp.asarray(kv_lens, jnp.int32), jnp.asarray(pool.table),
+                                      jnp.asarray(cu), jnp.array([3], jnp.int32), sm_scale=d ** -0.5)
+    table = jnp.asarray(pool.table)
+    keys, values = gather_pages(k, table, pool.max_len), gather_pages(v, table, pool.max_len)
+    kv_pos = np.broadcast_to(np.arange(pool.max_len), (3, pool.max_len))
+    for s in range(3):
+        q_pos = kv_lens[s] - q_lens[s] + np.arange(q_lens[s])
+        got = attention(q[None, cu[s]:cu[s + 1]], keys[s:s + 1], values[s:s + 1],
+                        jnp.ones((1, q_lens[s]), jnp.int32), jnp.asarray(kv_pos[s:s + 1] < kv_lens[s], jnp.int32),
+                        jnp.asarray(q_pos[None], jnp.int32), jnp.asarray(kv_pos[s:s + 1], jnp.int32))
+        np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[cu[s]:cu[s + 1]]), atol=2e-5, rtol=1e-5)
