@@ -21,7 +21,8 @@ BACKENDS = {"gs": "gcsfs", "s3": "s3fs"}
 
 def is_uri(path: str | os.PathLike) -> bool:
     """Whether `path` names an object-store location (``gs://bucket/...``, ``s3://...``)."""
-    return os.fspath(path).split("://", 1)[0] in BACKENDS and "://" in os.fspath(path)
+    scheme, sep, _ = os.fspath(path).partition("://")
+    return bool(sep) and scheme in BACKENDS
 
 
 def resolve(path: str | os.PathLike) -> str:

@@ -21,6 +21,16 @@ def page_index(table: jax.Array, positions: jax.Array, page_size: int) -> tuple[
     return jnp.where((index >= 0) & (index < table.shape[1]), page, NULL_PAGE), positions % page_size
 
 
+def write_pages(pages: jax.Array, table: jax.Array, positions: jax.Array, values: jax.Array,
+                layer: jax.Array | int | None = None) -> jax.Array:
+    """Scatter `values` (B, C, ...) at token `positions` (B, C) of the sequences whose page-table rows are
+    `table` (B, n) into `pages` (num_pages, page_size, ...), or into `pages[layer]` of a per-layer pool. Positions
+    past a row's table write to the null page."""
+    lead = () if layer is None else (layer,)
+    page, offset = page_index(table, positions, pages.shape[len(lead) + 1])
+    return pages.at[(*lead, page, offset)].set(values.astype(pages.dtype))
+
+
 def gather_pages(pages: jax.Array, table: jax.Array, kv_len: int) -> jax.Array:
     """The first `kv_len` token positions (a multiple of the page size) of each row of `table` (B, n), from
     `pages` (num_pages, page_size, ...): (B, kv_len, ...), the dense layout `attention` reads."""

@@ -16,7 +16,7 @@ from flax import nnx
 from mini_o3_jax.model.attention import attention
 from mini_o3_jax.model.config import TextConfig
 from mini_o3_jax.model.layers import apply_rotary, dense, matmul_fp32, param, rms_norm
-from mini_o3_jax.model.paged_cache import gather_pages, page_index
+from mini_o3_jax.model.paged_cache import gather_pages, write_pages
 from mini_o3_jax.model.vision import _remat_policy
 from mini_o3_jax.parallel.rules import constrain
 
@@ -159,9 +159,7 @@ class TextDecoder(nnx.Module):
             def attend(q, k, v, cache: tuple[jax.Array, jax.Array]):
                 kc, vc = cache
                 if table is not None:  # paged: write through the page table, read the first kv_len positions
-                    page, offset = page_index(table, q_pos, kc.shape[2])
-                    kc = kc.at[i, page, offset].set(k.astype(kc.dtype))
-                    vc = vc.at[i, page, offset].set(v.astype(vc.dtype))
+                    kc, vc = write_pages(kc, table, q_pos, k, layer=i), write_pages(vc, table, q_pos, v, layer=i)
                     keys = gather_pages(kc[i], table, kv_len)
                     values = gather_pages(vc[i], table, kv_len)
                     return attention(q, keys, values, q_seg, kv_seg, q_pos, kv_pos), (kc, vc)

@@ -427,10 +427,11 @@ def _check_files(params_dir: str, expected: dict[str, int]) -> None:
     for rel, size in expected.items():
         full = storage.join(params_dir, rel)
         try:
-            actual = storage.path(full).stat().length
+            stat = storage.path(full).stat()  # one request on a bucket
+            actual = None if stat.is_directory else stat.length
         except FileNotFoundError:
             actual = None
-        if actual is None or storage.path(full).is_dir():
+        if actual is None:
             raise CorruptCheckpointError(f"{full}: missing (the checkpoint was written with {len(expected)} files "
                                          "under params/; re-run `mini-o3 convert` or restore a copy)")
         if actual != size:

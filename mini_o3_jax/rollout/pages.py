@@ -10,8 +10,8 @@ tokens actually in flight, and the samples of a group share the prompt's pages b
   returns a slot's pages (a page shared by the group stays until its last sample ends).
 * ``write_pages`` / ``gather_pages`` (device, jittable; `model/paged_cache.py`, which the model's cached
   forward uses too) are the XLA reference path: scatter a chunk's keys or values into its slots' pages, and
-  gather the first ``kv_len`` positions of each slot into the dense layout the attention code reads. Pallas ragged paged attention (TPU/GPU) reads the pages directly; it must equal
-  this path.
+  gather the first ``kv_len`` positions of each slot into the dense layout the attention code reads. Pallas
+  ragged paged attention (TPU/GPU) reads the pages directly; it must equal this path.
 
 Page 0 is never handed out: table entries past a slot's pages point at it, so writes of idle slots and the
 padding of a chunk land there and are never read unmasked.
@@ -25,9 +25,10 @@ import functools
 import jax
 import numpy as np
 
-from mini_o3_jax.model.paged_cache import NULL_PAGE, gather_pages, page_index
+from mini_o3_jax.model.paged_cache import NULL_PAGE, gather_pages, write_pages
 
 __all__ = ["NULL_PAGE", "PagePool", "PoolExhausted", "copy_pages", "gather_pages", "write_pages"]
+
 
 class PoolExhausted(RuntimeError):
     """No free page for a reservation (the caller waits for episodes to end, or was sized too small)."""
@@ -111,14 +112,6 @@ class PagePool:
                 self._free.append(int(page))
         self.table[slot] = NULL_PAGE
         self.held[slot] = 0
-
-
-def write_pages(pages: jax.Array, table: jax.Array, positions: jax.Array, values: jax.Array) -> jax.Array:
-    """Scatter `values` (B, C, ...) at token `positions` (B, C) of the sequences whose page-table rows are
-    `table` (B, pages_per_slot) into `pages` (num_pages, page_size, ...). Positions past a row's table (a
-    chunk's padding) write to the null page."""
-    page, offset = page_index(table, positions, pages.shape[1])
-    return pages.at[page, offset].set(values.astype(pages.dtype))
 
 
 @functools.partial(jax.jit, donate_argnums=0)
