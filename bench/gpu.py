@@ -10,7 +10,12 @@ training step does on it.
    on GPU): time, model TFLOP/s and MFU against (1), peak device memory, and whether cuDNN's fused
    attention is in the compiled program.
 
-    PYTHONPATH=. python bench/gpu.py [--layers 4] [--length 32768] [--write-results]
+4. rollout decode (`--mode rollout`, or `all`): Qwen2.5-VL-7B (all 28 layers, bf16), 64 slots x 4K cached
+   tokens in the paged KV cache, `decode_chunk` tokens per call through the engine's jitted `decode`: the
+   Pallas paged attention kernel (GPU default) and the XLA gather path; tokens/s and the HBM bytes each step
+   must read (the weights once + every slot's filled KV pages) over its time, against the copy bandwidth (2).
+
+    PYTHONPATH=. python bench/gpu.py [--mode train|rollout|all] [--layers 4] [--length 32768] [--write-results]
 
 Run it where a GPU is lent (the device has jax with CUDA, flax, optax, orbax); `--write-results` records
 the figures in bench/RESULTS.md.
@@ -100,6 +105,56 @@ def train_micro_batch(layers: int, length: int, preset: str = "qwen2_5_vl_7b") -
                 cudnn="cudnn" in hlo and "fmha" in hlo, image_tokens=n_img)
 
 
+def rollout_decode(slots: int, context: int, steps: int, preset: str = "qwen2_5_vl_7b", page: int = 64,
+                   backend: str = "auto") -> dict:
+    """Decode `steps` tokens for `slots` slots holding `context` cached tokens each (paged)."""
+    from flax import nnx
+
+    from mini_o3_jax.model.attention_backends import attention_backend
+    from mini_o3_jax.model.presets import model_config
+    from mini_o3_jax.model.qwen2_5_vl import Qwen25VL
+    from mini_o3_jax.rollout.cache import init_paged_cache, page_bytes
+    from mini_o3_jax.rollout.pages import PagePool
+    from mini_o3_jax.rollout.sampler import Sampling, decode
+
+    cfg = model_config(preset)
+    model = Qwen25VL(cfg, dtype="bfloat16", rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    per_slot = -(-(context + steps) // page)
+    pool = PagePool(slots * per_slot + 1, page, slots, per_slot)
+    for s in range(slots):
+        pool.reserve(s, context + steps)
+    cache = init_paged_cache(cfg.text, slots, pool.num_pages, page, per_slot, jnp.bfloat16)
+    cache = cache._replace(length=jnp.full((slots,), context, jnp.int32), table=jnp.asarray(pool.table))
+    keys = jax.random.split(jax.random.key(0), slots)
+    sampling = Sampling(max_token_id=cfg.text.vocab_size - 1)
+    kv_len = per_slot * page
+    args = (jnp.zeros((slots,), jnp.int32), jnp.ones((slots,), bool), jnp.full((slots,), 10 ** 6, jnp.int32),
+            jnp.asarray([-1], jnp.int32), keys)
+
+    with attention_backend(backend):
+        def run(cache):
+            return decode(graphdef, state, cache, *args, sampling, steps, kv_len=kv_len)[0]
+
+        t0 = time.perf_counter()
+        cache = jax.block_until_ready(run(cache))
+        compile_s = time.perf_counter() - t0
+        times = []
+        for _ in range(3):
+            cache = cache._replace(length=jnp.full((slots,), context, jnp.int32))
+            t = time.perf_counter()
+            cache = jax.block_until_ready(run(cache))
+            times.append(time.perf_counter() - t)
+    seconds = statistics.median(times) / steps
+    params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    embed = cfg.text.vocab_size * cfg.text.hidden_size * 2 * (not cfg.text.tie_word_embeddings)  # gathered, not read
+    vit = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model.visual)))
+    weights = params - embed - vit
+    kv = slots * (context + steps / 2) * page_bytes(cfg.text, 1, jnp.bfloat16)
+    return dict(slots=slots, context=context, steps=steps, backend=backend, step_s=seconds, compile_s=compile_s,
+                tokens_per_s=slots / seconds, weights_bytes=weights, kv_bytes=kv, bytes_per_s=(weights + kv) / seconds)
+
+
 def _gib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**30:.1f} GiB"
 
@@ -111,17 +166,36 @@ def main() -> None:
     ap.add_argument("--preset", default="qwen2_5_vl_7b", help="model widths (tiny: a CPU smoke run of the script)")
     ap.add_argument("--matmul", type=int, default=8192, help="matmul size for the peak")
     ap.add_argument("--copy-gib", type=int, default=4)
+    ap.add_argument("--mode", choices=("train", "rollout", "all"), default="all")
+    ap.add_argument("--slots", type=int, default=64)
+    ap.add_argument("--context", type=int, default=4096)
+    ap.add_argument("--decode-chunk", type=int, default=32)
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
     device = jax.devices()[0]
     peak = matmul_peak(args.matmul)
     bw = copy_bandwidth(args.copy_gib)
-    r = train_micro_batch(args.layers, args.length, args.preset)
-    achieved = r["flops"] / r["seconds"]
     lines = [
         f"- Device: {device.device_kind} ({device.platform}), jax {jax.__version__}; date {time.strftime('%Y-%m-%d')}",
         f"- Measured bf16 matmul peak ({args.matmul}^3, median of 20): {peak / 1e12:.1f} TFLOP/s; copy bandwidth "
         f"({args.copy_gib} GiB read + write): {bw / 1e9:.0f} GB/s",
+    ]
+    if args.mode in ("rollout", "all"):
+        for backend in ("auto", "xla"):
+            d = rollout_decode(args.slots, args.context, args.decode_chunk, args.preset, backend=backend)
+            lines.append(
+                f"- Rollout decode, {args.preset} (all layers, bf16), {d['slots']} slots x {d['context']:,} cached tokens "
+                f"(64-token pages), {d['steps']} tokens per call, attention {'Pallas paged kernel' if backend == 'auto' else 'XLA gather'}: "
+                f"{d['step_s'] * 1e3:.1f} ms per step, {d['tokens_per_s']:,.0f} tokens/s; reads "
+                f"{d['weights_bytes'] / 1e9:.1f} GB of weights + {d['kv_bytes'] / 1e9:.1f} GB of KV per step = "
+                f"{d['bytes_per_s'] / 1e9:.0f} GB/s, **{100 * d['bytes_per_s'] / bw:.0f} % of the copy bandwidth** "
+                f"(compile {d['compile_s']:.0f} s)")
+            print(lines[-1], flush=True)
+    if args.mode == "rollout":
+        return _report(args, lines)
+    r = train_micro_batch(args.layers, args.length, args.preset)
+    achieved = r["flops"] / r["seconds"]
+    lines += [
         f"- {args.preset} widths, {r['layers']} decoder layers + 8 ViT blocks (2 full attention), one {r['length']:,}-token "
         f"row with a ~2-Mpx image ({r['image_tokens']} image tokens), bf16 on fp32 masters, remat full: "
         f"forward + backward {r['seconds'] * 1e3:.0f} ms (compile {r['compile_s']:.0f} s), "
@@ -129,6 +203,10 @@ def main() -> None:
         f"- Peak device memory {_gib(r['peak_bytes'])} of {_gib(r['capacity'])}; cuDNN fused attention in the "
         f"program: {r['cudnn']}",
     ]
+    _report(args, lines)
+
+
+def _report(args, lines: list[str]) -> None:
     print("\n".join(lines))
     if args.write_results:
         path = os.path.join(ROOT, "bench", "RESULTS.md")

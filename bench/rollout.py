@@ -10,8 +10,12 @@ weights shared by both sides. Prompt: the Mini-o3 first turn with one 448x448 im
 * **Host share**: the engine's wall time outside device calls (environments, bookkeeping).
 * **Shared prefill**: a group of 16 samples of one prompt: one prefill copied to 16 slots vs 16
   separate prefills.
+* **Long context, paged vs dense vs transformers** (`--long 4096`): a group of 16 samples of a prompt
+  of ~4K tokens (one large image), N tokens each: the paged engine (16-sample group sharing the
+  prompt's pages), the same engine on dense rows (the prefill copied to 16 rows), and `generate` on the
+  batch of 16 copies: whole-episode time, decode tokens/s and the KV memory each holds.
 
-    python bench/rollout.py [--slots 8] [--tokens 128] [--write-results]
+    python bench/rollout.py [--slots 8] [--tokens 128] [--long 4096] [--write-results]
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from bench.forward import (  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
 BEGIN, END = "<!-- bench/rollout.py:cpu:begin -->", "<!-- bench/rollout.py:cpu:end -->"
+LONG_BEGIN, LONG_END = "<!-- bench/rollout.py:long:begin -->", "<!-- bench/rollout.py:long:end -->"
 QUESTION = "What is the price written on the board of the fruit stall closest to the camera?"
 
 
@@ -60,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--group", type=int, default=16)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--long", type=int, default=4096, help="prompt tokens of the long-context case (0: skip it)")
+    p.add_argument("--long-tokens", type=int, default=64)
+    p.add_argument("--skip-short", action="store_true", help="only the long-context case")
     p.add_argument("--write-results", action="store_true")
     args = p.parse_args(argv)
 
@@ -87,6 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     env = VisualSearchEnv(image, "<image>\n" + QUESTION, tok, proc, env_cfg)
     ids, pv, grid = env.prompt_ids, env.prompt_pixels.pixel_values, env.prompt_pixels.grid_thw
     s, n = args.slots, args.tokens
+    sections = []
+    if args.long:
+        sections.append((LONG_BEGIN, LONG_END, long_context(args, model, hf, tok, proc, date, info, vers, argv)))
+    if args.skip_short:
+        return finish(args, sections, tmp)
     print(f"prompt {len(ids)} tokens, grid {grid.tolist()}; {s} samples x {n} tokens", flush=True)
 
     def engine(slots: int, tokens: int) -> RolloutEngine:
@@ -169,14 +182,102 @@ def main(argv: list[str] | None = None) -> None:
         "- GPU (7B-shaped, 64 slots, 4K context, HBM roofline): not run, no GPU is lent to this task.",
         END,
     ]
-    section = "\n".join(lines)
-    print(section)
+    sections.append((BEGIN, END, "\n".join(lines)))
+    finish(args, sections, tmp)
+
+
+def finish(args, sections, tmp) -> None:
+    text = read_results() or "# Benchmark results\n"
+    for begin, end, section in sections:
+        print(section)
+        text = replace_section(text, begin, end, section)
     if args.write_results:
-        text = read_results() or "# Benchmark results\n"
         with open(RESULTS, "w") as f:
-            f.write(replace_section(text, BEGIN, END, section).rstrip() + "\n")
+            f.write(text.rstrip() + "\n")
         print(f"wrote {RESULTS}")
     tmp.cleanup()
+
+
+def long_context(args, model, hf, tok, proc, date, info, vers, argv) -> str:
+    """16 samples of a ~`args.long`-token prompt: paged engine vs dense engine vs transformers generate."""
+    import torch
+
+    from mini_o3_jax.agent.environment import EnvConfig, VisualSearchEnv
+    from mini_o3_jax.data.records import Record
+    from mini_o3_jax.rollout.cache import page_bytes
+    from mini_o3_jax.rollout.engine import EngineConfig, RolloutEngine
+    from mini_o3_jax.rollout.sampler import Sampling
+
+    side = 28 * max(1, round((args.long - 40) ** 0.5))  # one merged token per 28x28 pixels
+    image = bench_image(side)
+    env_cfg = EnvConfig(max_turns=1, max_context=args.long + 1024, context_guard=256, max_pixels=side * side + 1)
+    env = VisualSearchEnv(image, "<image>\n" + QUESTION, tok, proc, env_cfg)
+    ids, pv, grid = env.prompt_ids, env.prompt_pixels.pixel_values, env.prompt_pixels.grid_thw
+    g, n, page = 16, args.long_tokens, 64
+    max_len = -(-(len(ids) + n + 64) // page) * page
+    print(f"long context: prompt {len(ids)} tokens (image {side}x{side}, grid {grid.tolist()}); {g} samples x {n} "
+          f"tokens", flush=True)
+    questions = [Record(benchmark="", doc_id="", image=image, problem="<image>\n" + QUESTION, solution="",
+                        data_source="")]
+    per_token = page_bytes(model.config.text, 1, model.dtype)
+    results = {}
+    for name, page_size in (("paged", page), ("dense", 0)):
+        cfg = EngineConfig(slots=g, max_len=max_len, decode_chunk=32, max_turn_tokens=n, page_size=page_size,
+                           sampling=Sampling(temperature=1.0), env=env_cfg)
+        eng = RolloutEngine(model, tok, proc, cfg)
+        eng.run(questions, samples=g, seed=99)  # compile
+        runs = []
+        for r in range(args.runs):
+            eng.run(questions, samples=g, seed=r)
+            st = eng.stats
+            runs.append((st.wall_s, st.decode_s, st.sampled_tokens, st.peak_pages))
+        eng.close()
+        wall, dec, toks, peak = (statistics.median(x[i] for x in runs) for i in range(4))
+        kv = peak * page * per_token if page_size else g * max_len * per_token
+        results[name] = (wall, toks / dec, kv)
+        print(f"  {name}: episode {wall:.2f} s, decode {toks / dec:.1f} tok/s, KV {kv / 2**20:.1f} MiB", flush=True)
+
+    t_ids = torch.as_tensor(ids).long()[None].repeat(g, 1)
+    kw = dict(input_ids=t_ids, attention_mask=torch.ones_like(t_ids), pixel_values=torch.as_tensor(pv).repeat(g, 1),
+              image_grid_thw=torch.as_tensor(grid).long().repeat(g, 1), mm_token_type_ids=(t_ids == 151655).long(),
+              do_sample=True, temperature=1.0, top_p=1.0, top_k=0, eos_token_id=None, pad_token_id=0)
+
+    def gen(k: int):
+        with torch.inference_mode():
+            return hf.generate(**kw, max_new_tokens=k, min_new_tokens=k)
+
+    hf_full = median_time(lambda: gen(n), args.runs)
+    hf_decode = hf_full - median_time(lambda: gen(1), args.runs)
+    hf_kv = g * (len(ids) + n) * per_token
+    results["transformers generate"] = (hf_full, g * (n - 1) / hf_decode, hf_kv)
+    print(f"  transformers: episode {hf_full:.2f} s, decode {g * (n - 1) / hf_decode:.1f} tok/s", flush=True)
+
+    paged = results["paged"]
+    table = ["| engine | whole episode, s | decode tokens/s | KV cache held, MiB | paged speed-up (episode / decode) |",
+             "|---|---:|---:|---:|---:|"]
+    for name, (wall, rate, kv) in results.items():
+        table.append(f"| {name} | {wall:,.2f} | {rate:,.1f} | {kv / 2**20:,.1f} | "
+                     f"**{wall / paged[0]:.2f}x** / **{paged[1] / rate:.2f}x** |")
+    return "\n".join([
+        LONG_BEGIN,
+        "## CPU: long-context rollout, paged vs dense engine vs transformers (`bench/rollout.py --long`)",
+        "",
+        f"- Date: {date}",
+        f"- Machine: {info['cpu']}, {info['cores']} cores, {info['ram']} RAM",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
+        f"- Case: one GRPO group, {g} samples of a {len(ids)}-token prompt (one {side}x{side} image), {n} sampled "
+        f"tokens each at temperature 1; bench/forward.py's model (random fp32 weights shared by all three); median "
+        f"of {args.runs} runs after a compile/warm-up run. Paged: {page}-token pages; dense: {max_len}-token rows.",
+        f"- Reproduce: `python bench/rollout.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "",
+        *table,
+        "",
+        "- KV held: paged = the most pages in use at once (the prompt's pages once for the group, plus each "
+        "sample's own); dense = a row per slot; transformers = the batch's 16 copies of the prompt plus the new "
+        "tokens. Random weights never call the zoom tool, so each episode is one turn: the image turns of a trained "
+        "model (extends batched across slots, crops through one ViT call) are not in this figure.",
+        LONG_END,
+    ])
 
 
 if __name__ == "__main__":

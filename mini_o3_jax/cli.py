@@ -211,6 +211,24 @@ def cmd_plan(args) -> None:
     from mini_o3_jax.train.plan import DEFAULT_TARGETS, format_rows, loss_of, plan, write_results
 
     cfg = _config(args)
+    if args.rollout:
+        from mini_o3_jax.rl.plan import (
+            ROLLOUT_TARGETS,
+            format_rollout_rows,
+            rollout_plan,
+            write_rollout_results,
+        )
+
+        if "rollout" not in cfg:
+            raise ConfigError(f"{args.config}: --rollout plans an RL config's rollout block (e.g. --config rl_grpo)")
+        rows = [rollout_plan(cfg, target, preset=args.preset)
+                for target in tqdm(args.target or ROLLOUT_TARGETS, desc="compiling", unit="target")]
+        print(format_rollout_rows(rows))
+        if args.write_results:
+            name = os.path.splitext(os.path.basename(args.config))[0]
+            write_rollout_results(rows, name, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                           "bench", "RESULTS.md"))
+        return
     rows = []
     for target in tqdm(args.target or DEFAULT_TARGETS, desc="compiling", unit="target"):
         rows.append(plan(cfg, loss_of(cfg), target, efficiency=args.efficiency, preset=args.preset, length=args.length,
@@ -531,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("plan", "compile the SFT/GRPO steps for TPU slices (or the local devices): HBM, FLOPs, time", """
   mini-o3 plan --config sft_coldstart --target v5p:2x4x4      # Qwen2.5-VL-7B at 32K tokens on a v5p-64
   mini-o3 plan --config rl_grpo --target v6e:8x8 --target local --efficiency 0.6
-  mini-o3 plan --config sft_coldstart --write-results         # the default targets, into bench/RESULTS.md""",
+  mini-o3 plan --config sft_coldstart --write-results         # the default targets, into bench/RESULTS.md
+  mini-o3 plan --config rl_grpo --rollout                     # the rollout's KV pages and slots per chip""",
                 "\nNeeds the TPU compiler for TPU targets: pip install \"jax[tpu]==<jax version>\" (any CPU machine).\n"
                 + _config_help("plan"))
     _add_config(s, "configs/sft_coldstart.py", _config)
@@ -544,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--windows", type=int, default=None,
                    help="ViT windows per row (default: the config's largest budget, 12 widest 2-Mpx images)")
     s.add_argument("--preset", default="qwen2_5_vl_7b", help="model size when the config names no checkpoint")
+    s.add_argument("--rollout", action="store_true",
+                   help="plan an RL config's rollout instead: KV pages, slots and whole episodes per chip "
+                        "(default targets v5p:2x4x4, v6e:8x8)")
     s.add_argument("--write-results", action="store_true", help="record the table in bench/RESULTS.md")
     s.set_defaults(fn=cmd_plan)
 

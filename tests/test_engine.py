@@ -7,10 +7,12 @@ import pytest
 
 from mini_o3_jax.agent.environment import EnvConfig
 from mini_o3_jax.data.records import Record
+from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.model.weights import load_hf
 from mini_o3_jax.processing.chat import Tokenizer
 from mini_o3_jax.processing.image import ImageProcessor
 from mini_o3_jax.rollout.engine import EngineConfig, RolloutEngine
+from mini_o3_jax.rollout.pages import PoolExhausted
 from mini_o3_jax.rollout.sampler import Sampling
 from tests.helpers import full_logits, rand_image
 from tests.hf_reference import qwen_tokenizer_dir, tiny_hf_model
@@ -37,19 +39,24 @@ def questions(n):
 T1 = Sampling()
 
 
-def run(parts, n=3, samples=2, slots=3, sampling=T1, chunk=8, seed=0):
+def run(parts, n=3, samples=2, slots=3, sampling=T1, chunk=8, seed=0, with_stats=False, **paging):
     model, tok, proc = parts
-    cfg = EngineConfig(slots=slots, max_len=6144, decode_chunk=chunk, max_turn_tokens=24, sampling=sampling, env=ENV)
+    cfg = EngineConfig(**{"slots": slots, "max_len": 6144, "decode_chunk": chunk, "max_turn_tokens": 24,
+                          "sampling": sampling, "env": ENV, **paging})
     engine = RolloutEngine(model, tok, proc, cfg)
     try:
-        return engine.run(questions(n), samples=samples, seed=seed)
+        trajs = engine.run(questions(n), samples=samples, seed=seed)
+        return (trajs, engine.stats) if with_stats else trajs
     finally:
         engine.close()
 
 
 def test_greedy_trajectories_are_the_full_forward_argmax(parts):
+    """The paged engine (the default) against the full forward; dense rows sample the same tokens."""
     model, tok, proc = parts
     trajs = run(parts, sampling=Sampling(temperature=0.0))
+    for x, y in zip(trajs, run(parts, sampling=Sampling(temperature=0.0), page_size=0)):
+        np.testing.assert_array_equal(x.token_ids, y.token_ids)
     assert len(trajs) == 6
     for t in trajs:
         assert t.token_ids.shape == t.loss_mask.shape == t.sampled_mask.shape and t.num_turns >= 1
@@ -74,6 +81,34 @@ def test_sampling_is_reproducible_and_independent_of_slot_layout(parts):
     assert any(len(x) != len(z) or (x.token_ids != z.token_ids).any() for x, z in zip(a, c))
     # samples of one prompt differ (temperature 1 over a 151k vocabulary)
     assert any(a[0].token_ids[a[0].prompt_length:][:5] != a[1].token_ids[a[1].prompt_length:][:5])
+
+
+def test_the_paged_engine_samples_what_the_dense_one_does(parts):
+    """Same keys, same tokens at temperature 1 (0: the greedy test above): a pool of 16-token pages too small for
+    every slot's prompt at once (slots wait for pages that finished episodes release), groups of 3 sharing their
+    prompt's pages, 4 questions through 4 slots (refills), against dense rows."""
+    kw = dict(n=4, samples=3, slots=4, sampling=T1, chunk=8, seed=3)
+    dense = run(parts, page_size=0, **kw)
+    # the most pages one group holds (its prompt's whole pages once, each sample's own, a decode call's look-ahead
+    # included): a pool of that many holds one group and makes the next question's prompt wait
+    group = [sum(-(-(len(t) + 8) // 16) - t.prompt_length // 16 for t in dense[e:e + 3]) + dense[e].prompt_length // 16
+             for e in range(0, 12, 3)]
+    pages = max(group) + 1
+    paged, stats = run(parts, page_size=16, pages=pages, with_stats=True, **kw)
+    assert stats.page_waits > 0 and stats.peak_pages <= pages - 1
+    assert len(paged) == len(dense) == 12
+    for x, y in zip(dense, paged):
+        np.testing.assert_array_equal(x.token_ids, y.token_ids)
+    with pytest.raises(PoolExhausted, match=r"every live episode waits for KV pages: 0 of 4 pages of 16 tokens"):
+        run(parts, page_size=16, pages=5, **kw)
+
+
+def test_a_cache_that_cannot_fit_is_refused_before_allocation(parts):
+    with pytest.raises(ConfigError, match=r"rollout.pages = 4000000000: 4000000000 pages per device need [\d.]+ GiB, "
+                                          r"but [\d.]+ GiB is free on"):
+        run(parts, page_size=16, pages=4_000_000_000)
+    with pytest.raises(ConfigError, match=r"dense KV cache of 3 slots x 4000000000 tokens per device needs"):
+        run(parts, page_size=0, max_len=4_000_000_000)
 
 
 def test_turns_end_on_a_stop_token_or_the_budget(parts):

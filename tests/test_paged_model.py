@@ -1,6 +1,7 @@
 """The model's cached forward through a page table equals it over the dense cache: a ragged prefill of three
 slots, a fork of one slot's prefix (whole pages shared, the partly filled last page copied), then decode
-steps of every slot, compared hidden state for hidden state."""
+steps of every slot, compared hidden state for hidden state and key for key; then a decode step through the
+Pallas GPU paged attention kernel (interpreted)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from flax import nnx
 from mini_o3_jax.model.presets import model_config
 from mini_o3_jax.model.qwen2_5_vl import Qwen25VL, TextInputs
 from mini_o3_jax.rollout.cache import copy_slots, init_cache
-from mini_o3_jax.rollout.pages import PagePool, copy_pages
+from mini_o3_jax.rollout.pages import PagePool, copy_pages, gather_pages
 
 
 def text_inputs(ids: np.ndarray, starts: np.ndarray, valid: np.ndarray) -> TextInputs:
@@ -39,7 +40,7 @@ def test_paged_prefill_fork_and_decode_equal_the_dense_cache():
     dense = init_cache(text, slots=slots, max_len=max_len, dtype=jnp.float32)
     dk, dv = dense.k, dense.v
     pool = PagePool(num_pages=40, page_size=page, slots=slots, pages_per_slot=max_len // page)
-    shape = (text.num_hidden_layers, pool.num_pages, page, text.num_key_value_heads, text.head_dim)
+    shape = (text.num_hidden_layers, text.num_key_value_heads, pool.num_pages, page, text.head_dim)
     pk, pv = jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)
 
     # prefill slots 0..2 with ragged prompts (13, 8, 21 tokens) in one padded chunk
@@ -76,5 +77,24 @@ def test_paged_prefill_fork_and_decode_equal_the_dense_cache():
         hp, pk, pv = cached(graphdef, state, step, pk, pv, starts, kv_len=40, table=jnp.asarray(pool.table))
         np.testing.assert_allclose(np.asarray(hp), np.asarray(hd), atol=1e-6)
         lengths += 1
+    # the caches hold the same keys and values, layer by layer, up to each slot's length
+    table = jnp.asarray(pool.table)
+    for layer in range(text.num_hidden_layers):
+        for paged, rows_ in ((pk, dk), (pv, dv)):
+            got = np.asarray(gather_pages(paged[layer], table, max_len))
+            for s in range(slots):
+                np.testing.assert_allclose(got[s, : lengths[s]], np.asarray(rows_[layer, s, : lengths[s]]), atol=1e-5)
+    # the same step with the Pallas GPU paged decode kernel (interpreted) reading the pages in every layer
+    from mini_o3_jax.model.attention_backends import attention_backend
+
+    tok = rng.integers(0, text.vocab_size, (slots, 1))
+    step = text_inputs(tok, lengths, np.ones((slots, 1), bool))
+    starts = jnp.asarray(lengths, jnp.int32)
+    hd, dk, dv = cached(graphdef, state, step, dk, dv, starts, kv_len=40)
+    with attention_backend("pallas_gpu", interpret=True):
+        run = functools.partial(cached.__wrapped__, graphdef, kv_len=40)
+        assert "pallas_call" in str(jax.make_jaxpr(run)(state, step, pk, pv, starts, table=jnp.asarray(pool.table)))
+        hp, pk, pv = run(state, step, pk, pv, starts, table=jnp.asarray(pool.table))
+    np.testing.assert_allclose(np.asarray(hp), np.asarray(hd), atol=1e-5)
     # slots 2 and 3 share their prompt's first two pages; their continuations differ
     assert (pool.table[2, :2] == pool.table[3, :2]).all() and pool.table[2, 2] != pool.table[3, 2]

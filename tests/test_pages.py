@@ -22,16 +22,18 @@ from mini_o3_jax.rollout.pages import (
 
 def check_invariants(pool: PagePool) -> None:
     """Every page's count equals the table entries naming it; free pages are named by none; nothing is lost."""
-    named = np.zeros(pool.num_pages, np.int32)
+    named = np.zeros((pool.partitions, pool.local_pages), np.int32)
     for slot in range(pool.slots):
         held = pool.table[slot, : pool.held[slot]]
         assert NULL_PAGE not in held
-        np.add.at(named, held, 1)
+        np.add.at(named[pool.part(slot)], held, 1)
         assert (pool.table[slot, pool.held[slot]:] == NULL_PAGE).all()
-    assert (named[1:] == pool.refs[1:]).all()
-    free = set(pool._free)
-    assert len(free) == len(pool._free) and NULL_PAGE not in free
-    assert all(pool.refs[p] == 0 for p in free) and pool.used_pages == int((pool.refs[1:] > 0).sum())
+    assert (named[:, 1:] == pool.refs[:, 1:]).all()
+    for part, free_list in enumerate(pool._free):
+        free = set(free_list)
+        assert len(free) == len(free_list) and NULL_PAGE not in free
+        assert all(pool.refs[part, p] == 0 for p in free)
+    assert pool.used_pages == int((pool.refs[:, 1:] > 0).sum())
 
 
 def test_a_group_shares_its_prompt_pages_and_one_release_leaves_the_others_intact():
@@ -40,13 +42,13 @@ def test_a_group_shares_its_prompt_pages_and_one_release_leaves_the_others_intac
     copies = [pool.fork(0, s, 100) for s in range(1, 16)]
     assert pool.used_pages == 7 + 15  # 6 shared pages once, plus one tail page per sample (112 unshared)
     assert all(len(c) == 1 and c[0][0] == pool.table[0, 6] for c in copies)
-    assert (pool.refs[pool.table[0, :6]] == 16).all()
+    assert (pool.refs[0, pool.table[0, :6]] == 16).all()
     for s in range(16):
         pool.reserve(s, 150)  # each sample's turns: 3 more pages of its own
     assert pool.used_pages == 22 + 16 * 3
     before = pool.table.copy()
     pool.release(5)
-    assert (pool.refs[pool.table[0, :6]] == 15).all() and pool.used_pages == 22 + 16 * 3 - 4
+    assert (pool.refs[0, pool.table[0, :6]] == 15).all() and pool.used_pages == 22 + 16 * 3 - 4
     assert (pool.table[np.arange(16) != 5] == before[np.arange(16) != 5]).all()
     check_invariants(pool)
     for s in range(16):
@@ -74,14 +76,19 @@ def test_an_aligned_prompt_is_shared_whole_and_errors_name_the_limit():
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["reserve", "fork", "release"]), st.integers(0, 3), st.integers(0, 3),
                           st.integers(1, 40)), max_size=40))
-def test_random_reserve_fork_release_keep_the_counts_exact(ops):
-    pool = PagePool(num_pages=24, page_size=4, slots=4, pages_per_slot=10)
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_random_reserve_fork_release_keep_the_counts_exact(partitions, ops):
+    """One pool, or two partitions (one per device: slots 0-1 take pages of the first, 2-3 of the second)."""
+    pool = PagePool(num_pages=24, page_size=4, slots=4, pages_per_slot=10, partitions=partitions)
     length = np.zeros(4, int)
     for op, a, b, n in ops:
         try:
             if op == "reserve":
                 pool.reserve(a, max(n, length[a]))
                 length[a] = max(n, length[a])
+            elif op == "fork" and a != b and not pool.held[b] and length[a] and pool.part(a) != pool.part(b):
+                with pytest.raises(ValueError, match="different partitions"):
+                    pool.fork(a, b, min(n, length[a]))
             elif op == "fork" and a != b and not pool.held[b] and length[a]:
                 pool.fork(a, b, min(n, length[a]))
                 length[b] = min(n, length[a])
@@ -97,7 +104,7 @@ def test_pages_read_back_as_a_dense_cache_including_a_forked_tail():
     rng = np.random.default_rng(0)
     page, kv, d, rows = 4, 2, 3, 3
     pool = PagePool(num_pages=32, page_size=page, slots=rows, pages_per_slot=6)
-    pages = jnp.zeros((1, pool.num_pages, page, kv, d), jnp.float32)  # one layer
+    pages = jnp.zeros((1, kv, pool.num_pages, page, d), jnp.float32)  # one layer
     dense = np.zeros((rows, pool.max_len, kv, d), np.float32)
     lengths = np.zeros(rows, int)
     for chunk in (5, 3, 7):  # ragged chunks: rows add 1..chunk tokens each, padding beyond
@@ -142,10 +149,10 @@ def test_the_xla_path_equals_jaxs_ragged_paged_attention_reference():
     kv_lens, q_lens = np.array([37, 9, 64]), np.array([5, 1, 16])  # a prefill chunk, a decode step, a long chunk
     for s, n in enumerate(kv_lens):
         pool.reserve(s, int(n))
-    k = jnp.asarray(rng.standard_normal((pool.num_pages, page, kv_heads, d)), jnp.float32)
-    v = jnp.asarray(rng.standard_normal((pool.num_pages, page, kv_heads, d)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((kv_heads, pool.num_pages, page, d)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((kv_heads, pool.num_pages, page, d)), jnp.float32)
     q = jnp.asarray(rng.standard_normal((int(q_lens.sum()), q_heads, d)), jnp.float32)
-    combined = jnp.stack([k, v], axis=3).reshape(pool.num_pages, page, 2 * kv_heads, d)
+    combined = jnp.stack([k, v], axis=-2).transpose(1, 2, 0, 3, 4).reshape(pool.num_pages, page, 2 * kv_heads, d)
     cu = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
     want = ref_ragged_paged_attention(q, combined, jnp.asarray(kv_lens, jnp.int32), jnp.asarray(pool.table),
                                       jnp.asarray(cu), jnp.array([3], jnp.int32), sm_scale=d ** -0.5)
@@ -158,3 +165,29 @@ def test_the_xla_path_equals_jaxs_ragged_paged_attention_reference():
                         jnp.ones((1, q_lens[s]), jnp.int32), jnp.asarray(kv_pos[s:s + 1] < kv_lens[s], jnp.int32),
                         jnp.asarray(q_pos[None], jnp.int32), jnp.asarray(kv_pos[s:s + 1], jnp.int32))
         np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[cu[s]:cu[s + 1]]), atol=2e-5, rtol=1e-5)
+
+
+def test_the_pallas_gpu_decode_kernel_equals_the_xla_path():
+    """One query token per sequence at the 7B's head layout (28 query heads on 4 kv heads, head_dim 128): the
+    Pallas GPU paged attention kernel, interpreted on the CPU, reads the pages the table names and equals our
+    gather + `attention` (ragged lengths, a sequence ending mid-page, one sharing another's first page)."""
+    from mini_o3_jax.model.attention import attention
+    from mini_o3_jax.model.attention_backends import paged_decode_attention
+
+    rng = np.random.default_rng(2)
+    page, kv_heads, q_heads, d = 16, 4, 28, 128
+    pool = PagePool(num_pages=16, page_size=page, slots=3, pages_per_slot=4)
+    lengths = np.array([37, 9, 64])
+    pool.reserve(0, 37)
+    pool.fork(0, 1, 9)  # slot 1 is slot 0's first 9 tokens: a copied partial page
+    pool.reserve(2, 64)
+    k = jnp.asarray(rng.standard_normal((kv_heads, pool.num_pages, page, d)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((kv_heads, pool.num_pages, page, d)), jnp.float32)
+    q = jnp.asarray(rng.standard_normal((3, 1, q_heads, d)), jnp.float32)
+    table = jnp.asarray(pool.table)
+    got = paged_decode_attention(q, k, v, table, jnp.asarray(lengths, jnp.int32), scale=d ** -0.5, interpret=True)
+    kv_pos = np.broadcast_to(np.arange(pool.max_len), (3, pool.max_len))
+    want = attention(q, gather_pages(k, table, pool.max_len), gather_pages(v, table, pool.max_len),
+                     jnp.ones((3, 1), jnp.int32), jnp.asarray(kv_pos < lengths[:, None], jnp.int32),
+                     jnp.asarray(lengths[:, None] - 1, jnp.int32), jnp.asarray(kv_pos, jnp.int32))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-5)

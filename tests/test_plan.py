@@ -27,6 +27,13 @@ for name, loss in (("sft_tiny", "sft"), ("rl_tiny", "ppo")):
     cfg.train.micro_batch = 4  # one row per chip of a v5p:2x2x1 (4 chips)
     rows.append(plan(cfg, loss, "v5p:2x2x1", length=256))  # a multiple of 128: the splash kernel applies
 write_results(rows, "tiny", sys.argv[1])
+from mini_o3_jax.rl.plan import rollout_plan, write_rollout_results
+cfg = load_config("rl_tiny")
+ro = [rollout_plan(cfg, "v5p:2x2x1", preset="tiny", extend_tokens=128)]
+write_rollout_results(ro, "rl_tiny", sys.argv[1])
+cfg.rollout.pages = 4 * 10**9
+ro.append(rollout_plan(cfg, "v5p:2x2x1", preset="tiny"))
+print("ROLLOUT " + json.dumps([dict(dataclasses.asdict(r), fits=r.fits, episodes=r.episodes) for r in ro]))
 print("RESULT " + json.dumps([dict(dataclasses.asdict(r), peak=r.peak_bytes, frac=r.hbm_fraction,
                                     seconds=r.step_seconds, mfu=r.mfu) for r in rows]))
 '''
@@ -44,12 +51,26 @@ def planned(tmp_path_factory):
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = json.loads([x for x in run.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
+    rollout = json.loads([x for x in run.stdout.splitlines() if x.startswith("ROLLOUT ")][-1][len("ROLLOUT "):])
     with open(results, encoding="utf-8") as f:
-        return rows, f.read()
+        return rows, f.read(), rollout
+
+
+def test_the_rollout_plan_sizes_the_pool_per_chip_and_compiles_decode_and_extend(planned):
+    """rl_tiny on a v5p:2x2x1 host: 8 slots over 4 chips, the pool every slot's 6144 tokens (it fits easily), the
+    decode and extend programs compiled for the 4 chips with the cache split over them; a pool larger than the chip
+    is refused without compiling."""
+    row, too_big = planned[2]
+    assert row["chips"] == row["chips_per_host"] == 4 and row["slots_per_chip"] == 2
+    assert row["pages_per_chip"] == 2 * (6144 // 64) + 1 and row["episodes"] == 2.0 and row["fits"]
+    assert row["error"] is None and row["decode_workspace"] > 0 and row["extend_workspace"] > 0
+    assert 0 < row["weights_bytes"] < 2**30 and row["trainer_bytes"] > 0
+    assert not too_big["fits"] and too_big["error"].startswith("rollout.pages = 4000000000:")
+    assert "mini-o3 plan --rollout:rl_tiny:begin" in planned[1] and "| v5p:2x2x1 | 4 (4) | 2 |" in planned[1]
 
 
 def test_tiny_sft_and_grpo_steps_compile_for_a_v5p_slice_with_splash(planned):
-    rows, _ = planned
+    rows, _, _ = planned
     assert [r["loss"] for r in rows] == ["sft", "ppo"]
     for r in rows:
         assert r["chips"] == 4 and r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
@@ -64,7 +85,7 @@ def test_tiny_sft_and_grpo_steps_compile_for_a_v5p_slice_with_splash(planned):
 
 
 def test_results_section_is_written_and_the_rest_kept(planned):
-    _, text = planned
+    _, text, _ = planned
     assert text.startswith("# Benchmark results\n\nkept\n")
     assert "<!-- mini-o3 plan:tiny:begin -->" in text and "| v5p:2x2x1 | 4 | 1, 4, 1 | sft |" in text
     assert "| v5p:2x2x1 | 4 | 1, 4, 1 | ppo |" in text

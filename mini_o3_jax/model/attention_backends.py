@@ -13,6 +13,9 @@ full attention), and the rest (a chunk extending a KV cache: per-row causal offs
 * `cudnn` (GPU): `jax.nn.dot_product_attention(implementation="cudnn")` with causal masking and
   per-row key lengths. cuDNN takes no segment ids, so it serves the layouts where segments are "one
   sequence, then padding" (every training row); anything else falls back to XLA.
+* paged decode (GPU; `pallas_gpu` selects it alone, so the CPU can interpret it): one query token per
+  sequence against a page pool, `jax.experimental.pallas.ops.gpu.paged_attention`, reading only the pages
+  each sequence fills. Other paged calls (extend chunks) gather the pages and take the XLA path.
 
 Memory of every backend is O(L) per row in forward and backward (flash-style online softmax).
 """
@@ -27,7 +30,7 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 
-BACKENDS = ("auto", "xla", "splash", "cudnn")
+BACKENDS = ("auto", "xla", "splash", "cudnn", "pallas_gpu")
 
 _BACKEND: contextvars.ContextVar[str] = contextvars.ContextVar("attention_backend", default="auto")
 _INTERPRET: contextvars.ContextVar[bool] = contextvars.ContextVar("attention_interpret", default=False)
@@ -131,3 +134,33 @@ def cudnn_attention(q, k, v, kv_seg, *, scale: float, implementation: str | None
     return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, key_value_seq_lengths=lengths,
                                         query_seq_lengths=lengths, implementation=implementation)
 
+
+
+# ------------------------------------------------------------------------------------------------ paged decode
+def paged_decode_enabled() -> bool:
+    """Whether a decode step over a page pool runs the Pallas GPU kernel: on GPU by default, or where the
+    `pallas_gpu` backend is chosen (in the interpreter: CPU tests). Not under a mesh: the kernel would need
+    `shard_map` over the pool's sharding, and that path is not built yet."""
+    from mini_o3_jax.parallel.rules import active_sharding
+
+    return resolve() in ("cudnn", "pallas_gpu") and active_sharding() is None
+
+
+def _largest_divisor(n: int, most: int) -> int:
+    return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
+
+
+def paged_decode_attention(q, k_pages, v_pages, table, lengths, *, scale: float, interpret: bool = False):
+    """Attention of one query token per sequence, (B, 1, H, D), over the first `lengths` (B,) tokens of the pages
+    `table` (B, n) names in `k_pages`/`v_pages` (kv_heads, num_pages, page_size, D): the Pallas GPU paged
+    attention kernel (GQA: each kv head is read once for its query heads). Returns (B, 1, H, D)."""
+    from jax.experimental.pallas.ops.gpu.paged_attention import paged_attention
+
+    n = table.shape[1]
+    splits = _largest_divisor(n, 16)
+    block = _largest_divisor(n // splits, 8)
+    # a sequence with no key (a padding row) would divide by zero; its output is never used
+    out = paged_attention((q[:, 0] * jnp.asarray(scale, q.dtype)), k_pages, v_pages, table,
+                          jnp.maximum(lengths, 1).astype(jnp.int32), k_splits=splits,
+                          pages_per_compute_block=block, interpret=interpret)
+    return out[:, None].astype(q.dtype)

@@ -13,10 +13,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mini_o3_jax.model import attention_backends as backends
 from mini_o3_jax.model.attention import attention
 from mini_o3_jax.model.config import TextConfig
 from mini_o3_jax.model.layers import apply_rotary, dense, matmul_fp32, param, rms_norm
-from mini_o3_jax.model.paged_cache import gather_pages, write_pages
+from mini_o3_jax.model.paged_cache import gather_pages, table_rows, write_pages
 from mini_o3_jax.model.vision import _remat_policy
 from mini_o3_jax.parallel.rules import constrain
 
@@ -125,9 +126,10 @@ class TextDecoder(nnx.Module):
         """Run a (B, C) chunk against a KV cache: write its keys/values at `starts` and attend causally
         over everything the slot holds. Same layer code as the full forward.
 
-        With `table` (S, pages_per_slot) the caches are page pools (layers, num_pages, page_size, kv_heads,
-        head_dim) (`rollout/pages.py`): row b's tokens live in the pages `table[slots[b]]` names, and
-        `kv_len` (a multiple of the page size) is read back through the table.
+        With `table` (S, pages_per_slot) the caches are page pools (layers, kv_heads, num_pages, page_size,
+        head_dim) (`rollout/pages.py`): row b's tokens live in the pages `table[slots[b]]` names (a row past
+        the table, a batch's padding, writes to the null page), and `kv_len` (rounded up to the page size) is
+        read back through the table; a decode step (C == 1) on GPU reads the pages directly (Pallas).
 
         k_cache/v_cache: (layers, S, max_len, kv_heads, head_dim); `slots` (B,) picks the rows (None:
         all S rows in order, B == S); `valid` (B, C) marks real tokens (padding is written past the
@@ -140,8 +142,8 @@ class TextDecoder(nnx.Module):
         b, c = x.shape[:2]
         rows = jnp.arange(b) if slots is None else slots
         if table is not None:
-            table = table[rows]
-            page_size = k_cache.shape[2]
+            table = table_rows(table, rows)
+            page_size = k_cache.shape[3]
             full = table.shape[1] * page_size
             kv_len = full if kv_len is None else min(-(-kv_len // page_size) * page_size, full)
         else:
@@ -160,6 +162,11 @@ class TextDecoder(nnx.Module):
                 kc, vc = cache
                 if table is not None:  # paged: write through the page table, read the first kv_len positions
                     kc, vc = write_pages(kc, table, q_pos, k, layer=i), write_pages(vc, table, q_pos, v, layer=i)
+                    if c == 1 and backends.paged_decode_enabled():
+                        out = backends.paged_decode_attention(q, kc[i], vc[i], table[:, : kv_len // page_size], end,
+                                                              scale=q.shape[-1] ** -0.5,
+                                                              interpret=backends._INTERPRET.get())
+                        return out, (kc, vc)
                     keys = gather_pages(kc[i], table, kv_len)
                     values = gather_pages(vc[i], table, kv_len)
                     return attention(q, keys, values, q_seg, kv_seg, q_pos, kv_pos), (kc, vc)

@@ -200,7 +200,9 @@ def run_rl(
                 step_metrics = rollout_metrics(np.concatenate(all_stats), rewards_all, np.concatenate(all_failed))
                 sampled, rollout_s = agree_sum(np.array([sampled, rollout_s], np.float64)) / [1, hosts]
                 step_metrics.update(valid_groups=len(kept), gen_batches=gen, rollout_s=rollout_s,
-                                    judge_wait_s=judge_wait_s, rollout_tokens_per_s=sampled / max(rollout_s, 1e-9))
+                                    judge_wait_s=judge_wait_s, rollout_tokens_per_s=sampled / max(rollout_s, 1e-9),
+                                    rollout_reshard_s=engine.reshard_s, rollout_peak_pages=engine.stats.peak_pages,
+                                    rollout_page_waits=engine.stats.page_waits)
                 if failed_all and console:
                     console(f"rl step {rl_step}: the judge failed on {failed_all} of {len(rewards_all)} answers "
                             f"(groups dropped); last error: {scorer.last_error}")

@@ -17,10 +17,14 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from mini_o3_jax.model.qwen2_5_vl import TextInputs
 from mini_o3_jax.model.vision import VisionInputs
-from mini_o3_jax.rollout.cache import KVCache
+from mini_o3_jax.rollout.cache import KVCache, PagedKVCache
+from mini_o3_jax.rollout.serving import Serving, cache_specs
+
+Cache = KVCache | PagedKVCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,32 +79,55 @@ def _step_keys(slot_keys: jax.Array, counter: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in)(slot_keys, counter)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "serving"), donate_argnames=("cache",))
 def extend(
     graphdef: nnx.GraphDef,
     state: nnx.State,
-    cache: KVCache,
+    cache: Cache,
     text: TextInputs,
     vision: VisionInputs | None,
     slots: jax.Array,
     deltas: jax.Array,
     slot_keys: jax.Array,
     sampling: Sampling,
-) -> tuple[KVCache, jax.Array, jax.Array]:
+    serving: Serving | None = None,
+) -> tuple[Cache, jax.Array, jax.Array]:
     """Append a (B, C) chunk to slots `slots` at their current lengths; sample each slot's next token.
 
     `text.positions` must continue each slot (built with `starts = length + delta`); `deltas` (B,)
-    are the slots' new rope deltas. Returns (cache, pending tokens (B,), their logits (B, V) fp32).
+    are the slots' new rope deltas. A row whose slot is past the cache's (`num_slots`: padding to a bucketed
+    batch) writes nothing. Returns (cache, pending tokens (B,), their logits (B, V) fp32).
+
+    With `serving` the rows split over its devices in equal blocks, block d writing device d's slots: `slots`
+    then count from the device's first slot, and the vision inputs are laid out per row
+    (`build_inputs(windows_per_row=...)`).
     """
+    fn = functools.partial(_extend, graphdef, sampling=sampling)
+    if serving is None:
+        return fn(state, cache, text, vision, slots, deltas, slot_keys)
+    r = serving.rows
+    rows = P(r)
+    text_spec = TextInputs(rows, P(None, r), rows, rows)
+    vision_spec = None if vision is None else VisionInputs(rows, rows, rows, rows, P(), rows)
+    specs = (jax.tree.map(lambda _: P(), state), cache_specs(cache, r), text_spec, vision_spec, rows, rows, rows)
+    return serving.run(fn, specs, (cache_specs(cache, r), rows, rows))(
+        state, cache, text, vision, slots, deltas, slot_keys)
+
+
+def _extend(graphdef, state, cache, text, vision, slots, deltas, slot_keys, *, sampling):
     model = nnx.merge(graphdef, state)
     starts = cache.length[slots]
-    hidden, k, v = model.cached(text, vision, cache.k, cache.v, starts, slots)
+    hidden, k, v = model.cached(text, vision, cache.k, cache.v, starts, slots, table=_table(cache))
     n = text.segment_ids.sum(axis=-1).astype(jnp.int32)
     last = jnp.take_along_axis(hidden, (n - 1)[:, None, None], axis=1)[:, 0]
     logits = model.text.logits(last)
     length = cache.length.at[slots].add(n)
     tokens = sample_tokens(logits, _step_keys(slot_keys, length[slots]), sampling)
-    return KVCache(k, v, length, cache.delta.at[slots].set(deltas)), tokens, logits
+    return cache._replace(k=k, v=v, length=length, delta=cache.delta.at[slots].set(deltas)), tokens, logits
+
+
+def _table(cache: Cache) -> jax.Array | None:
+    return cache.table if isinstance(cache, PagedKVCache) else None
 
 
 def kv_window(need: int, max_len: int, minimum: int = 256) -> int:
@@ -111,11 +138,12 @@ def kv_window(need: int, max_len: int, minimum: int = 256) -> int:
     return min(1 << (n - 1).bit_length(), max_len)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "steps", "kv_len"), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "steps", "kv_len", "serving"),
+                   donate_argnames=("cache",))
 def decode(
     graphdef: nnx.GraphDef,
     state: nnx.State,
-    cache: KVCache,
+    cache: Cache,
     pending: jax.Array,
     live: jax.Array,
     budget: jax.Array,
@@ -126,7 +154,8 @@ def decode(
     stop_table: jax.Array | None = None,
     stop_state: jax.Array | None = None,
     kv_len: int | None = None,
-) -> tuple[KVCache, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    serving: Serving | None = None,
+) -> tuple[Cache, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """Up to `steps` tokens for every live slot, all slots together.
 
     pending (S,): each slot's sampled-but-unwritten token; live (S,) bool: slots to advance;
@@ -137,16 +166,28 @@ def decode(
     end within them after `steps` more tokens (default: the whole row).
     Returns (cache, tokens (S, steps) with -1 where a slot did not sample, pending (S,),
     live (S,) still running, stopped (S,) ended on a stop token or string, stop_state (S,)).
+    With `serving` each device decodes its own block of slots, its loop ending when its slots have.
     """
-    model = nnx.merge(graphdef, state)
-    max_len = cache.k.shape[2]
-
     if stop_table is None:
         stop_table = jnp.zeros((2, 1), jnp.int32)  # a string that is never matched
-    matched = stop_table.shape[0] - 1
-    vocab = stop_table.shape[1]
     if stop_state is None:
         stop_state = jnp.zeros_like(pending)
+    fn = functools.partial(_decode, graphdef, sampling=sampling, steps=steps, kv_len=kv_len)
+    args = (state, cache, pending, live, budget, stop_ids, slot_keys, stop_table, stop_state)
+    if serving is None:
+        return fn(*args)
+    rows = P(serving.rows)
+    cache_spec = cache_specs(cache, serving.rows)
+    specs = (jax.tree.map(lambda _: P(), state), cache_spec, rows, rows, rows, P(), rows, P(), rows)
+    return serving.run(fn, specs, (cache_spec, rows, rows, rows, rows, rows))(*args)
+
+
+def _decode(graphdef, state, cache, pending, live, budget, stop_ids, slot_keys, stop_table, stop_state, *,
+            sampling, steps, kv_len):
+    model = nnx.merge(graphdef, state)
+    max_len = cache.max_len
+    matched = stop_table.shape[0] - 1
+    vocab = stop_table.shape[1]
 
     def step(carry):
         i, out_buf, cache, tok, live, stopped, budget, state = carry
@@ -157,7 +198,7 @@ def decode(
             segment_ids=live[:, None].astype(jnp.int32),
             image_rows=jnp.full((tok.shape[0], 1), -1, jnp.int32),
         )
-        hidden, k, v = model.cached(text, None, cache.k, cache.v, cache.length, kv_len=kv_len)
+        hidden, k, v = model.cached(text, None, cache.k, cache.v, cache.length, kv_len=kv_len, table=_table(cache))
         logits = model.text.logits(hidden[:, 0])
         length = cache.length + live.astype(jnp.int32)
         nxt = sample_tokens(logits, _step_keys(slot_keys, length), sampling)
@@ -170,7 +211,7 @@ def decode(
         stopped = stopped | (live & hit_stop)
         live = live & ~hit_stop & (budget > 0) & (length < max_len)
         out_buf = jax.lax.dynamic_update_slice(out_buf, out[:, None], (0, i))
-        return i + 1, out_buf, KVCache(k, v, length, cache.delta), tok, live, stopped, budget, state
+        return i + 1, out_buf, cache._replace(k=k, v=v, length=length), tok, live, stopped, budget, state
 
     # A while loop, not a scan: it ends as soon as every slot has stopped.
     tokens = jnp.full((pending.shape[0], steps), -1, jnp.int32)

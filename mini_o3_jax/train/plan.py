@@ -322,7 +322,6 @@ def loss_of(cfg: ml_collections.ConfigDict) -> str:
 
 def write_results(rows: list[PlanRow], config_name: str, path: str) -> None:
     """Replace (or append) this config's plan section of bench/RESULTS.md."""
-    import os
     import platform as host
 
     names = [r.target for r in rows]
@@ -336,6 +335,13 @@ def write_results(rows: list[PlanRow], config_name: str, path: str) -> None:
             "recomputed forward counted; time = executed FLOPs at the stated fraction of the chip's bf16 peak (in "
             "brackets: libtpu's cost model for the decoder's MLP matmul); est. MFU = model FLOPs / (time x peak)\n"
             f"- Reproduce: `mini-o3 plan --config {config_name}{targets} --write-results`\n\n{format_rows(rows)}\n{end}")
+    write_section(path, begin, end, body)
+
+
+def write_section(path: str, begin: str, end: str, body: str) -> None:
+    """Replace the section of `path` between the markers `begin` and `end` (both in `body`), or append it."""
+    import os
+
     text = "# Benchmark results\n"
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
