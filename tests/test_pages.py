@@ -191,3 +191,27 @@ def test_the_pallas_gpu_decode_kernel_equals_the_xla_path():
                      jnp.ones((3, 1), jnp.int32), jnp.asarray(kv_pos < lengths[:, None], jnp.int32),
                      jnp.asarray(lengths[:, None] - 1, jnp.int32), jnp.asarray(kv_pos, jnp.int32))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 19])
+def test_write_chunk_puts_every_layers_tokens_where_the_table_says(chunk):
+    """The model's write after the layer loop (dynamic-update-slices: a decode step's one token per row, or a chunk
+    page by page over a page boundary) equals writing each layer token by token; other pages are untouched."""
+    from mini_o3_jax.model.paged_cache import write_chunk
+
+    rng = np.random.default_rng(chunk)
+    layers, page, kv, d, rows = 2, 4, 2, 3, 3
+    pool = PagePool(num_pages=40, page_size=page, slots=rows, pages_per_slot=10)
+    starts = np.array([0, 5, 14])
+    for r in range(rows):
+        pool.reserve(r, int(starts[r]) + chunk)
+    before = rng.standard_normal((layers, kv, pool.num_pages, page, d)).astype(np.float32)
+    values = rng.standard_normal((layers, rows, chunk, kv, d)).astype(np.float32)
+    positions = starts[:, None] + np.arange(chunk)[None]
+    got = np.asarray(write_chunk(jnp.asarray(before), jnp.asarray(pool.table), jnp.asarray(positions, jnp.int32),
+                                 jnp.asarray(values)))
+    want = before.copy()
+    for r in range(rows):
+        for c, t in enumerate(positions[r]):
+            want[:, :, pool.table[r, t // page], t % page] = values[:, r, c]
+    np.testing.assert_array_equal(got, want)

@@ -17,7 +17,7 @@ from mini_o3_jax.model import attention_backends as backends
 from mini_o3_jax.model.attention import attention
 from mini_o3_jax.model.config import TextConfig
 from mini_o3_jax.model.layers import apply_rotary, dense, matmul_fp32, param, rms_norm
-from mini_o3_jax.model.paged_cache import gather_pages, table_rows, write_pages
+from mini_o3_jax.model.paged_cache import gather_pages, table_rows, write_chunk, write_pages
 from mini_o3_jax.model.vision import _remat_policy
 from mini_o3_jax.parallel.rules import constrain
 
@@ -154,22 +154,43 @@ class TextDecoder(nnx.Module):
         kv_seg = (kv_pos < end[:, None]).astype(jnp.int32)
         q_seg = valid.astype(jnp.int32)
 
+        layers = jnp.arange(self.cfg.num_hidden_layers, dtype=jnp.int32)
+        weights = self.layer_weights()
+        kernel = table is not None and c == 1 and backends.paged_decode_enabled()
+        if table is not None and not kernel:
+            # through the page table: each layer attends over the pages already written and the chunk itself, and
+            # all layers' keys/values are written after the loop (`write_chunk`: the pool stays in place)
+            def paged_body(x, layer):
+                w, i = layer
+
+                def attend(q, k, v, _):
+                    old = (kv_pos < starts[:, None]).astype(jnp.int32)
+                    keys = jnp.concatenate([gather_pages(k_cache, table, kv_len, layer=i), k.astype(k_cache.dtype)], 1)
+                    values = jnp.concatenate([gather_pages(v_cache, table, kv_len, layer=i),
+                                              v.astype(v_cache.dtype)], 1)
+                    out = attention(q, keys, values, q_seg, jnp.concatenate([old, q_seg], 1), q_pos,
+                                    jnp.concatenate([kv_pos, q_pos], 1))
+                    return out, (k, v)
+
+                return decoder_layer(x, w, cos, sin, eps, attend, None)
+
+            x, (k_new, v_new) = jax.lax.scan(paged_body, x, (weights, layers), unroll=bool(self.unroll))
+            k_cache = write_chunk(k_cache, table, q_pos, k_new)
+            v_cache = write_chunk(v_cache, table, q_pos, v_new)
+            return rms_norm(x, self.norm[...], eps), k_cache, v_cache
+
         def body(carry, layer):
             x, cache = carry
             w, i = layer
 
             def attend(q, k, v, cache: tuple[jax.Array, jax.Array]):
                 kc, vc = cache
-                if table is not None:  # paged: write through the page table, read the first kv_len positions
-                    kc, vc = write_pages(kc, table, q_pos, k, layer=i), write_pages(vc, table, q_pos, v, layer=i)
-                    if c == 1 and backends.paged_decode_enabled():
-                        out = backends.paged_decode_attention(q, kc[i], vc[i], table[:, : kv_len // page_size], end,
-                                                              scale=q.shape[-1] ** -0.5,
-                                                              interpret=backends._INTERPRET.get())
-                        return out, (kc, vc)
-                    keys = gather_pages(kc[i], table, kv_len)
-                    values = gather_pages(vc[i], table, kv_len)
-                    return attention(q, keys, values, q_seg, kv_seg, q_pos, kv_pos), (kc, vc)
+                if kernel:  # a decode step on GPU: the token into its page, then the kernel reads the pages
+                    kc, vc = write_pages(kc[i], table, q_pos, k), write_pages(vc[i], table, q_pos, v)
+                    out = backends.paged_decode_attention(q, kc, vc, table[:, : kv_len // page_size], end,
+                                                          scale=q.shape[-1] ** -0.5,
+                                                          interpret=backends._INTERPRET.get())
+                    return out, (cache[0].at[i].set(kc), cache[1].at[i].set(vc))
                 kc = kc.at[i, rows[:, None], q_pos].set(k.astype(kc.dtype), mode="drop")
                 vc = vc.at[i, rows[:, None], q_pos].set(v.astype(vc.dtype), mode="drop")
                 keys = (kc[i] if slots is None else kc[i, rows])[:, :kv_len]
@@ -178,8 +199,7 @@ class TextDecoder(nnx.Module):
 
             return decoder_layer(x, w, cos, sin, eps, attend, cache), None
 
-        layers = jnp.arange(self.cfg.num_hidden_layers, dtype=jnp.int32)
-        (x, (k_cache, v_cache)), _ = jax.lax.scan(body, (x, (k_cache, v_cache)), (self.layer_weights(), layers),
+        (x, (k_cache, v_cache)), _ = jax.lax.scan(body, (x, (k_cache, v_cache)), (weights, layers),
                                                   unroll=bool(self.unroll))
         return rms_norm(x, self.norm[...], eps), k_cache, v_cache
 

@@ -155,8 +155,7 @@ def rollout_plan(cfg: ml_collections.ConfigDict, target: str, *, preset: str = "
     try:
         lowered = decode.lower(graphdef, weights, cache, vec, flags, vec, _struct((2,), jnp.int32, mesh, P()), keys,
                                sampling, r.decode_chunk, stop_table, vec, kv_len=r.max_len, serving=serving)
-        _, total, _ = _compile(lowered)
-        row.decode_workspace = max(0, total - row.weights_bytes - _per_chip(cache))
+        row.decode_workspace = _workspace(lowered)
         rows = len(host)  # one chunk per chip, the longest prompt chunk the config allows
         by_row = functools.partial(_struct, mesh=mesh, spec=P("data"))
         text = TextInputs(by_row((rows, extend_tokens), jnp.int32),
@@ -166,13 +165,19 @@ def rollout_plan(cfg: ml_collections.ConfigDict, target: str, *, preset: str = "
                                by_row((rows,), jnp.int32),
                                jax.ShapeDtypeStruct((rows,), keys.dtype, sharding=by_row((rows,), jnp.int32).sharding),
                                sampling, serving=serving)
-        _, total, _ = _compile(lowered)
-        row.extend_workspace = max(0, total - row.weights_bytes - _per_chip(cache))
+        row.extend_workspace = _workspace(lowered)
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         row.error = str(e).split("RESOURCE_EXHAUSTED: ")[-1].splitlines()[0]
     return row
+
+
+def _workspace(lowered) -> int:
+    """A program's memory beyond its arguments (the weights it reads, the pool): the buffer assignment's total less
+    the arguments (an unused weight, the ViT's in decode, is not one)."""
+    compiled, total, _ = _compile(lowered)
+    return max(0, total - compiled.memory_analysis().argument_size_in_bytes)
 
 
 def format_rollout_rows(rows: list[RolloutPlanRow]) -> str:
