@@ -181,11 +181,17 @@ def main() -> None:
         f"({args.copy_gib} GiB read + write): {bw / 1e9:.0f} GB/s",
     ]
     if args.mode in ("rollout", "all"):
+        from mini_o3_jax.model.attention_backends import attention_backend, paged_decode_enabled
+
         for backend in ("auto", "xla"):
+            with attention_backend(backend):
+                kind = "Pallas paged kernel" if paged_decode_enabled() else "XLA gather"
+            if backend == "xla" and kind == "XLA gather" and lines[-1].find("XLA gather") > 0:
+                break  # auto already was the XLA path (no GPU)
             d = rollout_decode(args.slots, args.context, args.decode_chunk, args.preset, backend=backend)
             lines.append(
                 f"- Rollout decode, {args.preset} (all layers, bf16), {d['slots']} slots x {d['context']:,} cached tokens "
-                f"(64-token pages), {d['steps']} tokens per call, attention {'Pallas paged kernel' if backend == 'auto' else 'XLA gather'}: "
+                f"(64-token pages), {d['steps']} tokens per call, attention {kind}: "
                 f"{d['step_s'] * 1e3:.1f} ms per step, {d['tokens_per_s']:,.0f} tokens/s; reads "
                 f"{d['weights_bytes'] / 1e9:.1f} GB of weights + {d['kv_bytes'] / 1e9:.1f} GB of KV per step = "
                 f"{d['bytes_per_s'] / 1e9:.0f} GB/s, **{100 * d['bytes_per_s'] / bw:.0f} % of the copy bandwidth** "

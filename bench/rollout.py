@@ -172,12 +172,12 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"- Host share of the engine's wall time (environments, Python, bookkeeping): "
         f"{100 * statistics.median(hosts):.1f}% (target < 15%)",
-        f"- Shared prefill, group of {g} (8 tokens each): one prefill copied to {g} slots {shared:.2f} s "
+        f"- Shared prefill, group of {g} (8 tokens each): one prefill shared by {g} slots (their prompt pages by reference) {shared:.2f} s "
         f"(prefill/extend time {shared_extend:.2f} s) vs {g} separate prefills {separate:.2f} s "
         f"({separate_extend:.2f} s): **{separate / shared:.2f}x** faster",
         "- Ours samples a turn's first token at the end of the prefill; decode tokens/s counts the tokens "
         "sampled inside decode calls over their time; HF's decode time is generate(N) - generate(1). "
-        "The whole-episode row includes prefill: ours prefills the prompt once and copies it to the S "
+        "The whole-episode row includes prefill: ours prefills the prompt once and shares its pages with the S "
         "slots, `generate` prefills the batch of S copies.",
         "- GPU (7B-shaped, 64 slots, 4K context, HBM roofline): not run, no GPU is lent to this task.",
         END,
@@ -246,8 +246,10 @@ def long_context(args, model, hf, tok, proc, date, info, vers, argv) -> str:
         with torch.inference_mode():
             return hf.generate(**kw, max_new_tokens=k, min_new_tokens=k)
 
-    hf_full = median_time(lambda: gen(n), args.runs)
-    hf_decode = hf_full - median_time(lambda: gen(1), args.runs)
+    # transformers runs eagerly (nothing to compile): timed once each, no warm-up (at 16 x 4K tokens a call takes
+    # minutes on a laptop CPU)
+    hf_full = _timed(lambda: gen(n))
+    hf_decode = hf_full - _timed(lambda: gen(1))
     hf_kv = g * (len(ids) + n) * per_token
     results["transformers generate"] = (hf_full, g * (n - 1) / hf_decode, hf_kv)
     print(f"  transformers: episode {hf_full:.2f} s, decode {g * (n - 1) / hf_decode:.1f} tok/s", flush=True)
@@ -266,8 +268,9 @@ def long_context(args, model, hf, tok, proc, date, info, vers, argv) -> str:
         f"- Machine: {info['cpu']}, {info['cores']} cores, {info['ram']} RAM",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
         f"- Case: one GRPO group, {g} samples of a {len(ids)}-token prompt (one {side}x{side} image), {n} sampled "
-        f"tokens each at temperature 1; bench/forward.py's model (random fp32 weights shared by all three); median "
-        f"of {args.runs} runs after a compile/warm-up run. Paged: {page}-token pages; dense: {max_len}-token rows.",
+        f"tokens each at temperature 1; bench/forward.py's model (random fp32 weights shared by all three); ours: "
+        f"median of {args.runs} runs after a compile/warm-up run; transformers: one run each of generate(N) and "
+        f"generate(1). Paged: {page}-token pages; dense: {max_len}-token rows.",
         f"- Reproduce: `python bench/rollout.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
         *table,

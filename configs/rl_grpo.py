@@ -69,7 +69,10 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     # rl.loop.RLRollout: 16 rollouts per prompt (one GRPO group), sampled at T=1.0, top_p 1, top_k off; the
     # sampling temperature is also the one the trainer's log-probs (old and new) are computed at (a disagreeing
     # `train.temperature` is an error). The engine's environment is the env block; 64 episodes decode
-    # together per host, with 8 environment workers
+    # together per host, with 8 environment workers. The KV cache is paged (64-token pages; a group shares its
+    # prompt's pages) in a pool sized to 90 % of the free device memory (rollout.pages = 0), split over the
+    # host's chips with the weights whole on each: `mini-o3 plan --config rl_grpo --rollout` shows the fit
+    # (v5p:2x4x4: every slot's 32K at once; v6e:8x8: 7.8 whole 32K episodes per chip, 15,900 tokens per slot)
     c.rollout = to_block(RLRollout(slots=64, workers=8),
                          skip=("env", "sampling.max_token_id", "sampling.banned_ids"))
 
