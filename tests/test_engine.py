@@ -52,11 +52,9 @@ def run(parts, n=3, samples=2, slots=3, sampling=T1, chunk=8, seed=0, with_stats
 
 
 def test_greedy_trajectories_are_the_full_forward_argmax(parts):
-    """The paged engine (the default) against the full forward; dense rows sample the same tokens."""
+    """The paged engine (the default) against the full forward (the oracle dense rows are held to as well)."""
     model, tok, proc = parts
     trajs = run(parts, sampling=Sampling(temperature=0.0))
-    for x, y in zip(trajs, run(parts, sampling=Sampling(temperature=0.0), page_size=0)):
-        np.testing.assert_array_equal(x.token_ids, y.token_ids)
     assert len(trajs) == 6
     for t in trajs:
         assert t.token_ids.shape == t.loss_mask.shape == t.sampled_mask.shape and t.num_turns >= 1
@@ -84,19 +82,19 @@ def test_sampling_is_reproducible_and_independent_of_slot_layout(parts):
 
 
 def test_the_paged_engine_samples_what_the_dense_one_does(parts):
-    """Same keys, same tokens at temperature 1 (0: the greedy test above): a pool of 16-token pages too small for
-    every slot's prompt at once (slots wait for pages that finished episodes release), groups of 3 sharing their
-    prompt's pages, 4 questions through 4 slots (refills), against dense rows."""
-    kw = dict(n=4, samples=3, slots=4, sampling=T1, chunk=8, seed=3)
+    """Same keys, same tokens at temperature 1 (0: the greedy test above, against the full forward): a pool of
+    16-token pages too small for every slot's prompt at once (slots wait for pages that finished episodes
+    release), groups of 3 sharing their prompt's pages, 3 questions through 4 slots (refills), against dense rows."""
+    kw = dict(n=3, samples=3, slots=4, sampling=T1, chunk=8, seed=3)
     dense = run(parts, page_size=0, **kw)
     # the most pages one group holds (its prompt's whole pages once, each sample's own, a decode call's look-ahead
     # included): a pool of that many holds one group and makes the next question's prompt wait
     group = [sum(-(-(len(t) + 8) // 16) - t.prompt_length // 16 for t in dense[e:e + 3]) + dense[e].prompt_length // 16
-             for e in range(0, 12, 3)]
+             for e in range(0, 9, 3)]
     pages = max(group) + 1
     paged, stats = run(parts, page_size=16, pages=pages, with_stats=True, **kw)
     assert stats.page_waits > 0 and stats.peak_pages <= pages - 1
-    assert len(paged) == len(dense) == 12
+    assert len(paged) == len(dense) == 9
     for x, y in zip(dense, paged):
         np.testing.assert_array_equal(x.token_ids, y.token_ids)
     with pytest.raises(PoolExhausted, match=r"every live episode waits for KV pages: 0 of 4 pages of 16 tokens"):
