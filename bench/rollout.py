@@ -125,15 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     ours_tok = statistics.median(toks)  # tokens sampled inside decode calls (first tokens come from extend)
 
     # ---- transformers generate, same batch, same number of tokens
-    t_ids = torch.as_tensor(ids).long()[None].repeat(s, 1)
-    kw = dict(input_ids=t_ids, attention_mask=torch.ones_like(t_ids), pixel_values=torch.as_tensor(pv).repeat(s, 1),
-              image_grid_thw=torch.as_tensor(grid).long().repeat(s, 1), mm_token_type_ids=(t_ids == 151655).long(),
-              do_sample=True, temperature=1.0, top_p=1.0, top_k=0, eos_token_id=None, pad_token_id=0)
-
-    def gen(k: int):
-        with torch.inference_mode():
-            return hf.generate(**kw, max_new_tokens=k, min_new_tokens=k)
-
+    gen = hf_generate(hf, ids, pv, grid, s)
     hf_full = median_time(lambda: gen(n), args.runs)
     hf_prefill = median_time(lambda: gen(1), args.runs)
     hf_decode = hf_full - hf_prefill
@@ -186,6 +178,23 @@ def main(argv: list[str] | None = None) -> None:
     finish(args, sections, tmp)
 
 
+def hf_generate(hf, ids, pv, grid, batch: int):
+    """`gen(k)`: transformers `generate` of exactly k tokens at temperature 1 for `batch` copies of the prompt."""
+    import torch
+
+    t_ids = torch.as_tensor(ids).long()[None].repeat(batch, 1)
+    kw = dict(input_ids=t_ids, attention_mask=torch.ones_like(t_ids),
+              pixel_values=torch.as_tensor(pv).repeat(batch, 1),
+              image_grid_thw=torch.as_tensor(grid).long().repeat(batch, 1), mm_token_type_ids=(t_ids == 151655).long(),
+              do_sample=True, temperature=1.0, top_p=1.0, top_k=0, eos_token_id=None, pad_token_id=0)
+
+    def gen(k: int):
+        with torch.inference_mode():
+            return hf.generate(**kw, max_new_tokens=k, min_new_tokens=k)
+
+    return gen
+
+
 def finish(args, sections, tmp) -> None:
     text = read_results() or "# Benchmark results\n"
     for begin, end, section in sections:
@@ -200,7 +209,6 @@ def finish(args, sections, tmp) -> None:
 
 def long_context(args, model, hf, tok, proc, date, info, vers, argv) -> str:
     """16 samples of a ~`args.long`-token prompt: paged engine vs dense engine vs transformers generate."""
-    import torch
 
     from mini_o3_jax.agent.environment import EnvConfig, VisualSearchEnv
     from mini_o3_jax.data.records import Record
@@ -237,15 +245,7 @@ def long_context(args, model, hf, tok, proc, date, info, vers, argv) -> str:
         results[name] = (wall, toks / dec, kv)
         print(f"  {name}: episode {wall:.2f} s, decode {toks / dec:.1f} tok/s, KV {kv / 2**20:.1f} MiB", flush=True)
 
-    t_ids = torch.as_tensor(ids).long()[None].repeat(g, 1)
-    kw = dict(input_ids=t_ids, attention_mask=torch.ones_like(t_ids), pixel_values=torch.as_tensor(pv).repeat(g, 1),
-              image_grid_thw=torch.as_tensor(grid).long().repeat(g, 1), mm_token_type_ids=(t_ids == 151655).long(),
-              do_sample=True, temperature=1.0, top_p=1.0, top_k=0, eos_token_id=None, pad_token_id=0)
-
-    def gen(k: int):
-        with torch.inference_mode():
-            return hf.generate(**kw, max_new_tokens=k, min_new_tokens=k)
-
+    gen = hf_generate(hf, ids, pv, grid, g)
     # transformers runs eagerly (nothing to compile): timed once each, no warm-up (at 16 x 4K tokens a call takes
     # minutes on a laptop CPU)
     hf_full = _timed(lambda: gen(n))

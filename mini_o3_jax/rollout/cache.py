@@ -57,6 +57,11 @@ class PagedKVCache(NamedTuple):
         return int(self.table.shape[1]) * self.page_size
 
 
+def _zeros(shape: tuple[int, ...], dtype, sharding: jax.sharding.Sharding | None) -> jax.Array:
+    """Zeros made where `sharding` puts them: each device allocates only its shard."""
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
+
+
 def page_bytes(cfg: TextConfig, page_size: int, dtype: jnp.dtype | str) -> int:
     """Bytes one page holds over all layers, keys and values."""
     return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * page_size * jnp.dtype(dtype).itemsize
@@ -67,8 +72,7 @@ def init_paged_cache(cfg: TextConfig, slots: int, num_pages: int, page_size: int
                      ) -> PagedKVCache:
     """Zero pools made where `sharding` puts them (each device allocates only its shard), and an all-null table."""
     shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, num_pages, page_size, cfg.head_dim)
-    zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
-    return PagedKVCache(k=zeros(), v=zeros(), length=jnp.zeros((slots,), jnp.int32),
+    return PagedKVCache(k=_zeros(shape, dtype, sharding), v=_zeros(shape, dtype, sharding), length=jnp.zeros((slots,), jnp.int32),
                         delta=jnp.zeros((slots,), jnp.int32), table=jnp.zeros((slots, pages_per_slot), jnp.int32))
 
 
@@ -76,10 +80,9 @@ def init_cache(cfg: TextConfig, slots: int, max_len: int, dtype: jnp.dtype | str
                sharding: jax.sharding.Sharding | None = None) -> KVCache:
     """Zero rows made where `sharding` puts them (each device allocates only its shard)."""
     shape = (cfg.num_hidden_layers, slots, max_len, cfg.num_key_value_heads, cfg.head_dim)
-    zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
     return KVCache(
-        k=zeros(),
-        v=zeros(),
+        k=_zeros(shape, dtype, sharding),
+        v=_zeros(shape, dtype, sharding),
         length=jnp.zeros((slots,), jnp.int32),
         delta=jnp.zeros((slots,), jnp.int32),
     )

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mini_o3_jax.parallel.rules import DEFAULT_RULES, Rules, shard_state, state_shardings
+from mini_o3_jax.rollout.cache import PagedKVCache
 
 SLOT_AXES = ("data", "fsdp")  # the mesh axes slots split over
 
@@ -86,8 +87,6 @@ def serving_for(state: nnx.State) -> Serving | None:
 
 def cache_specs(cache: Any, rows: Any) -> Any:
     """PartitionSpecs of a cache (dense or paged) with its slots, and a paged cache's pages, split over `rows`."""
-    from mini_o3_jax.rollout.cache import PagedKVCache
-
     if isinstance(cache, PagedKVCache):
         pages = P(None, None, rows)
         return PagedKVCache(pages, pages, P(rows), P(rows), P(rows))
