@@ -1,7 +1,7 @@
 """The model's cached forward through a page table equals it over the dense cache: a ragged prefill of three
 slots, a fork of one slot's prefix (whole pages shared, the partly filled last page copied), then decode
 steps of every slot, compared hidden state for hidden state and key for key; then a decode step through the
-Pallas GPU paged attention kernel (interpreted)."""
+Pallas GPU paged attention kernel, and an extend through the Pallas TPU prefix kernel (both interpreted)."""
 
 from __future__ import annotations
 
@@ -96,5 +96,26 @@ def test_paged_prefill_fork_and_decode_equal_the_dense_cache():
         assert "pallas_call" in str(jax.make_jaxpr(run)(state, step, pk, pv, starts, table=jnp.asarray(pool.table)))
         hp, pk, pv = run(state, step, pk, pv, starts, table=jnp.asarray(pool.table))
     np.testing.assert_allclose(np.asarray(hp), np.asarray(hd), atol=1e-5)
+    lengths += 1
+    # a ragged extend (5, 2, 5 and no tokens) with the Pallas TPU prefix kernel (interpreted) reading each layer's
+    # filled pages from the stacked pool, the chunk's own causal attention merged in (decode: tests/test_pages.py)
+    for n_new in ((5, 2, 5, 0),):
+        c = max(n_new)
+        for s in range(slots):
+            pool.reserve(s, int(lengths[s]) + n_new[s])
+        valid = np.arange(c)[None] < np.array(n_new)[:, None]
+        step = text_inputs(rng.integers(0, text.vocab_size, (slots, c)), lengths, valid)
+        starts = jnp.asarray(lengths, jnp.int32)
+        hd, dk, dv = cached(graphdef, state, step, dk, dv, starts, kv_len=48)
+        with attention_backend("splash", interpret=True):
+            run = functools.partial(cached.__wrapped__, graphdef, kv_len=48)
+            assert "pallas_call" in str(jax.make_jaxpr(run)(state, step, pk, pv, starts, table=jnp.asarray(pool.table)))
+            hp, pk, pv = run(state, step, pk, pv, starts, table=jnp.asarray(pool.table))
+        np.testing.assert_allclose(np.asarray(hp)[valid], np.asarray(hd)[valid], atol=1e-5)
+        lengths += np.array(n_new)
+    table = jnp.asarray(pool.table)
+    for s in range(slots):
+        got = np.asarray(gather_pages(pk[1], table, max_len))[s, : lengths[s]]
+        np.testing.assert_allclose(got, np.asarray(dk[1, s, : lengths[s]]), atol=1e-5)
     # slots 2 and 3 share their prompt's first two pages; their continuations differ
     assert (pool.table[2, :2] == pool.table[3, :2]).all() and pool.table[2, 2] != pool.table[3, 2]

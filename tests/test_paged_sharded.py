@@ -1,6 +1,7 @@
-"""The rollout engine on 8 simulated devices: weights in the trainer's FSDP layout move once into the serving
-layout (whole on each device), the paged KV cache stays split over the devices (each its own partition of the
-pool, asserted on the arrays' shardings), and every episode samples exactly the tokens it does on one device."""
+"""The rollout engine on 8 simulated devices (data 2 x fsdp 2 x tensor 2): weights in the trainer's layout move
+once into the serving layout (whole over the 4 slot ways, split over `tensor`), the paged KV cache stays split
+(pages over the slot ways, kv heads over `tensor`: asserted on the arrays' shardings), and every episode samples
+exactly the tokens it does on one device. (The RL loop's case: a rollout from the trainer's sharded weights.)"""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def run(m):
         engine.close()
 
 one, e1 = run(model)
-mesh = make_mesh({"data": 4, "fsdp": 2})
+mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
 state = nnx.state(model)
 nnx.update(model, shard_state(nnx.to_pure_dict(state), state_shardings(state, mesh)))  # the trainer's layout
 embed_before = str(model.text.embed[...].sharding.spec)
@@ -69,7 +70,8 @@ def test_eight_devices_sample_what_one_does(result):
 
 def test_the_weights_move_to_the_serving_layout_and_the_cache_stays_split(result):
     assert "fsdp" in result["embed_before"]  # the trainer's layout: the embedding split over fsdp
-    assert result["embed_serving"] == "P(None, None)" and result["embed_devices"] == 8  # whole on each device
-    assert result["ways"] == 8 and result["reshard_s"] > 0
-    # the pools' page axis over data x fsdp: each device holds 1/8 of the pages, none replicated
-    assert result["cache_one"] == "" and result["cache_eight"] == "P(None, None, ('data', 'fsdp'))"
+    # the serving layout: whole over data x fsdp, split over tensor only
+    assert result["embed_serving"] == "P('tensor', None)" and result["embed_devices"] == 8
+    assert result["ways"] == 4 and result["reshard_s"] > 0
+    # the pools' page axis over data x fsdp and kv heads over tensor: each device holds 1/8, none replicated
+    assert result["cache_one"] == "" and result["cache_eight"] == "P(None, 'tensor', ('data', 'fsdp'))"

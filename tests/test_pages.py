@@ -193,6 +193,46 @@ def test_the_pallas_gpu_decode_kernel_equals_the_xla_path():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-5)
 
 
+def test_the_pallas_tpu_prefix_kernel_merged_with_the_chunk_equals_the_xla_path():
+    """A decode step (one token per sequence) at the 7B's head layout (28 query heads on 4 kv heads, head_dim 128) against
+    layer 1 of a stacked pool: the Pallas TPU kernel over the cached pages (interpreted), merged by log-sum-exp
+    with the chunk's own causal attention, equals `attention` over the gathered pages and the chunk (ragged
+    lengths: nothing cached, a page boundary, mid-page, several DMA blocks; a shared page; a padding row). The
+    model's extend through the kernel: tests/test_paged_model.py."""
+    from mini_o3_jax.model.attention import attention
+    from mini_o3_jax.model.paged_kernel import chunk_attention, merge, paged_prefix_attention
+
+    rng = np.random.default_rng(3)
+    page, kv_heads, q_heads, d, c = 16, 4, 28, 128, 1
+    pool = PagePool(num_pages=24, page_size=page, slots=4, pages_per_slot=6)
+    lengths = np.array([37, 16, 0, 90])
+    pool.reserve(0, 37 + c)
+    pool.fork(0, 1, 16)
+    pool.reserve(1, 16 + c)
+    pool.reserve(2, c)
+    pool.reserve(3, 90 + c)
+    k = jnp.asarray(rng.standard_normal((2, kv_heads, pool.num_pages, page, d)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((2, kv_heads, pool.num_pages, page, d)), jnp.float32)
+    q = jnp.asarray(rng.standard_normal((4, c, q_heads, d)), jnp.float32)
+    kc = jnp.asarray(rng.standard_normal((4, c, kv_heads, d)), jnp.float32)
+    vc = jnp.asarray(rng.standard_normal((4, c, kv_heads, d)), jnp.float32)
+    valid = np.ones((4, c), bool)
+    valid[2, 0] = False
+    table, starts = jnp.asarray(pool.table), jnp.asarray(lengths, jnp.int32)
+    old = paged_prefix_attention(q, k, v, jnp.int32(1), table, starts, scale=d ** -0.5, pages_per_block=2,
+                                 interpret=True)
+    q_pos = lengths[:, None] + np.arange(c)[None]
+    got = merge([old, chunk_attention(q, kc, vc, jnp.asarray(valid), jnp.asarray(q_pos, jnp.int32))])
+    assert float(jnp.abs(old[0][2]).max()) == 0 and bool(jnp.isneginf(old[1][2]).all())
+    n = pool.max_len
+    kv_pos = np.broadcast_to(np.arange(n), (4, n))
+    want = attention(q, jnp.concatenate([gather_pages(k[1], table, n), kc], 1),
+                     jnp.concatenate([gather_pages(v[1], table, n), vc], 1), jnp.asarray(valid, jnp.int32),
+                     jnp.asarray(np.concatenate([kv_pos < lengths[:, None], valid], 1), jnp.int32),
+                     jnp.asarray(q_pos, jnp.int32), jnp.asarray(np.concatenate([kv_pos, q_pos], 1), jnp.int32))
+    np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 19])
 def test_write_chunk_puts_every_layers_tokens_where_the_table_says(chunk):
     """The model's write after the layer loop (dynamic-update-slices: a decode step's one token per row, or a chunk

@@ -58,12 +58,14 @@ def planned(tmp_path_factory):
 
 def test_the_rollout_plan_sizes_the_pool_per_chip_and_compiles_decode_and_extend(planned):
     """rl_tiny on a v5p:2x2x1 host: 8 slots over 4 chips, the pool every slot's 6144 tokens (it fits easily), the
-    decode and extend programs compiled for the 4 chips with the cache split over them; a pool larger than the chip
+    decode and extend programs compiled for the 4 chips with the cache split over them (decode through the paged
+    prefix kernel); a pool larger than the chip
     is refused without compiling."""
     row, too_big = planned[2]
     assert row["chips"] == row["chips_per_host"] == 4 and row["slots_per_chip"] == 2
     assert row["pages_per_chip"] == 2 * (6144 // 64) + 1 and row["episodes"] == 2.0 and row["fits"]
     assert row["error"] is None and row["decode_workspace"] > 0 and row["extend_workspace"] > 0
+    assert row["kernels"] == 1  # decode reads the pages with the Pallas TPU prefix kernel, compiled by Mosaic
     assert 0 < row["weights_bytes"] < 2**30 and row["trainer_bytes"] > 0
     assert not too_big["fits"] and too_big["error"].startswith("rollout.pages = 4000000000:")
     assert "mini-o3 plan --rollout:rl_tiny:begin" in planned[1] and "| v5p:2x2x1 | 4 (4) | 2 |" in planned[1]

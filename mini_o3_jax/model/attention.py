@@ -163,3 +163,47 @@ def attention(
     out = jax.lax.map(jax.checkpoint(lambda a: _attend(a[0], k, v, a[1], kv_seg, a[2], kv_pos, scale)), xs)
     out = jnp.moveaxis(out, 0, 1).reshape(q.shape[0], n * chunk, *q.shape[2:])
     return out[:, :lq]
+
+
+def attention_lse(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_seg: jax.Array,
+    kv_seg: jax.Array,
+    q_pos: jax.Array | None = None,
+    kv_pos: jax.Array | None = None,
+    *,
+    chunk: int = 1024,
+) -> tuple[jax.Array, jax.Array]:
+    """`attention`'s forward (same masks, query rows in chunks) returning (out float32 (B, Lq, H, D), lse (B, Lq, H)):
+    a part of the keys whose result `paged_kernel.merge` combines with another part's. A query that sees no key
+    gets out 0 and lse -inf. Not differentiated (decode and extend only)."""
+    b, lq, h, d = q.shape
+    kvh = k.shape[2]
+    scale = d ** -0.5
+
+    def one(q, q_seg, q_pos):
+        n = q.shape[1]
+        s, mask = _scores(q, k, q_seg, kv_seg, q_pos, kv_pos, scale)
+        m = s.max(axis=-1, keepdims=True)
+        e = jnp.where(mask[:, None, None], jnp.exp(s - m), 0.0)
+        total = e.sum(axis=-1, keepdims=True)
+        p = (e / jnp.where(total > 0, total, 1.0)).astype(v.dtype)
+        o = jnp.matmul(p.reshape(b, kvh, -1, k.shape[1]), v.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
+        lse = jnp.where(total > 0, m + jnp.log(jnp.where(total > 0, total, 1.0)), -jnp.inf)  # (B, KV, G, n, 1)
+        return _from_head_major(o, n, h), lse[..., 0].transpose(0, 3, 1, 2).reshape(b, n, h)
+
+    chunk = _query_chunk(chunk, k.shape[1], h)
+    if lq <= chunk:
+        return one(q, q_seg, q_pos)
+    n = -(-lq // chunk)
+    pad = n * chunk - lq
+
+    def split(x: jax.Array) -> jax.Array:
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape(x.shape[0], n, chunk, *x.shape[2:]), 1, 0)
+
+    out, lse = jax.lax.map(lambda a: one(*a), (split(q), split(q_seg), split(q_pos) if q_pos is not None else None))
+    out = jnp.moveaxis(out, 0, 1).reshape(b, n * chunk, h, d)[:, :lq]
+    return out, jnp.moveaxis(lse, 0, 1).reshape(b, n * chunk, h)[:, :lq]

@@ -16,6 +16,9 @@ full attention), and the rest (a chunk extending a KV cache: per-row causal offs
 * paged decode (GPU; `pallas_gpu` selects it alone, so the CPU can interpret it): one query token per
   sequence against a page pool, `jax.experimental.pallas.ops.gpu.paged_attention`, reading only the pages
   each sequence fills. Other paged calls (extend chunks) gather the pages and take the XLA path.
+* paged prefix (TPU, with `splash`): decode steps and extend chunks against a page pool, `paged_kernel.py`: a
+  Pallas TPU kernel reads the pages each sequence fills from the layer-stacked pool, the chunk's own causal
+  attention is merged in by log-sum-exp (the pool is written after the layer loop, in place).
 
 Memory of every backend is O(L) per row in forward and backward (flash-style online softmax).
 """
@@ -144,6 +147,18 @@ def paged_decode_enabled() -> bool:
     from mini_o3_jax.parallel.rules import active_sharding
 
     return resolve() in ("cudnn", "pallas_gpu") and active_sharding() is None
+
+
+def paged_prefix_enabled() -> bool:
+    """Whether cached chunks over a page pool run the Pallas TPU kernel (`paged_kernel.py`): with the `splash`
+    backend (TPU, or the interpreter on CPU), outside the trainer's activation sharding, and, inside `shard_map`,
+    only where every mesh axis is manual (Mosaic kernels are not partitioned by XLA)."""
+    from mini_o3_jax.parallel.rules import active_sharding
+
+    if resolve() != "splash" or active_sharding() is not None:
+        return False
+    mesh = jax.sharding.get_abstract_mesh()
+    return mesh.empty or set(mesh.manual_axes) == set(mesh.axis_names)
 
 
 def _largest_divisor(n: int, most: int) -> int:

@@ -18,6 +18,7 @@ from mini_o3_jax.model.attention import attention
 from mini_o3_jax.model.config import TextConfig
 from mini_o3_jax.model.layers import apply_rotary, dense, matmul_fp32, param, rms_norm
 from mini_o3_jax.model.paged_cache import gather_pages, table_rows, write_chunk, write_pages
+from mini_o3_jax.model.paged_kernel import chunk_attention, merge, paged_prefix_attention
 from mini_o3_jax.model.vision import _remat_policy
 from mini_o3_jax.parallel.rules import constrain
 
@@ -129,7 +130,8 @@ class TextDecoder(nnx.Module):
         With `table` (S, pages_per_slot) the caches are page pools (layers, kv_heads, num_pages, page_size,
         head_dim) (`rollout/pages.py`): row b's tokens live in the pages `table[slots[b]]` names (a row past
         the table, a batch's padding, writes to the null page), and `kv_len` (rounded up to the page size) is
-        read back through the table; a decode step (C == 1) on GPU reads the pages directly (Pallas).
+        read back through the table; a decode step (C == 1) on GPU and any chunk on TPU read the pages directly
+        (Pallas kernels, `attention_backends`).
 
         k_cache/v_cache: (layers, S, max_len, kv_heads, head_dim); `slots` (B,) picks the rows (None:
         all S rows in order, B == S); `valid` (B, C) marks real tokens (padding is written past the
@@ -157,6 +159,7 @@ class TextDecoder(nnx.Module):
         layers = jnp.arange(self.cfg.num_hidden_layers, dtype=jnp.int32)
         weights = self.layer_weights()
         kernel = table is not None and c == 1 and backends.paged_decode_enabled()
+        prefix_kernel = table is not None and backends.paged_prefix_enabled()
         if table is not None and not kernel:
             # through the page table: each layer attends over the pages already written and the chunk itself, and
             # all layers' keys/values are written after the loop (`write_chunk`: the pool stays in place)
@@ -164,6 +167,12 @@ class TextDecoder(nnx.Module):
                 w, i = layer
 
                 def attend(q, k, v, _):
+                    if prefix_kernel:  # TPU: the kernel reads the filled pages; the chunk's own part merged in
+                        scale = q.shape[-1] ** -0.5
+                        old = paged_prefix_attention(q, k_cache, v_cache, i, table[:, : kv_len // page_size], starts,
+                                                     scale=scale, interpret=backends._INTERPRET.get())
+                        own = chunk_attention(q, k.astype(k_cache.dtype), v.astype(v_cache.dtype), valid, q_pos)
+                        return merge([old, own]).astype(q.dtype), (k, v)
                     old = (kv_pos < starts[:, None]).astype(jnp.int32)
                     keys = jnp.concatenate([gather_pages(k_cache, table, kv_len, layer=i), k.astype(k_cache.dtype)], 1)
                     values = jnp.concatenate([gather_pages(v_cache, table, kv_len, layer=i),

@@ -58,6 +58,7 @@ class RolloutPlanRow:
     decode_workspace: int = 0  # per chip: the decode program's memory beyond its arguments
     extend_workspace: int = 0  # per chip: a text extend chunk's
     extend_tokens: int = 0
+    kernels: int = 0  # Pallas/Mosaic custom calls in the compiled decode program (the paged prefix kernel on TPU)
     error: str | None = None
 
     @property
@@ -92,13 +93,14 @@ def _host_devices(devices: list) -> list:
 def rollout_plan(cfg: ml_collections.ConfigDict, target: str, *, preset: str = "qwen2_5_vl_7b",
                  extend_tokens: int = 8192) -> RolloutPlanRow:
     """Size and compile the rollout of RL config `cfg` for `target`; see the module docstring."""
+    from mini_o3_jax.model.attention_backends import attention_backend
     from mini_o3_jax.rl.loop import rollout_settings
     from mini_o3_jax.train.optim import OptimConfig, make_optimizer
     from mini_o3_jax.train.session import sharding_rules
     from mini_o3_jax.train.step import optimizer_shardings
 
     r = rollout_settings(cfg)
-    devices, _, (capacity, _) = target_devices(target)
+    devices, platform, (capacity, _) = target_devices(target)
     host = _host_devices(devices)
     mcfg = _model_config(cfg, preset)
     model = nnx.eval_shape(lambda: Qwen25VL(mcfg, dtype=cfg.dtype, rngs=nnx.Rngs(0)))
@@ -153,19 +155,24 @@ def rollout_plan(cfg: ml_collections.ConfigDict, target: str, *, preset: str = "
     flags = by_slot((slots,), jnp.bool_)
     stop_table = _struct((8, t.vocab_size), jnp.int32, mesh, P())
     try:
-        lowered = decode.lower(graphdef, weights, cache, vec, flags, vec, _struct((2,), jnp.int32, mesh, P()), keys,
-                               sampling, r.decode_chunk, stop_table, vec, kv_len=r.max_len, serving=serving)
-        row.decode_workspace = _workspace(lowered)
+        # traced for the target's kernels (the paged prefix kernel on TPU), not this machine's
+        backend = {"tpu": "splash", "gpu": "cudnn"}.get(platform, "xla")
+        with attention_backend(backend):
+            lowered = decode.lower(graphdef, weights, cache, vec, flags, vec, _struct((2,), jnp.int32, mesh, P()),
+                                   keys, sampling, r.decode_chunk, stop_table, vec, kv_len=r.max_len, serving=serving)
+        row.decode_workspace, row.kernels = _workspace(lowered)
         rows = len(host)  # one chunk per chip, the longest prompt chunk the config allows
         by_row = functools.partial(_struct, mesh=mesh, spec=P("data"))
         text = TextInputs(by_row((rows, extend_tokens), jnp.int32),
                           _struct((3, rows, extend_tokens), jnp.int32, mesh, P(None, "data")),
                           by_row((rows, extend_tokens), jnp.int32), by_row((rows, extend_tokens), jnp.int32))
-        lowered = extend.lower(graphdef, weights, cache, text, None, by_row((rows,), jnp.int32),
-                               by_row((rows,), jnp.int32),
-                               jax.ShapeDtypeStruct((rows,), keys.dtype, sharding=by_row((rows,), jnp.int32).sharding),
-                               sampling, serving=serving)
-        row.extend_workspace = _workspace(lowered)
+        with attention_backend(backend):
+            lowered = extend.lower(graphdef, weights, cache, text, None, by_row((rows,), jnp.int32),
+                                   by_row((rows,), jnp.int32),
+                                   jax.ShapeDtypeStruct((rows,), keys.dtype,
+                                                        sharding=by_row((rows,), jnp.int32).sharding),
+                                   sampling, serving=serving)
+        row.extend_workspace = _workspace(lowered)[0]
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -173,17 +180,18 @@ def rollout_plan(cfg: ml_collections.ConfigDict, target: str, *, preset: str = "
     return row
 
 
-def _workspace(lowered) -> int:
+def _workspace(lowered) -> tuple[int, int]:
     """A program's memory beyond its arguments (the weights it reads, the pool): the buffer assignment's total less
-    the arguments (an unused weight, the ViT's in decode, is not one)."""
+    the arguments (an unused weight, the ViT's in decode, is not one); and its Pallas/Mosaic kernel calls."""
     compiled, total, _ = _compile(lowered)
-    return max(0, total - compiled.memory_analysis().argument_size_in_bytes)
+    return (max(0, total - compiled.memory_analysis().argument_size_in_bytes),
+            compiled.as_text().count("tpu_custom_call"))
 
 
 def format_rollout_rows(rows: list[RolloutPlanRow]) -> str:
     head = ("| target | chips (per host) | slots per chip | per-chip HBM: serving weights / trainer state / KV pool / "
             "decode, extend workspace | pages per chip | KV tokens per chip | whole episodes at once | mean tokens "
-            "per slot before waiting | fits |\n|---|---:|---:|---|---:|---:|---:|---:|---|")
+            "per slot before waiting | Pallas kernels in decode | fits |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---|")
     lines = [head]
     for r in rows:
         pool = r.pages_per_chip * r.page_bytes
@@ -192,7 +200,7 @@ def format_rollout_rows(rows: list[RolloutPlanRow]) -> str:
             f"| {r.target} | {r.chips} ({r.chips_per_host}) | {r.slots_per_chip} | {r.weights_bytes / GiB:.1f} / "
             f"{r.trainer_bytes / GiB:.1f} / {pool / GiB:.1f} / {r.decode_workspace / GiB:.2f}, "
             f"{r.extend_workspace / GiB:.2f} GiB of {(r.capacity or 0) / GiB:.0f} | {r.pages_per_chip:,} x "
-            f"{r.page_size} | {r.kv_tokens:,} | {r.episodes:.1f} x {r.max_len:,} | {r.tokens_per_slot:,} | {verdict} |")
+            f"{r.page_size} | {r.kv_tokens:,} | {r.episodes:.1f} x {r.max_len:,} | {r.tokens_per_slot:,} | {r.kernels} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -212,7 +220,9 @@ def write_rollout_results(rows: list[RolloutPlanRow], config_name: str, path: st
             f"pool ({r.page_size}-token pages, {r.page_bytes / 2**20:.1f} MiB each) in 90 % of what is left; decode "
             f"({r.max_len:,}-token window) and a {r.extend_tokens:,}-token text extend chunk compiled for one host's "
             "chips, their workspace (memory beyond their arguments) from the buffer assignment, checked against the "
-            "10 % kept free. 'Mean tokens per slot': the average cached length per slot the pool sustains with "
+            "10 % kept free. Traced with the target's attention kernels: on TPU the paged prefix kernel (`model/"
+            "paged_kernel.py`) reads each slot's filled pages in place ('Pallas kernels in decode': its calls in the "
+            "compiled program; the scanned layers make it one). 'Mean tokens per slot': the average cached length per slot the pool sustains with "
             "every slot busy; past it slots wait for pages (continuous batching refills as episodes end).\n"
             f"- Reproduce: `mini-o3 plan --config {config_name} --rollout{targets} --write-results`\n\n"
             f"{format_rollout_rows(rows)}\n{end}")

@@ -69,9 +69,11 @@ class Serving:
         return out, time.perf_counter() - t0
 
     def run(self, fn: Callable, in_specs: Any, out_specs: Any) -> Callable:
-        """`fn` over each device's block of slots (manual over the slot axes; `tensor`, if any, left to XLA)."""
+        """`fn` over each device's block of slots (manual over the slot axes and every axis of size 1; `tensor`, if
+        split, left to XLA). A region manual over every axis can call Mosaic kernels (the paged prefix kernel)."""
+        single = {a for a in self.mesh.axis_names if self.mesh.shape[a] == 1}
         return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
-                             axis_names=frozenset(self.axes), check_vma=False)
+                             axis_names=frozenset(self.axes) | single, check_vma=False)
 
 
 def serving_for(state: nnx.State) -> Serving | None:
