@@ -162,12 +162,23 @@ def _init_config(args):
     return load_config(args.config, args.override, args=args.overrides)
 
 
+DEMO_CONFIG = "configs/demo.py"
+
+
 def _demo_config(args):
+    if getattr(args, "turn_scaling", False) and args.config == DEMO_CONFIG:
+        args.config = "turn_scaling"  # configs/turn_scaling.py
     cfg = _config(args)
     if args.out:
         cfg.out_dir = args.out
     if args.ablation:
         cfg.ablation = True
+    if getattr(args, "turn_scaling", False):
+        if "turn_scaling" not in cfg:
+            raise ConfigError(f"{args.config}: --turn-scaling needs a config with a turn_scaling block "
+                              "(configs/turn_scaling.py)")
+        if args.seeds:
+            cfg.turn_scaling.seeds = list(args.seeds)
     return cfg
 
 
@@ -393,7 +404,12 @@ def cmd_demo(args) -> None:
     from mini_o3_jax.toy.recipe import run_recipe, run_seeds
 
     cfg = _demo_config(args)
-    summary = run_seeds(cfg, args.seeds) if args.seeds else run_recipe(cfg)
+    if args.turn_scaling:
+        from mini_o3_jax.toy.turn_scaling import run_turn_scaling
+
+        summary = run_turn_scaling(cfg)
+    else:
+        summary = run_seeds(cfg, args.seeds) if args.seeds else run_recipe(cfg)
     print(json.dumps(summary, indent=2, default=str))
 
 
@@ -617,13 +633,18 @@ benchmarks:
   mini-o3 demo --ablation --out runs/demo_ablation
   mini-o3 demo --seeds 0,1,2 --out runs/demo_seeds  # once per training seed: mean +- standard error
   mini-o3 demo --config.base=                    # perception stages from random init too, ~16 min
-  mini-o3 demo --config.sft.train.steps=400 --show-config""", _config_help("demo"))
-    _add_config(s, "configs/demo.py", _demo_config)
+  mini-o3 demo --config.sft.train.steps=400 --show-config
+  mini-o3 demo --turn-scaling                    # over-turn masking vs test-time turns (configs/turn_scaling.py)""",
+                _config_help("demo"))
+    _add_config(s, DEMO_CONFIG, _demo_config)
     s.add_argument("--out", type=_path, default=None, help="run directory (default: the config's out_dir, runs/demo)")
     s.add_argument("--ablation", action="store_true", help="also train RL without over-turn masking, compare")
     s.add_argument("--seeds", type=_seeds, default=None, metavar="S1,S2,...",
                    help="run the recipe once per training seed (OUT/seed_<s>, each resumable) and report accuracy "
                         "as mean +- standard error over them, with the paired RL - SFT difference (OUT/report.md)")
+    s.add_argument("--turn-scaling", action="store_true",
+                   help="from one SFT model on long searches, GRPO with and without over-turn masking per RL seed "
+                        "(--seeds), each evaluated up to 4x the training turn limit: OUT/turn_scaling.md + .png")
     s.set_defaults(fn=cmd_demo)
     return p
 

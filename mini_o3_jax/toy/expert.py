@@ -23,7 +23,6 @@ from mini_o3_jax.toy.rng import Rng
 from mini_o3_jax.toy.scene import (
     CROP_MARGIN,
     LEGIBLE_STROKE,
-    MAX_TURNS,
     POSITIONS,
     WINDOW_OFFSETS,
     SceneObject,
@@ -335,8 +334,8 @@ def expert_trajectory(puzzle: Puzzle, seed: int = 0, pattern: str | None = None,
         conv.append({"from": "gpt", "value": text})
         if i < len(ex.turns) - 1:
             conv.append({"from": "human", "value": observation_text(i)})
-    if len(ex.turns) > MAX_TURNS:
-        raise AssertionError(f"{puzzle.doc_id}: {len(ex.turns)} turns > {MAX_TURNS}")
+    if len(ex.turns) > puzzle.config.max_expert_turns:
+        raise AssertionError(f"{puzzle.doc_id}: {len(ex.turns)} turns > {puzzle.config.max_expert_turns}")
     return ExpertTrajectory(conv, [v.image for v in ex.views], pattern, ex.boxes)
 
 

@@ -60,7 +60,10 @@ SEED_SFT, SEED_BASELINE, SEED_RL, SEED_PERCEPTION, SEED_EVAL = 1_000_000, 2_000_
 
 
 def scene_config(cfg: ml_collections.ConfigDict) -> SceneConfig:
-    return getattr(SceneConfig, cfg.scene)()
+    """The `scene` preset with the config's `scene_overrides` (lists become the tuples SceneConfig holds)."""
+    extra = cfg.get("scene_overrides") or {}
+    extra = extra.to_dict() if hasattr(extra, "to_dict") else dict(extra)
+    return getattr(SceneConfig, cfg.scene)(**{k: tuple(v) if isinstance(v, list) else v for k, v in extra.items()})
 
 
 def _puzzle(scene: SceneConfig, base: int, i: int, levels: Sequence[str] = ()) -> Puzzle:
@@ -128,6 +131,8 @@ class ToyData:
     vocab_size: int = 700
     # the levels RL prompts cycle through (empty: all): the hard one, where SFT leaves room
     rl_levels: tuple[str, ...] = ("hard",)
+    # the levels evaluated (empty: all of the scene's); the turn-scaling demo evaluates hard only
+    eval_levels: tuple[str, ...] = ()
 
 
 class Recipe:
@@ -158,6 +163,8 @@ class Recipe:
         src, tfds_dir = os.path.join(self.out, "data"), os.path.join(self.out, "tfds")
         sets = {}
         for i, level in enumerate(self.scene.levels):
+            if self.toy_data.eval_levels and level not in self.toy_data.eval_levels:
+                continue
             name = f"synthetic_{level}"
             path = os.path.join(src, name, "val.json")
             if not os.path.exists(path):
@@ -225,8 +232,9 @@ class Recipe:
         base, system = SEED_BASELINE if direct else SEED_SFT, bool(self.cfg.system_prompt)
         block = self.cfg.baseline if direct else self.cfg.sft
         patterns = dict(block.patterns) if block.get("patterns") else None  # expert reasoning-pattern weights
+        levels = tuple(block.get("levels") or ())  # the levels its puzzles cycle through (empty: all)
         return self._train(name, block, init, tok, proc,
-                           lambda i: _conversation(_puzzle(self.scene, base, i), i, system, direct, patterns))
+                           lambda i: _conversation(_puzzle(self.scene, base, i, levels), i, system, direct, patterns))
 
     def seeing_model(self, tok: Tokenizer, proc: ImageProcessor) -> str:
         """The checkpoint baseline and SFT start from: the base (`cfg.base`, the toy's pretrained Qwen2.5-VL),
@@ -287,11 +295,15 @@ class Recipe:
                 label=name)
         return final
 
-    def rl(self, name: str, init: str, tok: Tokenizer, proc: ImageProcessor, *, mask: bool) -> str:
+    def rl(self, name: str, init: str, tok: Tokenizer, proc: ImageProcessor, *, mask: bool,
+           seed: int | None = None) -> str:
+        """GRPO from `init`, with or without over-turn masking; `seed` (default: the config's) seeds the run."""
         final = os.path.join(self.out, name, "final")
         if os.path.exists(os.path.join(final, "mini_o3.json")):
             return final
         c = self._stage_config(self.cfg.rl, name, init)
+        if seed is not None:
+            c.seed = int(seed)
         c.train.mask_exceeded = mask
         c.env.min_pixels, c.env.max_pixels = self.scene.min_pixels, self.scene.view_pixels
         if not self.cfg.system_prompt:

@@ -51,7 +51,8 @@ LEGIBLE_STROKE = 2.0
 ILLEGIBLE_STROKE = 1.0
 LOCALISABLE_PX = 6.0
 HIDDEN_PX = 4.0
-MAX_TURNS = 6  # Mini-o3's training turn limit: every expert trajectory fits it
+MAX_TURNS = 6  # Mini-o3's training turn limit: every expert trajectory fits it (up to 3 look-alikes)
+MAX_LOOKALIKES = 8  # the most hard-level look-alikes a grid scene may hold (the turn-scaling demo's long searches)
 
 # 3x3 names for where something is in an image (and for the half-size zoom windows).
 POSITIONS = (("top left", "top", "top right"), ("left", "center", "right"),
@@ -204,9 +205,12 @@ class SceneConfig:
             raise ConfigError(f"SceneConfig.glyphs = {self.glyphs!r}; expected >= 3 distinct characters of "
                               f"{''.join(FONT_5X7)} (not {bad})")
         lo, hi = self.hard_candidates
-        if not 2 <= lo <= hi <= 3:
+        most = MAX_LOOKALIKES if self.layout == "grid" else 3
+        if not 2 <= lo <= hi <= most:
             raise ConfigError(f"SceneConfig.hard_candidates = {self.hard_candidates}; expected 2 <= min <= max <= 3 "
-                              f"so that checking them all fits {MAX_TURNS} turns")
+                              f"(checking them all fits Mini-o3's {MAX_TURNS} training turns), or up to "
+                              f"{MAX_LOOKALIKES} on the grid layout (searches longer than the training limit: "
+                              "`mini-o3 demo --turn-scaling`)")
         if self.layout not in ("free", "grid") or self.thoughts not in ("verbose", "terse"):
             raise ConfigError(f"SceneConfig.layout = {self.layout!r}, thoughts = {self.thoughts!r}; expected "
                               "layout 'free' or 'grid' and thoughts 'verbose' or 'terse'")
@@ -235,6 +239,12 @@ class SceneConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"SceneConfig.{name} = {getattr(self, name)}; expected a fraction in [0, 1]")
         level_geometry(self)  # raises ConfigError when a level cannot be built at this budget
+
+    @property
+    def max_expert_turns(self) -> int:
+        """The longest expert trajectory: every look-alike checked, plus a detour (trial and error or depth first)
+        and the answer; Mini-o3's 6 for the default 2-3 look-alikes."""
+        return max(MAX_TURNS, self.hard_candidates[1] + 2)
 
     def env_config(self, **overrides: Any):
         """The `EnvConfig` that shows the model what these puzzles assume (budget and crop floor)."""
