@@ -54,7 +54,9 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeJudgeServer]:
 # The slowest files first, longest first (measured with --durations): `--dist loadfile --no-loadscope-reorder`
 # hands files to the workers in collection order, so a long file collected last would otherwise run alone on
 # one core at the end (xdist's default reorder, by test count, put the 3-test multi-host file last).
-SLOW_FILES = ("test_train_resume.py", "test_train.py", "test_notebooks.py", "test_recipe.py", "test_multihost.py",
+# test_notebooks.py runs after test_recipe.py: train_tiny.ipynb's smoke run compiles the programs the reduced demo
+# did (same settings), and loads them from the session's compilation cache instead.
+SLOW_FILES = ("test_train_resume.py", "test_train.py", "test_recipe.py", "test_multihost.py", "test_notebooks.py",
               "test_engine.py", "test_paged_sharded.py", "test_eval.py", "test_cli.py", "test_cli_paths.py", "test_memory_scaling.py",
               "test_model_golden.py", "test_sharding.py", "test_plan.py")
 

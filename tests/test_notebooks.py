@@ -85,7 +85,9 @@ def test_notebook_runs(path: pathlib.Path, tmp_path: pathlib.Path):
 
 # What each notebook must print besides running: the numbers and artefacts a reader looks for.
 KEY_OUTPUTS = {
-    "01_backbone_tour.ipynb": ("decoder q:", "image tokens", "max |logit difference|"),
+    # (run_roundtrip's contract is checked here: the notebook is its one run in the suite)
+    "01_backbone_tour.ipynb": ("decoder q:", "image tokens", "max |logit difference|",
+                               "hf vs orbax max |logprob diff|: 0.0 |"),
     "train_tiny.ipynb": ('"easy":', '"hard":', "| model | easy | hard |", "truth:"),
     "quickstart.ipynb": ("checkpoint:", "truth:", "correct:", "report:", "--- turn 1:",
                          "figure: runs/quickstart/quickstart_trajectory.png"),

@@ -269,7 +269,8 @@ class Recipe:
         (they train one model at the same shapes: later stages load the programs the first compiled)."""
         c = block.copy_and_resolve_references()
         c.model_path, c.tokenizer_path, c.out_dir, c.seed = init, self.tok_dir, os.path.join(self.out, name), self.cfg.seed
-        if c.get("compile_cache", "auto") == "auto":
+        # (JAX's own cache directory, when one is set, wins: `train.session.compile_cache_dir`)
+        if c.get("compile_cache", "auto") == "auto" and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
             with c.unlocked():
                 c.compile_cache = os.path.join(self.out, "compile_cache")
         _write_provenance(c.out_dir, init)
