@@ -8,9 +8,9 @@ evaluated up to 16 turns (4x the training limit).
     mini-o3 demo --turn-scaling                           # runs/turn_scaling/turn_scaling.md
     mini-o3 demo --turn-scaling --seeds 0,1,2
 
-Status (docs/demo.md, "Turn scaling"): the effect is not shown yet. The SFT model's per-zoom border check is at
-chance, so it stops early at a random look-alike and masking has little to act on; the values below are a first
-guess, measured once (seed 0, ~24 min on a 2-core CPU), not a tuned result.
+Status (docs/demo.md, "Turn scaling"): the effect is not shown yet. With 300 SFT steps the SFT model gains from
+4 to 16 turns (35.2 -> 41.4 %), but 8 gentle GRPO steps leave both arms where SFT was (masked - unmasked
+-0.8 +- 1.1 at 16 turns, seed 0). Not tuned; over the 15-minute budget (~35 min in all).
 """
 
 import os
@@ -33,7 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # cold-start SFT on the long searches only (the packaged base already reads the easy level)
     c.sft.levels = ["hard"]
-    c.sft.train.steps = 60  # ~4.3 s a step on 2 CPU cores (long sequences, up to 9 images)
+    # 300: the in-context border check clicks after ~150-250 steps (at 60 it was at chance: docs/demo.md);
+    # ~3.5 s a step on 2 CPU cores (long sequences, up to 9 images), so ~19 min
+    c.sft.train.steps = 300
     c.sft.train.max_length = 1536
 
     # GRPO at a 4-turn training limit; lr and KL as the demo's
