@@ -31,6 +31,16 @@ def cached(graphdef, state, chunk, k, v, starts, rows=None, kv_len=None, table=N
     return nnx.merge(graphdef, state).cached(chunk, None, k, v, starts, rows, kv_len, table)
 
 
+def through_kernel(backend, graphdef, state, step, pk, pv, starts, table, kv_len):
+    """`cached` over the page pools with `backend`'s Pallas kernel (interpreted), asserted to be in the program."""
+    from mini_o3_jax.model.attention_backends import attention_backend
+
+    with attention_backend(backend, interpret=True):
+        run = functools.partial(cached.__wrapped__, graphdef, kv_len=kv_len)
+        assert "pallas_call" in str(jax.make_jaxpr(run)(state, step, pk, pv, starts, table=table))
+        return run(state, step, pk, pv, starts, table=table)
+
+
 def test_paged_prefill_fork_and_decode_equal_the_dense_cache():
     cfg = model_config("tiny")
     graphdef, state = nnx.split(Qwen25VL(cfg, rngs=nnx.Rngs(0), dtype=jnp.float32))
@@ -85,34 +95,25 @@ def test_paged_prefill_fork_and_decode_equal_the_dense_cache():
             for s in range(slots):
                 np.testing.assert_allclose(got[s, : lengths[s]], np.asarray(rows_[layer, s, : lengths[s]]), atol=1e-5)
     # the same step with the Pallas GPU paged decode kernel (interpreted) reading the pages in every layer
-    from mini_o3_jax.model.attention_backends import attention_backend
-
     tok = rng.integers(0, text.vocab_size, (slots, 1))
     step = text_inputs(tok, lengths, np.ones((slots, 1), bool))
     starts = jnp.asarray(lengths, jnp.int32)
     hd, dk, dv = cached(graphdef, state, step, dk, dv, starts, kv_len=40)
-    with attention_backend("pallas_gpu", interpret=True):
-        run = functools.partial(cached.__wrapped__, graphdef, kv_len=40)
-        assert "pallas_call" in str(jax.make_jaxpr(run)(state, step, pk, pv, starts, table=jnp.asarray(pool.table)))
-        hp, pk, pv = run(state, step, pk, pv, starts, table=jnp.asarray(pool.table))
+    hp, pk, pv = through_kernel("pallas_gpu", graphdef, state, step, pk, pv, starts, jnp.asarray(pool.table), 40)
     np.testing.assert_allclose(np.asarray(hp), np.asarray(hd), atol=1e-5)
     lengths += 1
     # a ragged extend (5, 2, 5 and no tokens) with the Pallas TPU prefix kernel (interpreted) reading each layer's
     # filled pages from the stacked pool, the chunk's own causal attention merged in (decode: tests/test_pages.py)
-    for n_new in ((5, 2, 5, 0),):
-        c = max(n_new)
-        for s in range(slots):
-            pool.reserve(s, int(lengths[s]) + n_new[s])
-        valid = np.arange(c)[None] < np.array(n_new)[:, None]
-        step = text_inputs(rng.integers(0, text.vocab_size, (slots, c)), lengths, valid)
-        starts = jnp.asarray(lengths, jnp.int32)
-        hd, dk, dv = cached(graphdef, state, step, dk, dv, starts, kv_len=48)
-        with attention_backend("splash", interpret=True):
-            run = functools.partial(cached.__wrapped__, graphdef, kv_len=48)
-            assert "pallas_call" in str(jax.make_jaxpr(run)(state, step, pk, pv, starts, table=jnp.asarray(pool.table)))
-            hp, pk, pv = run(state, step, pk, pv, starts, table=jnp.asarray(pool.table))
-        np.testing.assert_allclose(np.asarray(hp)[valid], np.asarray(hd)[valid], atol=1e-5)
-        lengths += np.array(n_new)
+    n_new = np.array([5, 2, 5, 0])
+    for s in range(slots):
+        pool.reserve(s, int(lengths[s] + n_new[s]))
+    valid = np.arange(n_new.max())[None] < n_new[:, None]
+    step = text_inputs(rng.integers(0, text.vocab_size, valid.shape), lengths, valid)
+    starts = jnp.asarray(lengths, jnp.int32)
+    hd, dk, dv = cached(graphdef, state, step, dk, dv, starts, kv_len=48)
+    hp, pk, pv = through_kernel("splash", graphdef, state, step, pk, pv, starts, jnp.asarray(pool.table), 48)
+    np.testing.assert_allclose(np.asarray(hp)[valid], np.asarray(hd)[valid], atol=1e-5)
+    lengths += n_new
     table = jnp.asarray(pool.table)
     for s in range(slots):
         got = np.asarray(gather_pages(pk[1], table, max_len))[s, : lengths[s]]

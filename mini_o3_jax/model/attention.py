@@ -147,10 +147,17 @@ def attention(
     fused = _fused(q, k, v, q_seg, kv_seg, q_pos, causal, scale)
     if fused is not None:
         return fused
+    # each chunk rematerialised: the loop's backward keeps only its inputs per chunk
+    return _by_query_chunks(jax.checkpoint(lambda q, s, p: _attend(q, k, v, s, kv_seg, p, kv_pos, scale)),
+                            q, q_seg, q_pos, _query_chunk(chunk, k.shape[1], q.shape[2]))
+
+
+def _by_query_chunks(fn, q: jax.Array, q_seg: jax.Array, q_pos: jax.Array | None, chunk: int):
+    """`fn(q, q_seg, q_pos)` (outputs with the query rows on axis 1) over `chunk` query rows at a time (`lax.map`),
+    the outputs put back together: one call when the rows fit."""
     lq = q.shape[1]
-    chunk = _query_chunk(chunk, k.shape[1], q.shape[2])
     if lq <= chunk:
-        return _attend(q, k, v, q_seg, kv_seg, q_pos, kv_pos, scale)
+        return fn(q, q_seg, q_pos)
     n = -(-lq // chunk)
     pad = n * chunk - lq
 
@@ -158,11 +165,8 @@ def attention(
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
         return jnp.moveaxis(x.reshape(x.shape[0], n, chunk, *x.shape[2:]), 1, 0)
 
-    xs = (split(q), split(q_seg), split(q_pos) if q_pos is not None else None)
-    # each chunk rematerialised: the loop's backward keeps only its inputs per chunk
-    out = jax.lax.map(jax.checkpoint(lambda a: _attend(a[0], k, v, a[1], kv_seg, a[2], kv_pos, scale)), xs)
-    out = jnp.moveaxis(out, 0, 1).reshape(q.shape[0], n * chunk, *q.shape[2:])
-    return out[:, :lq]
+    out = jax.lax.map(lambda a: fn(*a), (split(q), split(q_seg), split(q_pos) if q_pos is not None else None))
+    return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1).reshape(x.shape[1], n * chunk, *x.shape[3:])[:, :lq], out)
 
 
 def attention_lse(
@@ -179,7 +183,7 @@ def attention_lse(
     """`attention`'s forward (same masks, query rows in chunks) returning (out float32 (B, Lq, H, D), lse (B, Lq, H)):
     a part of the keys whose result `paged_kernel.merge` combines with another part's. A query that sees no key
     gets out 0 and lse -inf. Not differentiated (decode and extend only)."""
-    b, lq, h, d = q.shape
+    b, _, h, d = q.shape
     kvh = k.shape[2]
     scale = d ** -0.5
 
@@ -194,16 +198,4 @@ def attention_lse(
         lse = jnp.where(total > 0, m + jnp.log(jnp.where(total > 0, total, 1.0)), -jnp.inf)  # (B, KV, G, n, 1)
         return _from_head_major(o, n, h), lse[..., 0].transpose(0, 3, 1, 2).reshape(b, n, h)
 
-    chunk = _query_chunk(chunk, k.shape[1], h)
-    if lq <= chunk:
-        return one(q, q_seg, q_pos)
-    n = -(-lq // chunk)
-    pad = n * chunk - lq
-
-    def split(x: jax.Array) -> jax.Array:
-        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        return jnp.moveaxis(x.reshape(x.shape[0], n, chunk, *x.shape[2:]), 1, 0)
-
-    out, lse = jax.lax.map(lambda a: one(*a), (split(q), split(q_seg), split(q_pos) if q_pos is not None else None))
-    out = jnp.moveaxis(out, 0, 1).reshape(b, n * chunk, h, d)[:, :lq]
-    return out, jnp.moveaxis(lse, 0, 1).reshape(b, n * chunk, h)[:, :lq]
+    return _by_query_chunks(one, q, q_seg, q_pos, _query_chunk(chunk, k.shape[1], h))

@@ -93,7 +93,7 @@ def _host_devices(devices: list) -> list:
 def rollout_plan(cfg: ml_collections.ConfigDict, target: str, *, preset: str = "qwen2_5_vl_7b",
                  extend_tokens: int = 8192) -> RolloutPlanRow:
     """Size and compile the rollout of RL config `cfg` for `target`; see the module docstring."""
-    from mini_o3_jax.model.attention_backends import attention_backend
+    from mini_o3_jax.model.attention_backends import attention_backend, resolve
     from mini_o3_jax.rl.loop import rollout_settings
     from mini_o3_jax.train.optim import OptimConfig, make_optimizer
     from mini_o3_jax.train.session import sharding_rules
@@ -156,7 +156,7 @@ def rollout_plan(cfg: ml_collections.ConfigDict, target: str, *, preset: str = "
     stop_table = _struct((8, t.vocab_size), jnp.int32, mesh, P())
     try:
         # traced for the target's kernels (the paged prefix kernel on TPU), not this machine's
-        backend = {"tpu": "splash", "gpu": "cudnn"}.get(platform, "xla")
+        backend = resolve(platform)
         with attention_backend(backend):
             lowered = decode.lower(graphdef, weights, cache, vec, flags, vec, _struct((2,), jnp.int32, mesh, P()),
                                    keys, sampling, r.decode_chunk, stop_table, vec, kv_len=r.max_len, serving=serving)
