@@ -2,9 +2,12 @@
 
 import os
 
+from tests.compile_flags import FAST_COMPILE
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()  # tests/compile_flags.py
 # one persistent compilation cache for the whole test session, workers and the `mini-o3` processes they start
 # (`compile_cache` "auto" follows it): the tiny configs' programs compile once, not in every launch
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(

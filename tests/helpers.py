@@ -22,6 +22,7 @@ from PIL import Image
 from mini_o3_jax.agent.prompts import SYSTEM_PROMPT_TOOL_CROP
 from mini_o3_jax.model.qwen2_5_vl import forward_logits
 from mini_o3_jax.processing.inputs import build_inputs
+from tests.compile_flags import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +32,7 @@ def run_on_devices(script: str, *args: str, devices: int = 8, timeout: int = 300
     """Run `script` in a fresh Python with `devices` simulated CPU devices (XLA reads the count once, at
     start-up, so a multi-device check cannot share this process) and return the JSON it printed on its
     last `RESULT ` line."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "XLA_FLAGS": xla_flags(devices), "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": REPO, "TOKENIZERS_PARALLELISM": "false", "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=REPO, capture_output=True, text=True,
                          timeout=timeout)
@@ -46,7 +47,8 @@ def host_env(**extra: str) -> dict:
     process that plays one host."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("XLA_", "MINI_O3_", "JAX_")) or k == "JAX_COMPILATION_CACHE_DIR"}
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO, TOKENIZERS_PARALLELISM="false", **extra)
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO, TOKENIZERS_PARALLELISM="false", XLA_FLAGS=xla_flags())
+    env.update(extra)
     return env
 
 
@@ -65,7 +67,7 @@ def start_hosts(cmd: list[str], logs: str, *, hosts: int = 2, devices: int = 4, 
     Process i writes `{logs}.{i}` and `{logs}.{i}.err`."""
     port, procs = free_port(), []
     for rank in range(hosts):
-        env = host_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        env = host_env(XLA_FLAGS=xla_flags(devices),
                        MINI_O3_COORDINATOR=f"127.0.0.1:{port}", MINI_O3_NUM_PROCESSES=str(hosts),
                        MINI_O3_PROCESS_ID=str(rank), **(envs[rank] if rank < len(envs) else {}))
         with open(f"{logs}.{rank}", "w") as out, open(f"{logs}.{rank}.err", "w") as err:

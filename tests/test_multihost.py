@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from mini_o3_jax.train.metrics import read_jsonl_metrics
+from tests.compile_flags import xla_flags
 from tests.helpers import (
     REPO,
     FakeGCS,
@@ -80,7 +81,7 @@ def setup(tmp_path_factory):
     data, model = write_sharegpt(str(d / "data"), 4), write_small_checkpoint(str(d / "model"))
     one = str(d / "one")
     run = subprocess.run(_sft(data, model, one), env=host_env(
-        XLA_FLAGS="--xla_force_host_platform_device_count=8"), cwd=REPO, capture_output=True, text=True, timeout=600)
+        XLA_FLAGS=xla_flags(8)), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return d, data, model, _final(one)
 

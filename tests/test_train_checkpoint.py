@@ -22,6 +22,7 @@ from mini_o3_jax.train.checkpoint import (
     key_data,
     key_from_data,
 )
+from tests.compile_flags import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -214,7 +215,7 @@ print(json.dumps({
 
 
 def test_restore_onto_different_mesh(tmp_path):
-    env = _subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = _subprocess_env(XLA_FLAGS=xla_flags(8))
     proc = subprocess.run(
         [sys.executable, "-c", _CROSS_MESH, str(tmp_path / "ckpt")],
         env=env,

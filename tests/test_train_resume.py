@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.compile_flags import xla_flags
 from tests.helpers import write_sharegpt, write_small_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +26,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO, **extra)
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO, XLA_FLAGS=xla_flags())
+    env.update(extra)
     return env
 
 
@@ -216,7 +218,7 @@ print("RESULT " + json.dumps(out))
 def mesh_result(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("mesh"))
     data = write_sharegpt(d, 4)
-    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = _env(XLA_FLAGS=xla_flags(8))
     run = subprocess.run([sys.executable, "-c", MESH_SCRIPT, data], env=env, capture_output=True, text=True,
                          timeout=900, cwd=REPO)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -249,7 +251,7 @@ def test_resume_on_an_8_device_mesh_equals_the_uninterrupted_run(tmp_path):
     data = write_sharegpt(str(tmp_path / "data"), 4)
     model = write_small_checkpoint(str(tmp_path / "model"))
     # every program stored, however fast it compiled
-    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = _env(XLA_FLAGS=xla_flags(8), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the run's own cache, under out_dir, is what this test checks
     mesh = ["--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.train.batch_size=4"]
 
