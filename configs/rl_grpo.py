@@ -72,8 +72,10 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     # together per host, with 8 environment workers. The KV cache is paged (64-token pages; a group shares its
     # prompt's pages) in a pool sized to 90 % of the free device memory (rollout.pages = 0), split over the
     # host's chips with the weights whole on each: `mini-o3 plan --config rl_grpo --rollout` shows the fit
-    # (v5p:2x4x4: every slot's 32K at once; v6e:8x8: 7.8 whole 32K episodes per chip, 15,900 tokens per slot)
-    c.rollout = to_block(RLRollout(slots=64, workers=8),
+    # (v5p:2x4x4: every slot's 32K at once; v6e:8x8: 7.8 whole 32K episodes per chip, 15,900 tokens per slot).
+    # Prompts and observations are written 8,192 tokens at a time between decode calls (chunked prefill): no
+    # extend's activations outgrow the plan's, and decoding slots never wait for a whole 32K prefill
+    c.rollout = to_block(RLRollout(slots=64, workers=8, prefill_chunk=8192),
                          skip=("env", "sampling.max_token_id", "sampling.banned_ids"))
 
     c.reward = ml_collections.ConfigDict()

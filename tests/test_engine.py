@@ -101,6 +101,37 @@ def test_the_paged_engine_samples_what_the_dense_one_does(parts):
         run(parts, page_size=16, pages=5, **kw)
 
 
+def test_chunked_prefill_samples_what_whole_extends_do(parts):
+    """Prompts (~280 tokens: system prompt, a 70-100-token image, question) and observations written 64 tokens at
+    a time between other slots' decode calls, an image never split: the same tokens at temperature 1."""
+    _, tok, _ = parts
+    kw = dict(n=3, samples=2, slots=3, sampling=T1, chunk=8, seed=3, with_stats=True)
+    whole, one = run(parts, **kw)
+    pieces, chunked = run(parts, prefill_chunk=64, **kw)
+    for x, y in zip(whole, pieces):
+        np.testing.assert_array_equal(x.token_ids, y.token_ids)
+    assert one.longest_extend >= whole[0].prompt_length > 250
+    image = max(int((t.token_ids == tok.image_pad_id).sum()) for t in whole) + 2  # one image's span, its markers in
+    assert 64 < chunked.longest_extend <= max(64, image)  # only a whole image's span is longer than a piece
+    assert chunked.extend_calls >= one.extend_calls + 6
+
+
+def test_a_piece_never_cuts_an_image():
+    from mini_o3_jax.processing.image import ProcessedImages
+    from mini_o3_jax.rollout.engine import _Chunk, split_piece
+
+    ids = np.array([1, 2, 8, 5, 5, 5, 9, 3, 8, 5, 5, 9, 4])  # 8 / 9: vision start / end; 5: image pads
+    grids = np.array([[1, 2, 6], [1, 2, 4]])  # 12 and 8 patch rows (3 and 2 pads after a 2x2 merge)
+    chunk = _Chunk(0, ids, ProcessedImages(np.arange(20.0)[:, None], grids), followers=[1, 2])
+    cuts, rows = [], []
+    while chunk is not None:
+        piece, chunk = split_piece(chunk, 4, 8, 9)
+        cuts.append(len(piece.ids))
+        rows.append(0 if piece.image is None else len(piece.image.pixel_values))
+        assert piece.last == (chunk is None) and piece.followers == ([1, 2] if piece.last else [])
+    assert cuts == [2, 5, 1, 4, 1] and rows == [0, 12, 0, 8, 0]
+
+
 def test_a_cache_that_cannot_fit_is_refused_before_allocation(parts):
     with pytest.raises(ConfigError, match=r"rollout.pages = 4000000000: 4000000000 pages per device need [\d.]+ GiB, "
                                           r"but [\d.]+ GiB is free on"):

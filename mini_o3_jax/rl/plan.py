@@ -91,7 +91,7 @@ def _host_devices(devices: list) -> list:
 
 
 def rollout_plan(cfg: ml_collections.ConfigDict, target: str, *, preset: str = "qwen2_5_vl_7b",
-                 extend_tokens: int = 8192) -> RolloutPlanRow:
+                 extend_tokens: int | None = None) -> RolloutPlanRow:
     """Size and compile the rollout of RL config `cfg` for `target`; see the module docstring."""
     from mini_o3_jax.model.attention_backends import attention_backend, resolve
     from mini_o3_jax.rl.loop import rollout_settings
@@ -100,6 +100,8 @@ def rollout_plan(cfg: ml_collections.ConfigDict, target: str, *, preset: str = "
     from mini_o3_jax.train.step import optimizer_shardings
 
     r = rollout_settings(cfg)
+    # the longest extend the engine makes: one chunked-prefill piece, or a whole max_len prompt without chunking
+    extend_tokens = extend_tokens or r.prefill_chunk or r.max_len
     devices, platform, (capacity, _) = target_devices(target)
     host = _host_devices(devices)
     mcfg = _model_config(cfg, preset)
@@ -218,7 +220,7 @@ def write_rollout_results(rows: list[RolloutPlanRow], config_name: str, path: st
             "`jax.experimental.topologies`). Each host rolls out on its own chips: the weights whole on every chip "
             "(serving layout), the trainer's fp32 parameters and AdamW moments resident beside them, the paged KV "
             f"pool ({r.page_size}-token pages, {r.page_bytes / 2**20:.1f} MiB each) in 90 % of what is left; decode "
-            f"({r.max_len:,}-token window) and a {r.extend_tokens:,}-token text extend chunk compiled for one host's "
+            f"({r.max_len:,}-token window) and a {r.extend_tokens:,}-token text extend (one `rollout.prefill_chunk` piece) compiled for one host's "
             "chips, their workspace (memory beyond their arguments) from the buffer assignment, checked against the "
             "10 % kept free. Traced with the target's attention kernels: on TPU the paged prefix kernel (`model/"
             "paged_kernel.py`) reads each slot's filled pages in place ('Pallas kernels in decode': its calls in the "

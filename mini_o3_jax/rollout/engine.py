@@ -9,7 +9,10 @@ tokens on device; then, on the host, every slot whose turn ended is handed to it
 and slots that continue queue their pending token + the observation. Finished slots are refilled
 from the queue (continuous batching); the n samples of one prompt share one prefill. All queued
 chunks (new prompts and observations) are written by one batched extend per length bucket, their
-crops through one ViT call, before the next decode.
+crops through one ViT call, before the next decode. With `prefill_chunk` set, a chunk longer than that
+is written one piece per host visit (an image's tokens never split), interleaved with the decode calls
+of the other slots: no extend call is longer than a piece, and decoding slots wait for one piece, not
+a whole 32K prompt.
 
 The KV cache is paged by default (`rollout/pages.py`): a slot holds the pages its tokens fill, a
 group shares its prompt's pages, and an episode's pages return to the pool when it ends. A pool
@@ -70,6 +73,9 @@ class EngineConfig:
     page_size: int = 64
     pages: int = 0
     decode_chunk: int = 64  # tokens per decode call between host visits
+    # chunked prefill: at most this many tokens of a slot's prompt or observation per extend call, one piece per
+    # host visit, between decode calls (an image's tokens stay in one piece); 0: each chunk in one call
+    prefill_chunk: int = 0
     max_turn_tokens: int = 8192  # per assistant turn (the released max_response_length)
     sampling: Sampling = Sampling()
     env: EnvConfig = EnvConfig()
@@ -89,6 +95,7 @@ class EngineStats:
     decode_calls: int = 0
     extend_calls: int = 0
     sampled_tokens: int = 0
+    longest_extend: int = 0  # most tokens one extend call wrote for one slot (chunked prefill bounds it)
     reshard_s: float = 0.0  # moving the weights into the serving layout (at the last `set_model`)
     peak_pages: int = 0  # most KV pages in use at once (paged cache)
     page_waits: int = 0  # times a slot's extend or decode waited for pages
@@ -117,6 +124,32 @@ class _Chunk:
     ids: np.ndarray
     image: ProcessedImages | None
     followers: list[int] = dataclasses.field(default_factory=list)
+    last: bool = True  # the chunk's last piece: its sampled token opens the turn (chunked prefill)
+
+
+def split_piece(chunk: _Chunk, limit: int, vision_start: int, vision_end: int) -> tuple[_Chunk, _Chunk | None]:
+    """The first piece of `chunk` (at most `limit` tokens, cut outside every image's vision_start..vision_end
+    span; longer only when one image is) and the rest, or (chunk, None) when it fits whole."""
+    ids = chunk.ids
+    if not limit or len(ids) <= limit:
+        return chunk, None
+    starts, ends = np.flatnonzero(ids == vision_start), np.flatnonzero(ids == vision_end)
+    cut = limit
+    for a, b in zip(starts, ends):  # an image span [a, b] the cut would enter: cut before it, or after it
+        if a < cut <= b:
+            cut = int(a) if a > 0 else int(b) + 1
+            break
+    if cut >= len(ids):
+        return chunk, None
+    head, tail = None, chunk.image
+    images = int((starts < cut).sum())
+    if images and chunk.image is not None:  # the images the piece holds, with their patch rows
+        grids = chunk.image.grid_thw
+        rows = int(np.prod(grids[:images], axis=1).sum())
+        head = ProcessedImages(chunk.image.pixel_values[:rows], grids[:images])
+        tail = None if images == len(grids) else ProcessedImages(chunk.image.pixel_values[rows:], grids[images:])
+    piece = _Chunk(chunk.slot, ids[:cut], head, last=False)
+    return piece, _Chunk(chunk.slot, ids[cut:], tail, chunk.followers, chunk.last)
 
 
 def _rows_bucket(n: int, most: int) -> int:
@@ -175,6 +208,7 @@ class _SlotTable:
         self.stops = np.asarray(engine.stop_table)
         self.done_early: set[int] = set()  # slots whose turn ended on the token sampled by extend
         self.waiting: list[_Chunk] = []  # chunks not yet written (the pool may make them wait for pages)
+        self.wrote = False  # whether the last flush wrote anything (a run where nothing can move is stuck)
 
     @property
     def busy(self) -> bool:
@@ -202,19 +236,25 @@ class _SlotTable:
         return pool.pages_for(end) - int(pool.held[chunk.slot]) + tails
 
     def flush(self) -> bool:
-        """Write every waiting chunk the pool has pages for: batched extends (rows of similar length together,
-        images through one ViT call), then forks to each group's followers. Returns whether any was written."""
+        """Write every waiting chunk (its next piece, with `prefill_chunk`) the pool has pages for: batched
+        extends (rows of similar length together, images through one ViT call), then forks to each group's
+        followers. Returns whether anything was written."""
         ready, free = [], None if self.pool is None else self.pool.free_by_part()
-        for chunk in list(self.waiting):
+        eng = self.engine
+        for whole in list(self.waiting):
+            chunk, rest = split_piece(whole, eng.config.prefill_chunk, eng.tokenizer.vision_start_id,
+                                      eng.tokenizer.vision_end_id)
             if self.pool is not None:
                 need, part = self._pages_needed(chunk), self.pool.part(chunk.slot)
                 if need > free[part]:
-                    self.engine.stats.page_waits += 1
+                    eng.stats.page_waits += 1
                     continue
                 free[part] -= need
                 self.pool.reserve(chunk.slot, self.host_len[chunk.slot] + len(chunk.ids))
             ready.append(chunk)
-            self.waiting.remove(chunk)
+            self.waiting[self.waiting.index(whole)] = rest  # None: written whole (removed below)
+        self.waiting = [c for c in self.waiting if c is not None]
+        self.wrote = bool(ready)
         if not ready:
             return False
         self._sync_table()
@@ -225,6 +265,8 @@ class _SlotTable:
         for group in by_length.values():
             firsts, logits = self._extend(group)
             for row, chunk in enumerate(group):
+                if not chunk.last:  # an earlier piece: its sampled token is not used
+                    continue
                 self.start_turn(chunk.slot, firsts[row])
                 if chunk.followers:
                     self._fork(chunk, logits[row])
@@ -269,6 +311,7 @@ class _SlotTable:
             self.host_delta[c.slot] = deltas[row[c.slot]]
         eng.stats.extend_s += time.perf_counter() - t0
         eng.stats.extend_calls += 1
+        eng.stats.longest_extend = max(eng.stats.longest_extend, max(len(c.ids) for c in chunks))
         return [int(tok[row[c.slot]]) for c in chunks], logits[jnp.asarray([row[c.slot] for c in chunks])]
 
     def _fork(self, chunk: _Chunk, logits: jax.Array) -> None:
@@ -354,7 +397,7 @@ class _SlotTable:
         hit_limit = dict.fromkeys(ended, False)
         self.done_early.clear()
         if not live.any():
-            if not ended and self.busy:
+            if not ended and self.busy and not self.wrote:
                 pool = self.pool
                 raise PoolExhausted(
                     f"every live episode waits for KV pages: {pool.used_pages} of {pool.num_pages - 1} pages of "
@@ -412,6 +455,8 @@ class RolloutEngine:
                                             banned_ids=tuple(sorted({int(i) for i in vision_ids if i is not None})))
         if config.max_turn_tokens < 2:
             raise ValueError(f"EngineConfig.max_turn_tokens = {config.max_turn_tokens}; expected >= 2")
+        if config.prefill_chunk < 0:
+            raise ValueError(f"EngineConfig.prefill_chunk = {config.prefill_chunk}; expected >= 0 (0: whole chunks)")
         self.pool = concurrent.futures.ThreadPoolExecutor(config.workers)
         self.stats = EngineStats()
 
