@@ -41,13 +41,18 @@ def test_long_searches_run_past_the_training_limit():
         SceneConfig.toy(hard_candidates=(4, 9))
 
 
+def _void(score: float, turns: int, over: bool) -> bool:
+    """The hand-made samples' void ones: wrong, not over-turned, an odd number of turns."""
+    return not over and score == 0.0 and turns % 2 == 1
+
+
 def _write(out: str, model: str, puzzles: dict[str, list[tuple[float, int, bool]]]) -> None:
     d = os.path.join(out, "eval", model, "synthetic_hard")
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "results.jsonl"), "w") as f:
         for doc, samples in puzzles.items():
             r = QuestionResult("synthetic_hard", doc, "", [SampleResult(score, None if over else "x", turns,
-                                                                        over_turn=over)
+                                                                        over_turn=over, void=_void(score, turns, over))
                                                            for score, turns, over in samples])
             f.write(json.dumps(r.to_json()) + "\n")
 
@@ -73,7 +78,8 @@ def test_the_summary_pools_seeds_by_puzzle_and_pairs_the_difference(tmp_path):
         for s in (0, 1):
             os.makedirs(os.path.join(out, arm_name(arm, s), "logs"))
             with open(os.path.join(out, arm_name(arm, s), "logs", "metrics.jsonl"), "w") as f:
-                f.write(json.dumps({"step": 1, "over_turn_rate": rate}) + "\n" + json.dumps({"step": 1}) + "\n")
+                f.write(json.dumps({"step": 1, "over_turn_rate": rate, "void_rate": rate / 5}) + "\n"
+                        + json.dumps({"step": 1}) + "\n")
 
     summary = turn_scaling_summary(out, cfg, [0, 1])
 
@@ -94,6 +100,8 @@ def test_the_summary_pools_seeds_by_puzzle_and_pairs_the_difference(tmp_path):
             assert row["over_turn"] == pytest.approx(100 * over.mean())
             turns_ = per_puzzle(models, lambda score, turns, over, L=limit: min(turns, L))
             assert row["mean_turns"] == pytest.approx(turns_.mean())
+            void = per_puzzle(models, lambda score, turns, over, L=limit: _void(score, turns, over) and turns <= L)
+            assert row["void"] == pytest.approx(100 * void.mean())
     diff = (per_puzzle(arms["mask"], lambda s, t, o: s > 0.5 and t <= 8)
             - per_puzzle(arms["no_mask"], lambda s, t, o: s > 0.5 and t <= 8))
     assert summary["masked_minus_unmasked"]["8"]["mean"] == pytest.approx(100 * diff.mean())
@@ -104,11 +112,12 @@ def test_the_summary_pools_seeds_by_puzzle_and_pairs_the_difference(tmp_path):
     seed1 = np.mean([np.mean([s > 0.5 and t <= 4 for s, t, o in made[arm_name("no_mask", 1)][d]]) for d in docs])
     assert summary["per_seed"]["no_mask"]["1"]["4"] == pytest.approx(100 * seed1)
     assert summary["rl_training"]["mask"]["over_turn_rate"] == 50.0
-    assert summary["rl_training"]["no_mask"] == {"over_turn_rate": 25.0, "steps_logged": 2}
+    assert summary["rl_training"]["no_mask"] == {"over_turn_rate": 25.0, "void_rate": 5.0, "steps_logged": 2}
     assert summary["puzzles"] == 5 and summary["samples_per_puzzle"] == 3 and summary["train_limit"] == 4
 
     report = write_turn_scaling_report(out, summary)
     text = pathlib.Path(report).read_text()
+    assert f"| {summary['table']['no_mask']['8']['void']:.1f} | " in text and "25.0 / 5.0 (2 steps)" in text
     assert "| test turn limit | 2 | 4 | 8 |" in text and "| masked - unmasked (paired) |" in text
     assert f"| GRPO with over-turn masking | {summary['table']['mask']['2']['accuracy']:.1f} +- " in text
     assert (tmp_path / "turn_scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -109,8 +109,11 @@ def turn_scaling_summary(out: str, cfg: ml_collections.ConfigDict, seeds: Sequen
             acc = _per_puzzle(rs, doc_ids, lambda s, L=limit: correct_within(s, L))
             over = _per_puzzle(rs, doc_ids, lambda s, L=limit: s.turns > L or s.over_turn)
             turns = _per_puzzle(rs, doc_ids, lambda s, L=limit: min(s.turns, L))
+            # void: ended within the limit without an answer (a turn cut by its token budget, or no answer tag)
+            void = _per_puzzle(rs, doc_ids, lambda s, L=limit: s.void and s.turns <= L)
             rows[str(limit)] = {"accuracy": 100 * sum(acc) / len(acc), "se": 100 * _se(acc),
-                                "over_turn": 100 * sum(over) / len(over), "mean_turns": sum(turns) / len(turns)}
+                                "over_turn": 100 * sum(over) / len(over), "mean_turns": sum(turns) / len(turns),
+                                "void": 100 * sum(void) / len(void)}
         return rows
 
     table = {name: stats(rs) for name, rs in runs.items()}
@@ -131,12 +134,17 @@ def turn_scaling_summary(out: str, cfg: ml_collections.ConfigDict, seeds: Sequen
         gain[name] = {"mean": 100 * sum(d) / len(d), "se": 100 * _se(d)}
     training = {}
     for arm in ARMS:
-        rates = []
+        rows = []
         for s in seeds:
             logs = read_jsonl_metrics(os.path.join(out, arm_name(arm, s), "logs"))
-            rates += [row["over_turn_rate"] for row in logs if "over_turn_rate" in row]
-        training[arm] = {"over_turn_rate": 100 * sum(rates) / len(rates) if rates else float("nan"),
-                         "steps_logged": len(rates)}
+            rows += [row for row in logs if "over_turn_rate" in row]
+
+        def mean(key: str, rows=rows) -> float:
+            values = [row[key] for row in rows if key in row]
+            return 100 * sum(values) / len(values) if values else float("nan")
+
+        training[arm] = {"over_turn_rate": mean("over_turn_rate"), "void_rate": mean("void_rate"),
+                         "steps_logged": len(rows)}
     k = len(runs["sft"][0][doc_ids[0]].samples)
     from mini_o3_jax.toy.recipe import scene_config
 
@@ -190,14 +198,20 @@ def write_turn_scaling_report(out: str, summary: dict[str, Any]) -> str:
     d = summary["masked_minus_unmasked"]
     lines.append("| masked - unmasked (paired) | " + " | ".join(f"{d[str(L)]['mean']:+.1f} +- {d[str(L)]['se']:.1f}"
                                                                for L in limits) + " |")
-    lines += ["", f"| model | mean turns at {train} / {top} | over-turn at {train} / {top} (%) | accuracy gain "
-              f"{train} -> {top} turns | over-turn in RL training (%) |", "|---|---|---|---|---|"]
+    lines += ["", f"| model | mean turns at {train} / {top} | over-turn at {train} / {top} (%) | void at {top} (%) | "
+              f"accuracy gain {train} -> {top} turns | over-turn / void in RL training (%) |",
+              "|---|---|---|---|---|---|"]
     for name in ("sft", "mask", "no_mask"):
         lo, hi, g = table[name][str(train)], table[name][str(top)], summary["gain"][name]
         rl = summary["rl_training"].get(name)
         lines.append(f"| {labels[name]} | {lo['mean_turns']:.2f} / {hi['mean_turns']:.2f} | {lo['over_turn']:.1f} / "
-                     f"{hi['over_turn']:.1f} | {g['mean']:+.1f} +- {g['se']:.1f} | "
-                     + (f"{rl['over_turn_rate']:.1f} ({rl['steps_logged']} steps)" if rl else "-") + " |")
+                     f"{hi['over_turn']:.1f} | {hi['void']:.1f} | {g['mean']:+.1f} +- {g['se']:.1f} | "
+                     + (f"{rl['over_turn_rate']:.1f} / {rl['void_rate']:.1f} ({rl['steps_logged']} steps)"
+                        if rl else "-") + " |")
+    lines += ["", "Void: an episode that ended within the limit without an answer (its last turn cut by the "
+              "per-turn token budget, or ending without `<answer>...</answer>`); it scores 0 in both arms, masked "
+              "or not. A gap between the arms made of void episodes is the policy losing its output format, not "
+              "answering earlier."]
     lines += ["", "Per RL seed (accuracy at the training limit / the largest limit):", ""]
     for arm in ARMS:
         seeds = summary["per_seed"][arm]
