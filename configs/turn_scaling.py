@@ -8,9 +8,13 @@ evaluated up to 16 turns (4x the training limit).
     mini-o3 demo --turn-scaling                           # runs/turn_scaling/turn_scaling.md
     mini-o3 demo --turn-scaling --seeds 0,1,2
 
-Status (docs/demo.md, "Turn scaling"): the effect is not shown yet. With 300 SFT steps the SFT model gains from
-4 to 16 turns (35.2 -> 41.4 %), but 8 gentle GRPO steps leave both arms where SFT was (masked - unmasked
--0.8 +- 1.1 at 16 turns, seed 0). Not tuned; over the 15-minute budget (~35 min in all).
+Status (docs/demo.md, "Turn scaling"): the effect is not shown; negative over three seeds. With 300 SFT steps the
+SFT model gains from 4 to 16 turns (35.2 -> 41.4 %). These defaults (8 steps, lr 1e-4, KL 0.1) leave both arms at
+SFT (masked - unmasked -0.8 +- 1.1 at 16 turns, seed 0); 16 steps at lr 1e-4 without KL lift both by 2-3 points,
+equally (+1.2 +- 2.6); at lr 2e-4 without KL one arm or the other collapses into a repetition loop by chance
+(seeds 0, 1, 2 pooled: -0.5 +- 2.4). The room for the effect is SFT's 6.2 points past the 4-turn limit, too
+little to show at 3 standard errors; a 3-turn limit (12.5 points of room) is the next design. ~35 min in all on
+2 CPU cores, over the 15-minute budget.
 """
 
 import os
