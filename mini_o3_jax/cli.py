@@ -390,13 +390,14 @@ def cmd_data(args) -> None:
 
 
 def _seeds(text: str) -> list[int]:
-    """`--seeds 0,1,2` -> [0, 1, 2]."""
+    """`--seeds 0,1,2` -> [0, 1, 2]. One seed is a turn-scaling run of its own (a later `--seeds 0,1` in the same
+    folder resumes it and pools); the recipe's spread over seeds needs two or more, which `run_seeds` checks."""
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    if len(set(seeds)) < 2:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected at least two different seeds, e.g. 0,1,2")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected different seeds, e.g. 0,1,2")
     return seeds
 
 

@@ -138,3 +138,10 @@ def test_the_flag_selects_the_turn_scaling_config(capsys):
         assert line in shown, line
     assert main(["demo", "--turn-scaling", "--config", os.path.join(REPO, "configs", "demo.py"), "--show-config"]) == 2
     assert "needs a config with a turn_scaling block" in capsys.readouterr().err
+    # one RL seed on its own (a later --seeds 0,1 in the same folder resumes it and pools); the recipe's spread needs 2
+    assert main(["demo", "--turn-scaling", "--seeds", "1", "--show-config"]) == 0
+    assert "--config.turn_scaling.seeds=[1]" in capsys.readouterr().out
+    assert main(["demo", "--seeds", "1", "--out", "/nonexistent/never_written"]) == 2
+    assert "give at least two different seeds" in capsys.readouterr().err
+    assert main(["demo", "--seeds", "1,1"]) == 2
+    assert "expected different seeds" in capsys.readouterr().err
