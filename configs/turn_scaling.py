@@ -13,8 +13,9 @@ SFT model gains from 4 to 16 turns (35.2 -> 41.4 %). These defaults (8 steps, lr
 SFT (masked - unmasked -0.8 +- 1.1 at 16 turns, seed 0); 16 steps at lr 1e-4 without KL lift both by 2-3 points,
 equally (+1.2 +- 2.6); at lr 2e-4 without KL one arm or the other collapses into a repetition loop by chance
 (seeds 0, 1, 2 pooled: -0.5 +- 2.4). The room for the effect is SFT's 6.2 points past the 4-turn limit, too
-little to show at 3 standard errors; a 3-turn limit (12.5 points of room) is the next design. ~35 min in all on
-2 CPU cores, over the 15-minute budget.
+little to show at 3 standard errors; a 3-turn limit (12.5 points of room, lr 1e-4 without KL, seeds 0, 1) was
+negative too (+0.2 +- 2.2): both arms learn to answer early. ~35 min in all on 2 CPU cores, over the 15-minute
+budget.
 """
 
 import os
