@@ -179,6 +179,9 @@ def _demo_config(args):
                               "(configs/turn_scaling.py)")
         if args.seeds:
             cfg.turn_scaling.seeds = list(args.seeds)
+    elif args.seeds and len(args.seeds) < 2:
+        raise ConfigError(f"--seeds {args.seeds[0]}: the spread over seeds needs at least two, e.g. 0,1,2 "
+                          f"(one run at seed {args.seeds[0]} is --config.seed={args.seeds[0]})")
     return cfg
 
 
@@ -391,7 +394,7 @@ def cmd_data(args) -> None:
 
 def _seeds(text: str) -> list[int]:
     """`--seeds 0,1,2` -> [0, 1, 2]. One seed is a turn-scaling run of its own (a later `--seeds 0,1` in the same
-    folder resumes it and pools); the recipe's spread over seeds needs two or more, which `run_seeds` checks."""
+    folder resumes it and pools); the recipe's spread over seeds needs two or more (`_demo_config`)."""
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:

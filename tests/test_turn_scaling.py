@@ -142,6 +142,6 @@ def test_the_flag_selects_the_turn_scaling_config(capsys):
     assert main(["demo", "--turn-scaling", "--seeds", "1", "--show-config"]) == 0
     assert "--config.turn_scaling.seeds=[1]" in capsys.readouterr().out
     assert main(["demo", "--seeds", "1", "--out", "/nonexistent/never_written"]) == 2
-    assert "give at least two different seeds" in capsys.readouterr().err
+    assert "--seeds 1: the spread over seeds needs at least two" in capsys.readouterr().err
     assert main(["demo", "--seeds", "1,1"]) == 2
     assert "expected different seeds" in capsys.readouterr().err
