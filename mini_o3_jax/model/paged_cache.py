@@ -35,6 +35,14 @@ def write_pages(pages: jax.Array, table: jax.Array, positions: jax.Array, values
     return pages.at[:, page, offset].set(jnp.moveaxis(values, 2, 0).astype(pages.dtype))
 
 
+def write_layer(pool: jax.Array, layer: jax.Array | int, table: jax.Array, positions: jax.Array,
+                values: jax.Array) -> jax.Array:
+    """`write_pages` into layer `layer` of a stacked `pool` (layers, kv_heads, num_pages, page_size, head_dim), in
+    place (slicing the layer out and back would copy it)."""
+    page, offset = page_index(table, positions, pool.shape[3])
+    return pool.at[layer, :, page, offset].set(values.astype(pool.dtype))
+
+
 def write_chunk(pool: jax.Array, table: jax.Array, positions: jax.Array, values: jax.Array) -> jax.Array:
     """`values` (layers, B, C, kv_heads, head_dim) of every layer at `positions` (B, C; each row's consecutive, from
     positions[:, 0]) into a stacked `pool` (layers, kv_heads, num_pages, page_size, head_dim), after the layer loop,

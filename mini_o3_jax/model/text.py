@@ -17,7 +17,7 @@ from mini_o3_jax.model import attention_backends as backends
 from mini_o3_jax.model.attention import attention
 from mini_o3_jax.model.config import TextConfig
 from mini_o3_jax.model.layers import apply_rotary, dense, matmul_fp32, param, rms_norm
-from mini_o3_jax.model.paged_cache import gather_pages, table_rows, write_chunk, write_pages
+from mini_o3_jax.model.paged_cache import gather_pages, table_rows, write_chunk, write_layer, write_pages
 from mini_o3_jax.model.paged_kernel import chunk_attention, merge, paged_prefix_attention
 from mini_o3_jax.model.vision import _remat_policy
 from mini_o3_jax.parallel.rules import constrain
@@ -160,9 +160,13 @@ class TextDecoder(nnx.Module):
         weights = self.layer_weights()
         kernel = table is not None and c == 1 and backends.paged_decode_enabled()
         prefix_kernel = table is not None and backends.paged_prefix_enabled()
-        if table is not None and not kernel:
+        # the XLA backend (CPU): each layer writes the chunk into its pages, then reads them back, as the dense
+        # cache does; reading the old pool and writing after the loop (below) made XLA:CPU copy the whole pool
+        # twice per decoded token
+        write_first = table is not None and not kernel and not prefix_kernel and backends.resolve() == "xla"
+        if table is not None and not kernel and not write_first:
             # through the page table: each layer attends over the pages already written and the chunk itself, and
-            # all layers' keys/values are written after the loop (`write_chunk`: the pool stays in place)
+            # all layers' keys/values are written after the loop (`write_chunk`: the pool stays in place on TPU)
             def paged_body(x, layer):
                 w, i = layer
 
@@ -200,6 +204,10 @@ class TextDecoder(nnx.Module):
                                                           scale=q.shape[-1] ** -0.5,
                                                           interpret=backends._INTERPRET.get())
                     return out, (cache[0].at[i].set(kc), cache[1].at[i].set(vc))
+                if write_first:
+                    kc, vc = write_layer(kc, i, table, q_pos, k), write_layer(vc, i, table, q_pos, v)
+                    keys, values = gather_pages(kc, table, kv_len, layer=i), gather_pages(vc, table, kv_len, layer=i)
+                    return attention(q, keys, values, q_seg, kv_seg, q_pos, kv_pos), (kc, vc)
                 kc = kc.at[i, rows[:, None], q_pos].set(k.astype(kc.dtype), mode="drop")
                 vc = vc.at[i, rows[:, None], q_pos].set(v.astype(vc.dtype), mode="drop")
                 keys = (kc[i] if slots is None else kc[i, rows])[:, :kv_len]

@@ -302,8 +302,11 @@ class _SlotTable:
         vision = None if batch.vision is None else jax.tree.map(jnp.asarray, batch.vision)
         deltas = [0 if c is None else int(batch.rope_deltas[r]) - self.host_len[c.slot] for r, c in enumerate(layout)]
         keys = self.keys[jnp.asarray([0 if c is None else c.slot for c in layout])]
+        # attend over the filled prefix only (every row ends within it), not each slot's whole max_len
+        need = max(self.host_len[c.slot] + len(c.ids) for c in chunks)
         self.cache, tok, logits = extend(eng.graphdef, eng.state, self.cache, text, vision, jnp.asarray(slots),
-                                         jnp.asarray(deltas), keys, eng.sampling, serving=eng.serving)
+                                         jnp.asarray(deltas), keys, eng.sampling, serving=eng.serving,
+                                         kv_len=kv_window(need, self.cache.max_len))
         tok = np.asarray(tok)
         row = {c.slot: r for r, c in enumerate(layout) if c is not None}
         for c in chunks:

@@ -79,7 +79,7 @@ def _step_keys(slot_keys: jax.Array, counter: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in)(slot_keys, counter)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "serving"), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "serving", "kv_len"), donate_argnames=("cache",))
 def extend(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -91,6 +91,7 @@ def extend(
     slot_keys: jax.Array,
     sampling: Sampling,
     serving: Serving | None = None,
+    kv_len: int | None = None,
 ) -> tuple[Cache, jax.Array, jax.Array]:
     """Append a (B, C) chunk to slots `slots` at their current lengths; sample each slot's next token.
 
@@ -100,9 +101,10 @@ def extend(
 
     With `serving` the rows split over its devices in equal blocks, block d writing device d's slots: `slots`
     then count from the device's first slot, and the vision inputs are laid out per row
-    (`build_inputs(windows_per_row=...)`).
+    (`build_inputs(windows_per_row=...)`). `kv_len` (static, `kv_window`): attend over the cache's first kv_len
+    positions, which must hold every row's end (default: the whole row).
     """
-    fn = functools.partial(_extend, graphdef, sampling=sampling)
+    fn = functools.partial(_extend, graphdef, sampling=sampling, kv_len=kv_len)
     if serving is None:
         return fn(state, cache, text, vision, slots, deltas, slot_keys)
     r = serving.rows
@@ -114,10 +116,10 @@ def extend(
         state, cache, text, vision, slots, deltas, slot_keys)
 
 
-def _extend(graphdef, state, cache, text, vision, slots, deltas, slot_keys, *, sampling):
+def _extend(graphdef, state, cache, text, vision, slots, deltas, slot_keys, *, sampling, kv_len):
     model = nnx.merge(graphdef, state)
     starts = cache.length[slots]
-    hidden, k, v = model.cached(text, vision, cache.k, cache.v, starts, slots, table=_table(cache))
+    hidden, k, v = model.cached(text, vision, cache.k, cache.v, starts, slots, kv_len=kv_len, table=_table(cache))
     n = text.segment_ids.sum(axis=-1).astype(jnp.int32)
     last = jnp.take_along_axis(hidden, (n - 1)[:, None, None], axis=1)[:, 0]
     logits = model.text.logits(last)
