@@ -58,7 +58,7 @@ setup(
     # editable) resolves `--config configs/rl_grpo.py` from any directory (config_files.resolve_config_path)
     packages=find_packages(include=["mini_o3_jax", "mini_o3_jax.*"]) + ["mini_o3_jax.configs"],
     package_dir={"mini_o3_jax.configs": "configs"},
-    package_data={"mini_o3_jax": ["assets/*", "assets/demo_model/*", "assets/demo_base/*"]},
+    package_data={"mini_o3_jax": ["assets/*", "assets/demo_model/*", "assets/demo_base/*", "assets/turn_scaling_sft/*"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["mini-o3=mini_o3_jax.cli:main"]},

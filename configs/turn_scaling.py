@@ -42,10 +42,15 @@ def get_config() -> ml_collections.ConfigDict:
     # ~3.5 s a step on 2 CPU cores (long sequences, up to 9 images), so ~19 min
     c.sft.train.steps = 300
     c.sft.train.max_length = 1536
+    # 40 % of the searches give up after a random number of misses and guess (toy.expert.GIVE_UP): the early
+    # answers GRPO without over-turn masking prefers to running out of turns
+    c.sft.patterns = {"direct": 0.6, "give_up": 0.4}
 
     # GRPO at a 4-turn training limit; lr and KL as the demo's
     c.rl.env.max_turns = 4
-    c.rl.train.steps = 8
+    c.rl.train.steps = 16
+    c.rl.ppo.kl_coef = 0.0
+    c.rl.rollout.slots = 64  # a step's 8 x 8 episodes at once
 
     # every model once at 16 turns (4x the training limit); smaller limits read from the same episodes
     c.eval.k = 4
@@ -53,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.env.max_turns = 16
     c.eval.env.max_context = 4096
     c.eval.save_crops = 0
+    c.eval.rollout.slots = 64
 
-    c.turn_scaling = ml_collections.ConfigDict(dict(seeds=[0]))
+    # "packaged": both arms start from this config's SFT stage as shipped (mini_o3_jax/assets/turn_scaling_sft);
+    # "" trains it (~18 min); a path: any such checkpoint
+    c.turn_scaling = ml_collections.ConfigDict(dict(seeds=[0], sft="packaged"))
     return c

@@ -33,6 +33,9 @@ DEMO_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", 
 # The perception model `mini-o3 demo` starts from (its stand-in for a pretrained Qwen2.5-VL): the perception stages
 # of configs/demo.py run from scratch, exported the same way (docs/demo.md, "The packaged base").
 DEMO_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_base")
+# The cold-start SFT model `mini-o3 demo --turn-scaling` trains both GRPO arms from (configs/turn_scaling.py's SFT
+# stage, ~18 min on 2 CPU cores, exported the same way; docs/demo.md, "Turn scaling").
+TURN_SCALING_SFT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "turn_scaling_sft")
 # The sample `mini-o3 infer` runs without --image: `SAMPLE_PUZZLE + ".png"` and `+ ".json"` (question, answer).
 SAMPLE_PUZZLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "sample_puzzle")
 

@@ -357,8 +357,9 @@ def pixels(image: Image.Image) -> bytes:
     return image.mode.encode() + bytes(str(image.size), "ascii") + image.tobytes()
 
 
-def replay(puzzle, expert, tokenizer, config):
-    """Feed the expert's gpt turns to VisualSearchEnv as sampled ids; check crops and messages."""
+def replay(puzzle, expert, tokenizer, config, answer=None):
+    """Feed the expert's gpt turns to VisualSearchEnv as sampled ids; check crops, messages and the answer
+    (`answer`, default the puzzle's)."""
     from mini_o3_jax.agent.environment import VisualSearchEnv
     from mini_o3_jax.processing.chat import IM_END, IM_START, IMAGE_PLACEHOLDER
     from mini_o3_jax.processing.image import ImageProcessor
@@ -375,7 +376,7 @@ def replay(puzzle, expert, tokenizer, config):
             user = step.turn.message.split(f"{IM_START}user\n", 1)[1].split(IM_END, 1)[0]
             assert expert.conversations[3 + 2 * i]["value"] == user.replace(IMAGE_PLACEHOLDER, "<image>")
     traj = env.trajectory()
-    assert traj.answer == puzzle.answer and not (traj.void or traj.exceed)
+    assert traj.answer == (puzzle.answer if answer is None else answer) and not (traj.void or traj.exceed)
     assert len(env.observations) == len(expert.images)
     for got, want in zip(env.observations, expert.images):
         assert got.size == want.size and np.array_equal(np.asarray(got), np.asarray(want))

@@ -17,7 +17,7 @@ from mini_o3_jax.agent import protocol
 from mini_o3_jax.data.direct import read_prompts, read_sharegpt
 from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.processing.image import ImageProcessor
-from mini_o3_jax.toy.expert import PATTERNS, expert_trajectory
+from mini_o3_jax.toy.expert import GIVE_UP, PATTERNS, expert_trajectory
 from mini_o3_jax.toy.perception import perception_question
 from mini_o3_jax.toy.puzzles import check_geometry, make_puzzle
 from mini_o3_jax.toy.rng import derive
@@ -185,6 +185,43 @@ def test_demo_and_toy_experts_replay_through_the_environment(scene, level, patte
         assert len(e.gpt_turns) <= MAX_TURNS and e.pattern == pattern
         replay(p, e, demo_tokenizer, config)
         assert e.gpt_turns[-1].endswith(f"<answer>{p.answer}</answer>")
+
+
+def test_a_give_up_search_stops_before_the_target_and_guesses(demo_tokenizer):
+    """GIVE_UP (the turn-scaling demo's early answers): the same checks in reading order as "direct", cut after
+    1 .. all misses, then a guessed label; a search whose first check is the target, or another level, is
+    "direct"'s. Guesses are right by chance only (1 in 4 textures)."""
+    import dataclasses
+
+    config = dataclasses.replace(TOY, hard_candidates=(4, 7))
+    stops, right = [], 0
+    for seed in range(40):
+        p = make_puzzle(seed, "hard", config)
+        direct = expert_trajectory(p, seed=seed, pattern="direct")
+        e = expert_trajectory(p, seed=seed, pattern=GIVE_UP)
+        assert e.pattern == GIVE_UP and e.boxes == direct.boxes[: len(e.boxes)]
+        guess = re.search(r"<answer>(.*)</answer>$", e.gpt_turns[-1])[1]
+        if len(direct.boxes) == 1:  # the target came first: nothing to give up on
+            assert e.gpt_turns == direct.gpt_turns
+            continue
+        assert 1 <= len(e.boxes) < len(direct.boxes) and guess in TEXTURES
+        assert e.gpt_turns[:-1] == direct.gpt_turns[: len(e.boxes)]
+        assert e.gpt_turns[-1] == f"<think>No border here. Too many left to check. Guess {guess}.</think>\n" \
+                                  f"<answer>{guess}</answer>"
+        stops.append(len(e.boxes) / (len(direct.boxes) - 1))
+        right += guess == p.answer
+        if seed < 6:
+            replay(p, e, demo_tokenizer, config, answer=guess)
+    assert len(stops) >= 25 and min(stops) < 0.5 and max(stops) == 1.0  # every stop point occurs
+    assert right < len(stops) / 2
+    for level in ("easy",):
+        p = make_puzzle(0, level, config)
+        assert expert_trajectory(p, pattern=GIVE_UP).gpt_turns == expert_trajectory(p, pattern="direct").gpt_turns
+    picks = [expert_trajectory(make_puzzle(s, "hard", config), seed=s, weights={"direct": 1, GIVE_UP: 1}).pattern
+             for s in range(40)]
+    assert 10 < picks.count(GIVE_UP) < 30
+    with pytest.raises(ConfigError, match="give_up"):
+        expert_trajectory(make_puzzle(0, "hard", config), weights={"guess": 1.0})
 
 
 def test_demo_generation_is_fast():

@@ -145,3 +145,31 @@ def test_the_flag_selects_the_turn_scaling_config(capsys):
     assert "--seeds 1: the spread over seeds needs at least two" in capsys.readouterr().err
     assert main(["demo", "--seeds", "1,1"]) == 2
     assert "expected different seeds" in capsys.readouterr().err
+
+
+def test_the_packaged_sft_model_is_this_configs_and_a_bad_source_is_one_line(tmp_path):
+    """Both arms start from the SFT stage's model as shipped (`turn_scaling.sft = "packaged"`: the ~18-minute stage
+    is not rerun): <= 5 MB, the config's model, the packaged base's tokenizer; a source without a tokenizer is a
+    ConfigError naming it."""
+    from mini_o3_jax.agent.settings import agent_settings
+    from mini_o3_jax.infer import DEMO_BASE, TURN_SCALING_SFT
+    from mini_o3_jax.toy.turn_scaling import sft_model
+
+    cfg = load_config(os.path.join(REPO, "configs", "turn_scaling.py"))
+    assert cfg.turn_scaling.sft == "packaged" and sft_model(cfg) == TURN_SCALING_SFT
+    size = sum(os.path.getsize(os.path.join(TURN_SCALING_SFT, f)) for f in os.listdir(TURN_SCALING_SFT))
+    assert size <= 5 * 1024**2, size
+    with open(os.path.join(TURN_SCALING_SFT, "config.json")) as f:
+        hf = json.load(f)
+    text = cfg.model["text"]
+    assert (hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"]) == (
+        text["hidden_size"], text["num_hidden_layers"], text["num_attention_heads"])
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        assert (pathlib.Path(TURN_SCALING_SFT) / name).read_bytes() == (pathlib.Path(DEMO_BASE) / name).read_bytes()
+    settings = agent_settings(TURN_SCALING_SFT)
+    assert (settings["max_turns"], settings["max_context"]) == (cfg.eval.env.max_turns, cfg.eval.env.max_context)
+    cfg.turn_scaling.sft = ""
+    assert sft_model(cfg) is None
+    cfg.turn_scaling.sft = str(tmp_path)
+    with pytest.raises(ConfigError, match=f"turn_scaling.sft = '{tmp_path}'.*no tokenizer.json"):
+        sft_model(cfg)

@@ -31,11 +31,17 @@ from mini_o3_jax.toy.scene import (
     level_geometry,
     view_scale,
 )
+from mini_o3_jax.toy.shapes import TEXTURES
 
-__all__ = ["DEFAULT_PATTERN_WEIGHTS", "PATTERNS", "Expert", "ExpertTrajectory", "expert_trajectory",
+__all__ = ["DEFAULT_PATTERN_WEIGHTS", "GIVE_UP", "PATTERNS", "Expert", "ExpertTrajectory", "expert_trajectory",
            "observation_text"]
 
 PATTERNS = ("direct", "trial_and_error", "depth_first", "goal_maintenance")
+# Not a way to solve: on the hard level's look-alike search the expert stops after a random number of misses
+# and guesses the label. A cold-start model that sometimes answers early is what over-turn masking acts on
+# (`mini-o3 demo --turn-scaling`): without it GRPO prefers a guess to running out of turns. Weight 0 unless
+# asked for; elsewhere (other levels, a target checked first) it is "direct".
+GIVE_UP = "give_up"
 DEFAULT_PATTERN_WEIGHTS: Mapping[str, float] = {
     "direct": 0.4, "trial_and_error": 0.2, "depth_first": 0.2, "goal_maintenance": 0.2}
 
@@ -280,8 +286,8 @@ class Expert:
     def turn(self, thought: str, call: str) -> None:
         self.turns.append(f"<think>{thought}</think>\n{call}")
 
-    def answer(self, reaction: str) -> None:
-        a = self.p.answer
+    def answer(self, reaction: str, answer: str | None = None) -> None:
+        a = self.p.answer if answer is None else answer
         self.turns.append(f"<think>{reaction}</think>\n<answer>{a}</answer>")
 
     def read(self, obj: SceneObject) -> str:
@@ -306,7 +312,9 @@ def expert_trajectory(puzzle: Puzzle, seed: int = 0, pattern: str | None = None,
     "trial_and_error" first zooms a wrong place (a same-colour decoy, or a window without the target)
     and says so; "depth_first" zooms a coarse window, then into it (medium: one level deeper);
     "goal_maintenance" zooms too wide first, then tight from the same source, restating the goal.
-    Hard puzzles check the look-alikes in turn (seeded order) until the one with the dot.
+    Hard puzzles check the look-alikes in turn (seeded order) until the one with the dot. `GIVE_UP` (never
+    drawn by default) is the one incorrect trajectory: a hard search that stops after a random number of misses
+    and guesses (right by chance only).
 
     Raises:
         ConfigError: unknown pattern or bad weights.
@@ -315,12 +323,13 @@ def expert_trajectory(puzzle: Puzzle, seed: int = 0, pattern: str | None = None,
         weights = dict(DEFAULT_PATTERN_WEIGHTS if weights is None else weights)
         if not puzzle.decoys:  # nothing to mistake for the target
             weights.pop("trial_and_error", None)
-        if set(weights) - set(PATTERNS) or any(x < 0 for x in weights.values()) or sum(weights.values()) <= 0:
-            raise ConfigError(f"pattern weights {weights}; expected non-negative weights over {PATTERNS}")
-        names = [p for p in PATTERNS if weights.get(p, 0) > 0]
+        known = (*PATTERNS, GIVE_UP)
+        if set(weights) - set(known) or any(x < 0 for x in weights.values()) or sum(weights.values()) <= 0:
+            raise ConfigError(f"pattern weights {weights}; expected non-negative weights over {known}")
+        names = [p for p in known if weights.get(p, 0) > 0]
         pattern = Rng("pattern", puzzle.doc_id, puzzle.seed, seed).weighted(names, [weights[p] for p in names])
-    if pattern not in PATTERNS:
-        raise ConfigError(f"pattern = {pattern!r}; expected one of {PATTERNS}")
+    if pattern not in (*PATTERNS, GIVE_UP):
+        raise ConfigError(f"pattern = {pattern!r}; expected one of {(*PATTERNS, GIVE_UP)}")
     if pattern == "trial_and_error" and not puzzle.decoys:
         raise ConfigError(f"{puzzle.doc_id}: pattern 'trial_and_error' needs a decoy; this scene has none "
                           "(SceneConfig.decoy=False)")
@@ -463,6 +472,7 @@ _TERSE: Mapping[str, tuple[str, ...]] = {
     "nodot": ("No {mark} here. Check the next {d}.",),
     "nodot_goal": ("No {mark} here. Goal: {goal}. Check the next {d}.",),
     "dot": ("It has the {mark}. It shows {g}.",),
+    "give_up": ("No {mark} here. Too many left to check. Guess {guess}.",),  # GIVE_UP: a guess, not a reading
     "read": ("It shows {g}.",),
 }
 _VERBOSE_GRID: Mapping[str, tuple[str, ...]] = {
@@ -486,6 +496,8 @@ _VERBOSE_GRID: Mapping[str, tuple[str, ...]] = {
     "nodot": ("This {d} has no {ink} {mark}. Let me check the next one.",),
     "nodot_goal": ("This {d} has no {ink} {mark}. I still need {goal}. Let me check the next one.",),
     "dot": ("This {d} has a {ink} {mark}, and its {k} is {g}.",),
+    "give_up": ("This {d} has no {ink} {mark}. There are too many left to check; I will guess that the {k} is "
+                "{guess}.",),
     "read": ("Now I can read it: the {k} on the {d} is {g}.", "The {d} shows the {k} {g}."),
 }
 
@@ -502,6 +514,10 @@ def _solve_grid(ex: Expert, pattern: str) -> None:
         else:
             order = ex.rng.shuffle(list(p.candidates))
         visits = [p.objects[i] for i in order[: order.index(p.target) + 1]]
+        guess = None
+        if pattern == GIVE_UP and len(visits) > 1:  # stop after 1 .. all misses and guess
+            visits = visits[: ex.rng.randint(1, len(visits) - 1)]
+            guess = ex.rng.choice(list(TEXTURES) if p.config.label == "texture" else list(p.config.glyphs))
         lead = ""
         if pattern == "trial_and_error":
             d = p.objects[p.decoys[0]]
@@ -516,7 +532,10 @@ def _solve_grid(ex: Expert, pattern: str) -> None:
                 ex.turn(lead + ex.phrase("many"), ex.cell(obj, 0))
             else:
                 ex.turn(ex.phrase("nodot_goal" if pattern == "goal_maintenance" else "nodot"), ex.cell(obj, 0))
-        ex.answer(ex.phrase("dot"))
+        if guess is None:
+            ex.answer(ex.phrase("dot"))
+        else:
+            ex.answer(ex.phrase("give_up", guess=guess), guess)
         return
     k = 0  # the view the final cell zoom is cut from
     if p.level == "easy":

@@ -1,7 +1,8 @@
 """`mini-o3 demo --turn-scaling` (configs/turn_scaling.py): does over-turn masking let a policy trained with few
 turns keep gaining from more turns at test time? Mini-o3's central claim, measured on the toy.
 
-    the packaged base -> cold-start SFT on long searches (4-7 look-alikes: 2-8 expert turns)
+    the packaged base -> cold-start SFT on long searches (4-7 look-alikes: 2-8 expert turns), 40 % of which give
+         up after a random number of misses and guess (shipped: `turn_scaling.sft = "packaged"`)
       -> per RL seed, from that one SFT model: GRPO at a small training turn limit, with and without over-turn
          masking (the same seeds, prompts and settings otherwise)
       -> every model evaluated once at the largest test limit; accuracy at each smaller limit is read from the
@@ -12,7 +13,10 @@ turns keep gaining from more turns at test time? Mini-o3's central claim, measur
 Why these puzzles: the demo's hard level has 2-3 look-alikes, so only 2-11 % of RL trajectories ran out of turns
 and masking had almost nothing to act on. Here the expert checks look-alikes one by one until the bordered one,
 so at a training limit of 4 turns ~45 % of expert-like searches cannot finish: the unmasked GRPO gives them
-reward 0, the masked one leaves them out of the loss.
+reward 0, the masked one leaves them out of the loss. Why the give-ups: the paper's mechanism is a choice between
+answering early and searching on. A guess (one texture in four) beats running out of turns (0) without masking,
+and loses to a search that finds the target (~1) with it; a cold-start model that never answers early gives
+GRPO nothing to choose between (docs/demo.md, "Turn scaling", the designs without them).
 
 Statistics: the models are evaluated on the same puzzles, so a puzzle is the unit. Accuracy at a limit is the
 mean over puzzles of the puzzle's accuracy pooled over its samples and the RL seeds; its standard error is the
@@ -30,6 +34,7 @@ from typing import Any
 
 import ml_collections
 
+from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.eval.metrics import QuestionResult, correct_within
 from mini_o3_jax.eval.run import read_results
 from mini_o3_jax.train.metrics import read_jsonl_metrics
@@ -48,8 +53,10 @@ def run_turn_scaling(cfg: ml_collections.ConfigDict, console: Callable[[str], No
     recipe = Recipe(cfg, console)
     sets = recipe._timed("data", recipe.data)
     tok, proc = recipe._timed("tokenizer", recipe.tokenizer)
-    init = recipe.seeing_model(tok, proc)
-    sft = recipe._timed("sft", lambda: recipe.sft("sft", init, tok, proc, direct=False))
+    sft = sft_model(cfg)
+    if sft is None:
+        init = recipe.seeing_model(tok, proc)
+        sft = recipe._timed("sft", lambda: recipe.sft("sft", init, tok, proc, direct=False))
     seeds = [int(s) for s in cfg.turn_scaling.seeds]
     models = {"sft": sft}
     for seed in seeds:
@@ -64,6 +71,21 @@ def run_turn_scaling(cfg: ml_collections.ConfigDict, console: Callable[[str], No
     report = write_turn_scaling_report(recipe.out, summary)
     recipe.log(f"[demo] turn-scaling report: {report}")
     return {"report": report, **summary}
+
+
+def sft_model(cfg: ml_collections.ConfigDict) -> str | None:
+    """The SFT model both arms start from: `turn_scaling.sft` "packaged" (`TURN_SCALING_SFT`, this config's SFT
+    stage as shipped), a checkpoint directory, or "" (None: the SFT stage trains it, ~18 min)."""
+    from mini_o3_jax.infer import TURN_SCALING_SFT
+
+    source = cfg.turn_scaling.get("sft", "")
+    if not source:
+        return None
+    path = TURN_SCALING_SFT if source == "packaged" else os.path.abspath(os.path.expanduser(source))
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        raise ConfigError(f"turn_scaling.sft = {source!r}: {path} holds no tokenizer.json; expected 'packaged', a "
+                          "checkpoint saved with its tokenizer (as `mini-o3 export` writes it), or '' to train it")
+    return path
 
 
 def _se(values: Sequence[float]) -> float:
