@@ -46,13 +46,26 @@ def _void(score: float, turns: int, over: bool) -> bool:
     return not over and score == 0.0 and turns % 2 == 1
 
 
+def _gave_up(score: float, turns: int, over: bool) -> bool:
+    """The hand-made samples' give-up guesses: answered (not over-turned), an even number of turns, turns < 6."""
+    return not over and turns % 2 == 0 and turns < 6
+
+
+def _detail(score: float, turns: int, over: bool) -> list[dict]:
+    if _gave_up(score, turns, over):
+        return [{"text": "<think>No border here. Too many left to check. Guess bars.</think>\n<answer>bars</answer>",
+                 "outcome": "final"}]
+    return [{"text": "<think>It has the border. It shows bars.</think>\n<answer>bars</answer>", "outcome": "final"}]
+
+
 def _write(out: str, model: str, puzzles: dict[str, list[tuple[float, int, bool]]]) -> None:
     d = os.path.join(out, "eval", model, "synthetic_hard")
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "results.jsonl"), "w") as f:
         for doc, samples in puzzles.items():
             r = QuestionResult("synthetic_hard", doc, "", [SampleResult(score, None if over else "x", turns,
-                                                                        over_turn=over, void=_void(score, turns, over))
+                                                                        over_turn=over, void=_void(score, turns, over),
+                                                                        detail=_detail(score, turns, over))
                                                            for score, turns, over in samples])
             f.write(json.dumps(r.to_json()) + "\n")
 
@@ -109,6 +122,17 @@ def test_the_summary_pools_seeds_by_puzzle_and_pairs_the_difference(tmp_path):
     gain = per_puzzle(arms["mask"], lambda s, t, o: s > 0.5 and t <= 8) - per_puzzle(
         arms["mask"], lambda s, t, o: s > 0.5 and t <= 4)  # the largest limit vs the training limit (4)
     assert summary["gain"]["mask"]["mean"] == pytest.approx(100 * gain.mean())
+    unmasked_gain = per_puzzle(arms["no_mask"], lambda s, t, o: s > 0.5 and t <= 8) - per_puzzle(
+        arms["no_mask"], lambda s, t, o: s > 0.5 and t <= 4)
+    assert summary["gain"]["masked_minus_unmasked"]["mean"] == pytest.approx(100 * (gain - unmasked_gain).mean())
+    assert summary["gain"]["masked_minus_unmasked"]["se"] == pytest.approx(100 * se(gain - unmasked_gain))
+    guessed = {name: per_puzzle(models, _gave_up) for name, models in arms.items()}
+    assert 0 < guessed["sft"].mean() < 1
+    assert summary["gave_up"]["sft"]["rate"] == pytest.approx(100 * guessed["sft"].mean())
+    assert summary["gave_up"]["sft"]["se"] == pytest.approx(100 * se(guessed["sft"]))
+    d = guessed["mask"] - guessed["no_mask"]
+    assert summary["gave_up"]["masked_minus_unmasked"] == {"mean": pytest.approx(100 * d.mean()),
+                                                           "se": pytest.approx(100 * se(d))}
     seed1 = np.mean([np.mean([s > 0.5 and t <= 4 for s, t, o in made[arm_name("no_mask", 1)][d]]) for d in docs])
     assert summary["per_seed"]["no_mask"]["1"]["4"] == pytest.approx(100 * seed1)
     assert summary["rl_training"]["mask"]["over_turn_rate"] == 50.0
@@ -119,6 +143,8 @@ def test_the_summary_pools_seeds_by_puzzle_and_pairs_the_difference(tmp_path):
     text = pathlib.Path(report).read_text()
     assert f"| {summary['table']['no_mask']['8']['void']:.1f} | " in text and "25.0 / 5.0 (2 steps)" in text
     assert "| test turn limit | 2 | 4 | 8 |" in text and "| masked - unmasked (paired) |" in text
+    q = summary["gave_up"]["no_mask"]
+    assert f" | {q['rate']:.1f} +- {q['se']:.1f} | " in text and "Masked - unmasked, paired by puzzle: accuracy gain" in text
     assert f"| GRPO with over-turn masking | {summary['table']['mask']['2']['accuracy']:.1f} +- " in text
     assert (tmp_path / "turn_scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

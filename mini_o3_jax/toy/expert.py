@@ -33,7 +33,7 @@ from mini_o3_jax.toy.scene import (
 )
 from mini_o3_jax.toy.shapes import TEXTURES
 
-__all__ = ["DEFAULT_PATTERN_WEIGHTS", "GIVE_UP", "PATTERNS", "Expert", "ExpertTrajectory", "expert_trajectory",
+__all__ = ["DEFAULT_PATTERN_WEIGHTS", "GIVE_UP", "GIVE_UP_WORDS", "PATTERNS", "Expert", "ExpertTrajectory", "expert_trajectory",
            "observation_text"]
 
 PATTERNS = ("direct", "trial_and_error", "depth_first", "goal_maintenance")
@@ -42,6 +42,7 @@ PATTERNS = ("direct", "trial_and_error", "depth_first", "goal_maintenance")
 # (`mini-o3 demo --turn-scaling`): without it GRPO prefers a guess to running out of turns. Weight 0 unless
 # asked for; elsewhere (other levels, a target checked first) it is "direct".
 GIVE_UP = "give_up"
+GIVE_UP_WORDS = "too many left to check"  # in every give-up turn's thought (both phrase books): how reports count them
 DEFAULT_PATTERN_WEIGHTS: Mapping[str, float] = {
     "direct": 0.4, "trial_and_error": 0.2, "depth_first": 0.2, "goal_maintenance": 0.2}
 

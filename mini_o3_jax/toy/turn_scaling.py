@@ -35,7 +35,7 @@ from typing import Any
 import ml_collections
 
 from mini_o3_jax.errors import ConfigError
-from mini_o3_jax.eval.metrics import QuestionResult, correct_within
+from mini_o3_jax.eval.metrics import QuestionResult, SampleResult, correct_within
 from mini_o3_jax.eval.run import read_results
 from mini_o3_jax.train.metrics import read_jsonl_metrics
 
@@ -154,6 +154,16 @@ def turn_scaling_summary(out: str, cfg: ml_collections.ConfigDict, seeds: Sequen
         lo = _per_puzzle(rs, doc_ids, lambda s: correct_within(s, train_limit))
         d = [a - b for a, b in zip(hi, lo, strict=True)]
         gain[name] = {"mean": 100 * sum(d) / len(d), "se": 100 * _se(d)}
+    # masking's effect on the gain itself: (masked gain - unmasked gain) paired by puzzle
+    g = {arm: _per_puzzle(runs[arm], doc_ids, lambda s: correct_within(s, top) - correct_within(s, train_limit))
+         for arm in ARMS}
+    d = [a - b for a, b in zip(g["mask"], g["no_mask"], strict=True)]
+    gain["masked_minus_unmasked"] = {"mean": 100 * sum(d) / len(d), "se": 100 * _se(d)}
+    # episodes whose answer is a give-up guess (toy.expert.GIVE_UP) within the largest limit, and paired difference
+    gave_up = {name: _per_puzzle(rs, doc_ids, gave_up_guess) for name, rs in runs.items()}
+    d = [a - b for a, b in zip(gave_up["mask"], gave_up["no_mask"], strict=True)]
+    guesses = {name: {"rate": 100 * sum(v) / len(v), "se": 100 * _se(v)} for name, v in gave_up.items()}
+    guesses["masked_minus_unmasked"] = {"mean": 100 * sum(d) / len(d), "se": 100 * _se(d)}
     training = {}
     for arm in ARMS:
         rows = []
@@ -174,7 +184,15 @@ def turn_scaling_summary(out: str, cfg: ml_collections.ConfigDict, seeds: Sequen
     return {"seeds": list(seeds), "puzzles": len(doc_ids), "samples_per_puzzle": k, "train_limit": train_limit,
             "lookalikes": f"{lo}-{hi}",
             "limits": limits, "table": table, "per_seed": per_seed, "masked_minus_unmasked": diffs, "gain": gain,
-            "rl_training": training}
+            "gave_up": guesses, "rl_training": training}
+
+
+def gave_up_guess(sample: SampleResult) -> bool:
+    """Whether the episode ended on a give-up guess (its final turn's thought has `GIVE_UP_WORDS`)."""
+    from mini_o3_jax.toy.expert import GIVE_UP_WORDS
+
+    last = sample.detail[-1] if sample.detail else {}
+    return last.get("outcome") == "final" and GIVE_UP_WORDS in last.get("text", "").lower()
 
 
 def write_turn_scaling_report(out: str, summary: dict[str, Any]) -> str:
@@ -221,15 +239,21 @@ def write_turn_scaling_report(out: str, summary: dict[str, Any]) -> str:
     lines.append("| masked - unmasked (paired) | " + " | ".join(f"{d[str(L)]['mean']:+.1f} +- {d[str(L)]['se']:.1f}"
                                                                for L in limits) + " |")
     lines += ["", f"| model | mean turns at {train} / {top} | over-turn at {train} / {top} (%) | void at {top} (%) | "
-              f"accuracy gain {train} -> {top} turns | over-turn / void in RL training (%) |",
-              "|---|---|---|---|---|---|"]
+              f"gave up and guessed (%) | accuracy gain {train} -> {top} turns | over-turn / void in RL training (%) |",
+              "|---|---|---|---|---|---|---|"]
     for name in ("sft", "mask", "no_mask"):
         lo, hi, g = table[name][str(train)], table[name][str(top)], summary["gain"][name]
-        rl = summary["rl_training"].get(name)
+        rl, q = summary["rl_training"].get(name), summary["gave_up"][name]
         lines.append(f"| {labels[name]} | {lo['mean_turns']:.2f} / {hi['mean_turns']:.2f} | {lo['over_turn']:.1f} / "
-                     f"{hi['over_turn']:.1f} | {hi['void']:.1f} | {g['mean']:+.1f} +- {g['se']:.1f} | "
+                     f"{hi['over_turn']:.1f} | {hi['void']:.1f} | {q['rate']:.1f} +- {q['se']:.1f} | "
+                     f"{g['mean']:+.1f} +- {g['se']:.1f} | "
                      + (f"{rl['over_turn_rate']:.1f} / {rl['void_rate']:.1f} ({rl['steps_logged']} steps)"
                         if rl else "-") + " |")
+    g, q = summary["gain"]["masked_minus_unmasked"], summary["gave_up"]["masked_minus_unmasked"]
+    lines += ["", f"Masked - unmasked, paired by puzzle: accuracy gain {train} -> {top} turns {g['mean']:+.1f} +- "
+              f"{g['se']:.1f}; gave up and guessed {q['mean']:+.1f} +- {q['se']:.1f} points. Gave up: the final turn "
+              "is a guess after giving up the search (the cold-start data's give-up searches, `toy.expert.GIVE_UP`), "
+              "right one time in four by chance."]
     lines += ["", "Void: an episode that ended within the limit without an answer (its last turn cut by the "
               "per-turn token budget, or ending without `<answer>...</answer>`); it scores 0 in both arms, masked "
               "or not. A gap between the arms made of void episodes is the policy losing its output format, not "
