@@ -2,20 +2,19 @@
 
 The demo's model and stages (configs/demo.py) on longer searches: hard puzzles with 4-7 look-alikes, so the
 expert needs 2-8 turns, and GRPO trains at a 4-turn limit where ~45 % of expert-like searches run out of turns.
-From one cold-start SFT model, each RL seed trains GRPO with and without over-turn masking; every model is
-evaluated up to 16 turns (4x the training limit).
+The cold-start SFT model gives up 40 % of its searches after a random number of misses and guesses
+(`toy.expert.GIVE_UP`): the early answers GRPO without masking prefers to running out of turns. It is shipped
+(`turn_scaling.sft = "packaged"`); from it each RL seed trains GRPO with and without over-turn masking, and every
+model is evaluated up to 16 turns (4x the training limit).
 
-    mini-o3 demo --turn-scaling                           # runs/turn_scaling/turn_scaling.md
-    mini-o3 demo --turn-scaling --seeds 0,1,2
+    mini-o3 demo --turn-scaling                           # runs/turn_scaling/turn_scaling.md, ~11 min on 2 cores
+    mini-o3 demo --turn-scaling --seeds 0,1,2             # ~29 min
+    mini-o3 demo --turn-scaling --config.turn_scaling.sft=   # retrain the SFT model too (+18 min)
 
-Status (docs/demo.md, "Turn scaling"): the effect is not shown; negative over three seeds. With 300 SFT steps the
-SFT model gains from 4 to 16 turns (35.2 -> 41.4 %). These defaults (8 steps, lr 1e-4, KL 0.1) leave both arms at
-SFT (masked - unmasked -0.8 +- 1.1 at 16 turns, seed 0); 16 steps at lr 1e-4 without KL lift both by 2-3 points,
-equally (+1.2 +- 2.6); at lr 2e-4 without KL one arm or the other collapses into a repetition loop by chance
-(seeds 0, 1, 2 pooled: -0.5 +- 2.4). The room for the effect is SFT's 6.2 points past the 4-turn limit, too
-little to show at 3 standard errors; a 3-turn limit (12.5 points of room, lr 1e-4 without KL, seeds 0, 1) was
-negative too (+0.2 +- 2.2): both arms learn to answer early. ~35 min in all on 2 CPU cores, over the 15-minute
-budget.
+Status (docs/demo.md, "Turn scaling"), seeds 0-2 pooled: with masking accuracy gains +4.7 +- 1.0 points from 4 to
+16 turns, +2.1 +- 0.6 more than without (paired by puzzle), and the give-up guesses fall to 13.4 % (18.4 % without,
+25.4 % after SFT); the accuracy gap at 16 turns, +2.0 +- 1.3, is not 3 standard errors. Earlier designs without
+give-ups (8 or 16 RL steps, with or without KL, lr 1e-4 or 2e-4, a 3- or 4-turn limit) showed no effect.
 """
 
 import os
@@ -39,14 +38,14 @@ def get_config() -> ml_collections.ConfigDict:
     # cold-start SFT on the long searches only (the packaged base already reads the easy level)
     c.sft.levels = ["hard"]
     # 300: the in-context border check clicks after ~150-250 steps (at 60 it was at chance: docs/demo.md);
-    # ~3.5 s a step on 2 CPU cores (long sequences, up to 9 images), so ~19 min
+    # ~3.5 s a step on 2 CPU cores (long sequences, up to 9 images), so ~18 min (shipped: turn_scaling.sft)
     c.sft.train.steps = 300
     c.sft.train.max_length = 1536
     # 40 % of the searches give up after a random number of misses and guess (toy.expert.GIVE_UP): the early
     # answers GRPO without over-turn masking prefers to running out of turns
     c.sft.patterns = {"direct": 0.6, "give_up": 0.4}
 
-    # GRPO at a 4-turn training limit; lr and KL as the demo's
+    # GRPO at a 4-turn training limit: lr 1e-4 as the demo's, no KL term (the demo's 0.1 kept both arms at SFT)
     c.rl.env.max_turns = 4
     c.rl.train.steps = 16
     c.rl.ppo.kl_coef = 0.0
