@@ -7,7 +7,7 @@ The cold-start SFT model gives up 40 % of its searches after a random number of 
 (`turn_scaling.sft = "packaged"`); from it each RL seed trains GRPO with and without over-turn masking, and every
 model is evaluated up to 16 turns (4x the training limit).
 
-    mini-o3 demo --turn-scaling                           # runs/turn_scaling/turn_scaling.md, ~11 min on 2 cores
+    mini-o3 demo --turn-scaling                           # runs/turn_scaling/turn_scaling.md, ~11-13 min on 2 cores
     mini-o3 demo --turn-scaling --seeds 0,1,2             # ~29 min
     mini-o3 demo --turn-scaling --config.turn_scaling.sft=   # retrain the SFT model too (+18 min)
 
