@@ -43,6 +43,7 @@ PATTERNS = ("direct", "trial_and_error", "depth_first", "goal_maintenance")
 # asked for; elsewhere (other levels, a target checked first) it is "direct".
 GIVE_UP = "give_up"
 GIVE_UP_WORDS = "too many left to check"  # in every give-up turn's thought (both phrase books): how reports count them
+_KNOWN = (*PATTERNS, GIVE_UP)
 DEFAULT_PATTERN_WEIGHTS: Mapping[str, float] = {
     "direct": 0.4, "trial_and_error": 0.2, "depth_first": 0.2, "goal_maintenance": 0.2}
 
@@ -324,13 +325,12 @@ def expert_trajectory(puzzle: Puzzle, seed: int = 0, pattern: str | None = None,
         weights = dict(DEFAULT_PATTERN_WEIGHTS if weights is None else weights)
         if not puzzle.decoys:  # nothing to mistake for the target
             weights.pop("trial_and_error", None)
-        known = (*PATTERNS, GIVE_UP)
-        if set(weights) - set(known) or any(x < 0 for x in weights.values()) or sum(weights.values()) <= 0:
-            raise ConfigError(f"pattern weights {weights}; expected non-negative weights over {known}")
-        names = [p for p in known if weights.get(p, 0) > 0]
+        if set(weights) - set(_KNOWN) or any(x < 0 for x in weights.values()) or sum(weights.values()) <= 0:
+            raise ConfigError(f"pattern weights {weights}; expected non-negative weights over {_KNOWN}")
+        names = [p for p in _KNOWN if weights.get(p, 0) > 0]
         pattern = Rng("pattern", puzzle.doc_id, puzzle.seed, seed).weighted(names, [weights[p] for p in names])
-    if pattern not in (*PATTERNS, GIVE_UP):
-        raise ConfigError(f"pattern = {pattern!r}; expected one of {(*PATTERNS, GIVE_UP)}")
+    if pattern not in _KNOWN:
+        raise ConfigError(f"pattern = {pattern!r}; expected one of {_KNOWN}")
     if pattern == "trial_and_error" and not puzzle.decoys:
         raise ConfigError(f"{puzzle.doc_id}: pattern 'trial_and_error' needs a decoy; this scene has none "
                           "(SceneConfig.decoy=False)")

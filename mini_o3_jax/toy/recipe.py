@@ -72,6 +72,18 @@ def _puzzle(scene: SceneConfig, base: int, i: int, levels: Sequence[str] = ()) -
     return make_puzzle(base + i, levels[i % len(levels)], scene)
 
 
+def packaged_or_path(source: str, packaged: str, field: str, otherwise: str) -> str | None:
+    """A config's starting checkpoint: "packaged" (the shipped `packaged` directory), a checkpoint directory, or ""
+    (None: the recipe trains it). A directory without a tokenizer is a ConfigError naming `field`."""
+    if not source:
+        return None
+    path = packaged if source == "packaged" else os.path.abspath(os.path.expanduser(source))
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        raise ConfigError(f"{field} = {source!r}: {path} holds no tokenizer.json; expected a checkpoint saved with its "
+                          f"tokenizer (as `mini-o3 export` writes it), 'packaged', or '' {otherwise}")
+    return path
+
+
 class PuzzlePrompts(Sequence):
     """An endless-enough stream of RL prompts, generated on access (a few ms each), `levels` in turn
     (default: every level of the scene)."""
@@ -177,15 +189,7 @@ class Recipe:
     def base(self) -> str | None:
         """The perception model baseline and SFT start from, when the recipe does not train it itself:
         `cfg.base` "packaged" (`DEMO_BASE`), a checkpoint directory, or "" for none (train from scratch)."""
-        base = self.cfg.get("base", "")
-        if not base:
-            return None
-        path = DEMO_BASE if base == "packaged" else os.path.abspath(os.path.expanduser(base))
-        if not os.path.exists(os.path.join(path, "tokenizer.json")):
-            raise ConfigError(f"base = {base!r}: {path} holds no tokenizer.json; expected a checkpoint saved with its "
-                              "tokenizer (as `mini-o3 export` writes it), 'packaged', or '' to train the perception "
-                              "stages from scratch")
-        return path
+        return packaged_or_path(self.cfg.get("base", ""), DEMO_BASE, "base", "to train the perception stages from scratch")
 
     def tokenizer(self) -> tuple[Tokenizer, ImageProcessor]:
         proc = ImageProcessor(min_pixels=self.scene.min_pixels, max_pixels=self.scene.view_pixels)
@@ -540,4 +544,4 @@ def write_recipe_report(out: str, results: dict[str, dict], timings: dict[str, f
     return path
 
 
-__all__ = ["PuzzlePrompts", "Recipe", "run_recipe", "run_seeds", "write_recipe_report", "write_seeds_report"]
+__all__ = ["PuzzlePrompts", "Recipe", "packaged_or_path", "run_recipe", "run_seeds", "write_recipe_report", "write_seeds_report"]

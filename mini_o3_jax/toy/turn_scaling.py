@@ -34,7 +34,6 @@ from typing import Any
 
 import ml_collections
 
-from mini_o3_jax.errors import ConfigError
 from mini_o3_jax.eval.metrics import QuestionResult, SampleResult, correct_within
 from mini_o3_jax.eval.run import read_results
 from mini_o3_jax.train.metrics import read_jsonl_metrics
@@ -77,15 +76,19 @@ def sft_model(cfg: ml_collections.ConfigDict) -> str | None:
     """The SFT model both arms start from: `turn_scaling.sft` "packaged" (`TURN_SCALING_SFT`, this config's SFT
     stage as shipped), a checkpoint directory, or "" (None: the SFT stage trains it, ~18 min)."""
     from mini_o3_jax.infer import TURN_SCALING_SFT
+    from mini_o3_jax.toy.recipe import packaged_or_path
 
-    source = cfg.turn_scaling.get("sft", "")
-    if not source:
-        return None
-    path = TURN_SCALING_SFT if source == "packaged" else os.path.abspath(os.path.expanduser(source))
-    if not os.path.exists(os.path.join(path, "tokenizer.json")):
-        raise ConfigError(f"turn_scaling.sft = {source!r}: {path} holds no tokenizer.json; expected 'packaged', a "
-                          "checkpoint saved with its tokenizer (as `mini-o3 export` writes it), or '' to train it")
-    return path
+    return packaged_or_path(cfg.turn_scaling.get("sft", ""), TURN_SCALING_SFT, "turn_scaling.sft", "to train it")
+
+
+def _mean_se(values: Sequence[float]) -> dict[str, float]:
+    """{"mean", "se"} of per-puzzle values, in percent."""
+    return {"mean": 100 * sum(values) / len(values), "se": 100 * _se(values)}
+
+
+def _minus(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """a - b per puzzle (a paired difference)."""
+    return [x - y for x, y in zip(a, b, strict=True)]
 
 
 def _se(values: Sequence[float]) -> float:
@@ -146,24 +149,16 @@ def turn_scaling_summary(out: str, cfg: ml_collections.ConfigDict, seeds: Sequen
     for limit in limits:
         m = _per_puzzle(runs["mask"], doc_ids, lambda s, L=limit: correct_within(s, L))
         u = _per_puzzle(runs["no_mask"], doc_ids, lambda s, L=limit: correct_within(s, L))
-        d = [a - b for a, b in zip(m, u, strict=True)]
-        diffs[str(limit)] = {"mean": 100 * sum(d) / len(d), "se": 100 * _se(d)}
-    gain = {}  # accuracy at the largest limit minus at the training limit, paired by puzzle
-    for name, rs in runs.items():
-        hi = _per_puzzle(rs, doc_ids, lambda s: correct_within(s, top))
-        lo = _per_puzzle(rs, doc_ids, lambda s: correct_within(s, train_limit))
-        d = [a - b for a, b in zip(hi, lo, strict=True)]
-        gain[name] = {"mean": 100 * sum(d) / len(d), "se": 100 * _se(d)}
-    # masking's effect on the gain itself: (masked gain - unmasked gain) paired by puzzle
-    g = {arm: _per_puzzle(runs[arm], doc_ids, lambda s: correct_within(s, top) - correct_within(s, train_limit))
-         for arm in ARMS}
-    d = [a - b for a, b in zip(g["mask"], g["no_mask"], strict=True)]
-    gain["masked_minus_unmasked"] = {"mean": 100 * sum(d) / len(d), "se": 100 * _se(d)}
+        diffs[str(limit)] = _mean_se(_minus(m, u))
+    # accuracy at the largest limit minus at the training limit, paired by puzzle; and masked - unmasked of it
+    gains = {name: _minus(_per_puzzle(rs, doc_ids, lambda s: correct_within(s, top)),
+                          _per_puzzle(rs, doc_ids, lambda s: correct_within(s, train_limit))) for name, rs in runs.items()}
+    gain = {name: _mean_se(d) for name, d in gains.items()}
+    gain["masked_minus_unmasked"] = _mean_se(_minus(gains["mask"], gains["no_mask"]))
     # episodes whose answer is a give-up guess (toy.expert.GIVE_UP) within the largest limit, and paired difference
     gave_up = {name: _per_puzzle(rs, doc_ids, gave_up_guess) for name, rs in runs.items()}
-    d = [a - b for a, b in zip(gave_up["mask"], gave_up["no_mask"], strict=True)]
-    guesses = {name: {"rate": 100 * sum(v) / len(v), "se": 100 * _se(v)} for name, v in gave_up.items()}
-    guesses["masked_minus_unmasked"] = {"mean": 100 * sum(d) / len(d), "se": 100 * _se(d)}
+    guesses = {name: {"rate": (r := _mean_se(v))["mean"], "se": r["se"]} for name, v in gave_up.items()}
+    guesses["masked_minus_unmasked"] = _mean_se(_minus(gave_up["mask"], gave_up["no_mask"]))
     training = {}
     for arm in ARMS:
         rows = []
